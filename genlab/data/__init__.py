@@ -1,0 +1,98 @@
+"""Data sets as `Dataset` records: 2-D toys, digits, MNIST and the user's .npy/.csv files.
+
+from genlab.data import load_dataset
+train = load_dataset("8gaussians", n=5000, seed=1)      # x: (5000, 2) float32
+test = load_dataset("digits", split="test")              # x: (360, 1, 8, 8)
+big = load_dataset("features.npy")                       # x: a lazy NpyArray
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Literal
+
+import numpy as np
+
+from genlab.data.dataset import Dataset, NpyArray
+from genlab.data.files import is_data_file, load_file
+from genlab.data.images import load_digits, load_mnist
+from genlab.data.toys import TOY_SAMPLERS, TOYS, load_toy
+
+Split = Literal["train", "test", "all"]
+SPLITS: tuple[str, ...] = ("train", "test", "all")
+BUILTINS: tuple[str, ...] = (*TOYS, "digits", "mnist")
+
+__all__ = ["BUILTINS", "TOYS", "Dataset", "NpyArray", "load_dataset"]
+
+
+def load_dataset(
+    name: str | os.PathLike,
+    split: Split = "train",
+    n: int | None = None,
+    seed: int = 0,
+    root: str | os.PathLike | None = None,
+) -> Dataset:
+    """Load a built-in data set or a data file, with a fixed train/test split.
+
+    - Toys (`TOYS`): a fresh draw of n points, x (n, 2) float32 in about [-4, 4], y the
+      (n,) int64 component (or None). Train, test and "all" are independent draws, each a
+      pure function of (name, split, n, seed). Default n: 10,000 (train, all), 2,000 (test).
+    - "digits": scikit-learn's 8 x 8 digits, x (n, 1, 8, 8) in {k / 16}, y (n,) int64;
+      a fixed split of 1,437 train / 360 test images, "all" = train then test.
+    - "mnist": the IDX files in `root` (or $GENLAB_DATA), or its mnist/ subfolder; x
+      (n, 1, 28, 28) in {k / 255}, y (n,) int64; "all" = train then test.
+    - A path ending in .npy or .csv, or any existing file: train = the first 90% of its
+      rows, test = the last 10%, all = every row (see `genlab.data.files`). A .npy file is
+      returned lazily as an `NpyArray`.
+
+    A built-in name wins over a file of the same name; pass "./moons" for the file.
+
+    Args:
+        name: a name from `BUILTINS`, or a file path.
+        split: "train", "test" or "all".
+        n: number of samples. Toys draw n; the others take the first n of the split
+            (None: the whole split).
+        seed: seed of the toys' random draw (ignored by the other data sets).
+        root: folder holding the MNIST files (default: $GENLAB_DATA).
+
+    Returns:
+        A `Dataset` with x of shape (n, *event_shape).
+
+    Raises:
+        ValueError: unknown name, bad split, n or seed, a malformed file, or n larger than
+            the split.
+        FileNotFoundError: a file (or an MNIST file) is missing.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int | np.integer) or n <= 0):
+        raise ValueError(f"n must be a positive integer or None, got {n!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    n = None if n is None else int(n)
+    if isinstance(name, str) and name in TOY_SAMPLERS:
+        return load_toy(name, split, n, int(seed))
+    if name == "digits":
+        return _first_rows(load_digits(split), n, split)
+    if name == "mnist":
+        return _first_rows(load_mnist(split, root), n, split)
+    if is_data_file(name):
+        return _first_rows(load_file(name, split), n, split)
+    raise ValueError(
+        f"unknown data set {os.fspath(name)!r}: use one of {', '.join(BUILTINS)}, "
+        "or a file path ending in .npy or .csv"
+    )
+
+
+def _first_rows(data: Dataset, n: int | None, split: str) -> Dataset:
+    """The first n samples of `data` (all of them for n=None)."""
+    if n is None or n == len(data):
+        return data
+    if n > len(data):
+        raise ValueError(
+            f"n={n} but the {split!r} split of {data.name!r} has only {len(data)} samples"
+        )
+    x = data.x.rows(0, n) if isinstance(data.x, NpyArray) else data.x[:n].clone()
+    y = None if data.y is None else data.y[:n].clone()
+    return dataclasses.replace(data, x=x, y=y)
