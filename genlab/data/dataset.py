@@ -103,17 +103,20 @@ class NpyArray:
         return os.open(self.path, os.O_RDONLY)
 
     def __getitem__(self, index: slice | int | np.ndarray | torch.Tensor) -> torch.Tensor:
-        if isinstance(index, int):
+        if isinstance(index, int | np.integer) and not isinstance(index, bool):
+            index = int(index)
             row = index + len(self) if index < 0 else index
             if not 0 <= row < len(self):
                 raise IndexError(f"row {index} out of range for {len(self)} rows")
             return self[row : row + 1][0]
         fd = self._open()
         try:
-            if isinstance(index, slice):
+            if isinstance(index, slice) and (index.step or 1) > 0:
                 start, stop, step = index.indices(len(self))
                 rows = self._read_rows(fd, start, max(start, stop))
                 return torch.from_numpy(rows[::step].copy() if step != 1 else rows)
+            if isinstance(index, slice):  # negative step: gather the rows it names
+                index = np.arange(len(self))[index]
             idx = np.asarray(index, dtype=np.int64).reshape(-1)
             if idx.size and (idx.min() < 0 or idx.max() >= len(self)):
                 raise IndexError(f"row index out of range for {len(self)} rows")

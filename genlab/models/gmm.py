@@ -299,7 +299,7 @@ class GaussianMixture(GenerativeModel, family="gmm"):
         init: "kmeans" (k-means++ seeding then 10 Lloyd steps), "k-means++" (seeding only),
             "random" (random responsibilities) or "random_from_data" (K random points as means);
             computed on at most 100,000 rows drawn with `seed`.
-        seed: seed of every random choice (init, sampling when `sample` gets no seed).
+        seed: seed of the initialisation's random choices.
         dtype: precision of the E-step product phi(z) Theta ("float64" for sklearn-exact
             answers, "float32" for speed). The statistics R^T phi(z) and the M-step are always
             float64: covariances from raw second moments lose ~eps * |mu|^2 / sigma^2 to
@@ -665,14 +665,19 @@ class GaussianMixture(GenerativeModel, family="gmm"):
     def sample(self, n: int, *, seed: int | None = None, return_labels: bool = False):
         """n draws: a component k ~ Categorical(w), then x ~ N(mu_k, Sigma_k).
 
+        The same seed gives the same samples; seed=None draws fresh ones.
+
         Returns:
             (n, *event_shape) samples in the compute dtype; with `return_labels`, also the
             (n,) int64 components.
         """
         self.check_is_fitted()
         n = self.check_n(n)
-        g = self.generator(self.config.seed if seed is None else seed)
-        labels = torch.multinomial(self.weights_, n, replacement=True, generator=g)
+        g = self.generator(seed)
+        if n == 0:
+            labels = torch.zeros(0, dtype=torch.long, device=self.device)
+        else:
+            labels = torch.multinomial(self.weights_, n, replacement=True, generator=g)
         z = torch.randn(n, self.n_dims, generator=g, device=self.device, dtype=torch.float64)
         ct, cov = self.config.covariance_type, self.covariances_
         if ct == "full":

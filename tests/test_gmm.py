@@ -1,0 +1,334 @@
+"""GaussianMixture against scikit-learn, closed forms and brute force."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from sklearn.mixture import GaussianMixture as SklearnGMM
+
+import genlab
+from genlab.data import NpyArray
+from genlab.models import GaussianMixture, NotFittedError
+from genlab.models.gmm import FEATURES, n_features, natural_parameters, precision_cholesky
+
+COV_TYPES = ["full", "tied", "diag", "spherical"]
+
+
+def overlapping_clusters(n_per: int = 300, d: int = 4, k: int = 4, seed: int = 1) -> np.ndarray:
+    """Correlated, overlapping clusters far from the origin: EM needs many iterations."""
+    rng = np.random.default_rng(seed)
+    parts = [
+        rng.normal(size=(n_per, d)) @ rng.normal(size=(d, d)) * 0.7 + rng.normal(size=d) * 2
+        for _ in range(k)
+    ]
+    return np.concatenate(parts) + 50.0
+
+
+def sklearn_start(x: np.ndarray, k: int, cov: str) -> dict:
+    """A deliberately poor common starting point, taken from sklearn's random init."""
+    sk = SklearnGMM(k, covariance_type=cov, init_params="random", max_iter=1, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sk.fit(x)
+    return {"weights_init": sk.weights_, "means_init": sk.means_, "precisions_init": sk.precisions_}
+
+
+@pytest.mark.parametrize("cov", COV_TYPES)
+def test_same_init_same_trajectory_as_sklearn(cov):
+    x = overlapping_clusters()
+    start = sklearn_start(x, 6, cov)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sk = SklearnGMM(6, covariance_type=cov, max_iter=60, tol=1e-10, **start).fit(x)
+        ours = GaussianMixture(6, covariance_type=cov, max_iter=60, tol=1e-10, **start).fit(x)
+    assert len(sk.lower_bounds_) >= 20  # a real trajectory, not a two-step convergence
+    np.testing.assert_allclose(ours.lower_bounds_, sk.lower_bounds_, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(ours.weights_.numpy(), sk.weights_, atol=1e-6)
+    np.testing.assert_allclose(ours.means_.numpy(), sk.means_, atol=1e-6)
+    np.testing.assert_allclose(ours.covariances_.numpy(), sk.covariances_, atol=1e-6)
+    np.testing.assert_allclose(ours.precisions_.numpy(), sk.precisions_, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(ours.log_prob(x).numpy(), sk.score_samples(x), atol=1e-6)
+    np.testing.assert_allclose(ours.predict_proba(x).numpy(), sk.predict_proba(x), atol=1e-6)
+    assert ours.bic(x) == pytest.approx(sk.bic(x), rel=1e-9)
+    assert ours.aic(x) == pytest.approx(sk.aic(x), rel=1e-9)
+    assert ours.n_parameters == sk._n_parameters()
+
+
+@pytest.mark.parametrize("cov", COV_TYPES)
+def test_float32_close_to_float64(cov):
+    x = overlapping_clusters()
+    start = sklearn_start(x, 6, cov)
+    kw = {"covariance_type": cov, "max_iter": 15, "tol": 0, **start}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        f64 = GaussianMixture(6, **kw).fit(x)
+        f32 = GaussianMixture(6, dtype="float32", **kw).fit(x)
+    np.testing.assert_allclose(f32.lower_bounds_, f64.lower_bounds_, atol=1e-3)
+    assert f32.log_prob(x).dtype == torch.float32
+
+
+@pytest.mark.parametrize("cov", COV_TYPES)
+def test_natural_parameters_give_the_gaussian_log_density(cov):
+    """phi(z) Theta equals log w + log N(z | mu, Sigma) computed by torch.distributions."""
+    g = torch.Generator().manual_seed(0)
+    k, d = 3, 4
+    a = torch.randn(k, d, d, generator=g, dtype=torch.float64)
+    full = a @ a.mT + 0.5 * torch.eye(d, dtype=torch.float64)
+    covs = {
+        "full": full,
+        "tied": full[0],
+        "diag": full.diagonal(dim1=1, dim2=2),
+        "spherical": full.diagonal(dim1=1, dim2=2).mean(1),
+    }[cov]
+    dense = {
+        "full": full,
+        "tied": full[0].expand(k, d, d),
+        "diag": torch.diag_embed(covs),
+        "spherical": covs[:, None, None] * torch.eye(d, dtype=torch.float64),
+    }[cov]
+    means = torch.randn(k, d, generator=g, dtype=torch.float64)
+    log_w = torch.log_softmax(torch.randn(k, generator=g, dtype=torch.float64), 0)
+    z = torch.randn(50, d, generator=g, dtype=torch.float64) * 2
+    theta = natural_parameters(log_w, means, precision_cholesky(covs, cov), cov)
+    assert FEATURES[cov](z).shape == (n_features(cov, d), 50)
+    ours = FEATURES[cov](z).T @ theta
+    mvn = torch.distributions.MultivariateNormal(means, covariance_matrix=dense)
+    expected = log_w + mvn.log_prob(z[:, None, :])
+    torch.testing.assert_close(ours, expected, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("cov", COV_TYPES)
+def test_sample_moments_match_the_model(cov):
+    x = overlapping_clusters(n_per=200, d=3, k=3, seed=4)
+    m = GaussianMixture(3, covariance_type=cov, seed=0).fit(x)
+    s = m.sample(200_000, seed=1).double()
+    w, mu = m.weights_, m.means_
+    k, d = mu.shape
+    cov_k = {
+        "full": m.covariances_,
+        "tied": m.covariances_.expand(k, d, d),
+        "diag": torch.diag_embed(m.covariances_),
+        "spherical": m.covariances_[:, None, None] * torch.eye(d, dtype=torch.float64),
+    }[cov]
+    mean = w @ mu
+    second = torch.einsum("k,kij->ij", w, cov_k + mu[:, :, None] * mu[:, None, :])
+    expected_cov = second - mean[:, None] * mean[None, :]
+    scale = expected_cov.diagonal().sqrt()
+    assert torch.allclose(s.mean(0), mean, atol=(4 * scale / math.sqrt(len(s))).max().item())
+    np.testing.assert_allclose(np.cov(s.numpy().T), expected_cov.numpy(), rtol=0.02, atol=0.02)
+    _, labels = m.sample(200_000, seed=1, return_labels=True)
+    freq = torch.bincount(labels, minlength=k).double() / len(labels)
+    assert torch.allclose(freq, w, atol=0.01)
+
+
+def test_sample_is_reproducible_and_seeded():
+    m = GaussianMixture(3).fit(overlapping_clusters(d=2))
+    assert torch.equal(m.sample(100, seed=7), m.sample(100, seed=7))
+    assert not torch.equal(m.sample(100, seed=7), m.sample(100, seed=8))
+    assert m.sample(0).shape == (0, 2)
+
+
+def test_density_integrates_to_one_on_a_grid():
+    rng = np.random.default_rng(0)
+    x = np.concatenate(
+        [rng.normal(size=(300, 2)) * 0.6, rng.normal(size=(300, 2)) + np.array([3, 1])]
+    )
+    m = GaussianMixture(4, seed=0).fit(x)
+    lin = torch.linspace(-8, 11, 600, dtype=torch.float64)
+    gx, gy = torch.meshgrid(lin, lin, indexing="ij")
+    dens = m.log_prob(torch.stack([gx.flatten(), gy.flatten()], 1)).exp().reshape(600, 600)
+    integral = torch.trapezoid(torch.trapezoid(dens, lin, dim=1), lin).item()
+    assert integral == pytest.approx(1.0, abs=1e-4)
+
+
+def test_bic_picks_the_true_number_of_components():
+    rng = np.random.default_rng(3)
+    centres = np.array([[0, 0], [6, 0], [0, 6]])
+    x = np.concatenate([rng.normal(size=(400, 2)) + c for c in centres])
+    bics = {k: GaussianMixture(k, n_init=2, seed=0).fit(x).bic(x) for k in range(1, 7)}
+    assert min(bics, key=bics.get) == 3
+
+
+def test_kmeans_init_recovers_separated_means():
+    rng = np.random.default_rng(5)
+    centres = rng.normal(size=(5, 3)) * 10
+    x = np.concatenate([rng.normal(size=(500, 3)) + c for c in centres])
+    m = GaussianMixture(5, seed=0).fit(x)
+    dist = torch.cdist(m.means_, torch.as_tensor(centres))
+    assert dist.min(0).values.max() < 0.3  # every true centre has a fitted mean next to it
+    assert m.converged_ and m.n_iter_ < 20
+
+
+@pytest.mark.parametrize("init", ["kmeans", "k-means++", "random", "random_from_data"])
+def test_every_init_fits(init):
+    x = overlapping_clusters(d=2)
+    m = GaussianMixture(4, init=init, seed=0).fit(x)
+    assert np.isfinite(m.lower_bound_)
+    assert (np.diff(m.lower_bounds_) >= -1e-9).all()  # EM never decreases the likelihood
+
+
+def test_n_init_keeps_the_best_run():
+    x = overlapping_clusters(d=2)
+    one = GaussianMixture(8, init="random", max_iter=20, seed=3)
+    many = GaussianMixture(8, init="random", max_iter=20, seed=3, n_init=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert many.fit(x).lower_bound_ >= one.fit(x).lower_bound_
+
+
+@pytest.mark.parametrize("cov", ["full", "diag"])
+def test_dead_component_is_reseeded_not_nan(cov):
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.normal(size=(200, 2)), rng.normal(size=(200, 2)) + 5])
+    means = np.array([[0.0, 0.0], [5.0, 5.0], [1e4, 1e4]])  # the third gets no data
+    m = GaussianMixture(3, covariance_type=cov, means_init=means, max_iter=50).fit(x)
+    assert torch.isfinite(m.means_).all() and torch.isfinite(m.covariances_).all()
+    assert (m.means_.abs() < 100).all()  # the far component was moved onto the data
+    assert (m.weights_ > 1e-3).all()
+    assert np.isfinite(m.lower_bounds_).all()
+
+
+def test_chunked_lazy_file_fit_equals_in_memory(tmp_path):
+    x = overlapping_clusters(d=3).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    lazy = NpyArray(tmp_path / "x.npy")
+    kw = {"covariance_type": "full", "max_iter": 30, "tol": 0, "seed": 2}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mem = GaussianMixture(5, **kw).fit(torch.from_numpy(x))
+        chunked = GaussianMixture(5, chunk_size=97, **kw).fit(lazy)
+    np.testing.assert_allclose(chunked.lower_bounds_, mem.lower_bounds_, rtol=0, atol=1e-10)
+    torch.testing.assert_close(chunked.means_, mem.means_, rtol=0, atol=1e-9)
+    torch.testing.assert_close(chunked.log_prob(lazy), mem.log_prob(x), rtol=0, atol=1e-9)
+
+
+def test_save_load_round_trip(tmp_path):
+    x = overlapping_clusters(d=2)
+    m = GaussianMixture(3, covariance_type="diag", seed=0).fit(x)
+    m.save(tmp_path / "gmm")
+    meta = json.loads((tmp_path / "gmm" / "config.json").read_text())
+    assert meta["family"] == "gmm" and meta["config"]["covariance_type"] == "diag"
+    assert not list((tmp_path / "gmm").glob("*.tmp"))  # no temp files left behind
+    m2 = genlab.load(tmp_path / "gmm")
+    assert isinstance(m2, GaussianMixture)
+    torch.testing.assert_close(m2.log_prob(x), m.log_prob(x), rtol=0, atol=0)
+    assert torch.equal(m2.sample(50, seed=3), m.sample(50, seed=3))
+    assert m2.lower_bounds_ == m.lower_bounds_ and m2.converged_ == m.converged_
+
+
+def test_corrupt_model_folders_give_clear_errors(tmp_path):
+    m = GaussianMixture(2).fit(overlapping_clusters(d=2))
+    good = m.save(tmp_path / "good")
+    with pytest.raises(FileNotFoundError, match="no such model folder"):
+        genlab.load(tmp_path / "missing")
+    for name, mutate, err, msg in [
+        ("nojson", lambda f: (f / "config.json").unlink(), FileNotFoundError, "config.json"),
+        ("badjson", lambda f: (f / "config.json").write_text("{oops"), ValueError, "corrupt"),
+        (
+            "family",
+            lambda f: (f / "config.json").write_text('{"family": "nope", "config": {}}'),
+            ValueError,
+            "unknown family",
+        ),
+        (
+            "trunc",
+            lambda f: (f / "model.safetensors").write_bytes(b"\x00" * 10),
+            ValueError,
+            "safetensors",
+        ),
+    ]:
+        folder = tmp_path / name
+        folder.mkdir()
+        for f in good.iterdir():
+            (folder / f.name).write_bytes(f.read_bytes())
+        mutate(folder)
+        with pytest.raises(err, match=msg):
+            genlab.load(folder)
+    # a foreign but valid safetensors file: wrong tensor names
+    folder = tmp_path / "foreign"
+    folder.mkdir()
+    (folder / "config.json").write_text((good / "config.json").read_text())
+    import safetensors.torch
+
+    safetensors.torch.save_file({"w": torch.zeros(3)}, folder / "model.safetensors")
+    with pytest.raises(ValueError, match="does not match"):
+        genlab.load(folder)
+
+
+def test_bad_input_is_rejected_clearly():
+    x = overlapping_clusters(d=2)
+    bad = x.copy()
+    bad[7, 1] = np.nan
+    with pytest.raises(ValueError, match=r"NaN or infinity.*row"):
+        GaussianMixture(2).fit(bad)
+    bad[7, 1] = np.inf
+    with pytest.raises(ValueError, match="NaN or infinity"):
+        GaussianMixture(2).fit(bad)
+    with pytest.raises(ValueError, match="shape"):
+        GaussianMixture(2).fit(x[:, 0])
+    with pytest.raises(ValueError, match="empty"):
+        GaussianMixture(2).fit(np.zeros((0, 2)))
+    with pytest.raises(ValueError, match="n_components"):
+        GaussianMixture(5).fit(x[:3])
+    with pytest.raises(TypeError, match="dtype"):
+        GaussianMixture(2).fit(np.array([["a", "b"]] * 5))
+    with pytest.raises(NotFittedError, match="fit"):
+        GaussianMixture(2).sample(3)
+    with pytest.raises(ValueError, match="n_components"):
+        GaussianMixture(0)
+    with pytest.raises(ValueError, match="covariance_type"):
+        GaussianMixture(2, covariance_type="bogus")
+    with pytest.raises(ValueError, match="reg_covar"):
+        GaussianMixture(2, reg_covar=-1)
+    m = GaussianMixture(2).fit(x)
+    with pytest.raises(ValueError, match="shape"):
+        m.log_prob(np.zeros((3, 5)))
+    with pytest.raises(ValueError, match="NaN"):
+        m.log_prob(bad)
+    with pytest.raises(ValueError, match="non-negative integer"):
+        m.sample(-1)
+    with pytest.raises(ValueError, match="means_init"):
+        GaussianMixture(2, means_init=np.zeros((3, 2))).fit(x)
+
+
+def test_collapsed_data_with_no_regularisation_says_how_to_fix():
+    x = np.repeat(np.eye(3), 10, axis=0)  # three points, each repeated: zero covariance
+    with pytest.raises(ValueError, match="reg_covar"):
+        GaussianMixture(3, reg_covar=0).fit(x)
+
+
+def test_images_keep_their_event_shape():
+    x = torch.rand(300, 1, 4, 4)
+    m = GaussianMixture(2, covariance_type="diag").fit(x)
+    assert m.sample(5).shape == (5, 1, 4, 4)
+    assert m.log_prob(x).shape == (300,)
+
+
+WORKER = Path(__file__).parent / "gmm_distributed_worker.py"
+
+
+@pytest.mark.parametrize("init", ["given", "kmeans"])
+def test_torchrun_two_processes_equal_one(tmp_path, init):
+    """torchrun --nproc_per_node=2 (gloo, CPU): each process fits its shard, same result."""
+    out = tmp_path / "dist.npz"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    done = subprocess.run(
+        [*cmd, str(WORKER), str(out), init], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    sys.path.insert(0, str(WORKER.parent))
+    from gmm_distributed_worker import fit_model, make_data
+
+    single = fit_model(torch.from_numpy(make_data()), init)
+    got = np.load(out)
+    np.testing.assert_allclose(got["lower_bounds"], single.lower_bounds_, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(got["means"], single.means_.numpy(), rtol=0, atol=1e-8)
+    np.testing.assert_allclose(got["covariances"], single.covariances_.numpy(), atol=1e-8)
