@@ -1,0 +1,398 @@
+"""Tests of the genlab command line: fit, sample, eval, plot, --help and one-line errors."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import matplotlib.image as mpimg
+import numpy as np
+import pytest
+
+import genlab
+from genlab.cli import run
+from genlab.data import load_dataset
+
+REPO = Path(__file__).resolve().parents[1]
+EVAL_KEYS = {
+    "family",
+    "data",
+    "n_test",
+    "log_prob_kind",
+    "nll",
+    "bits_per_dim",
+    "mmd",
+    "sliced_wasserstein",
+    "energy_distance",
+}
+
+
+def cli(capsys, *args: str) -> tuple[int, str, str]:
+    """Run the CLI in-process: (exit code, stdout, stderr)."""
+    capsys.readouterr()
+    code = run([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line_error(code: int, err: str, *fragments: str) -> None:
+    assert code != 0
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("genlab: error: ")
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+def assert_png(path: Path) -> np.ndarray:
+    assert path.is_file()
+    image = mpimg.imread(path)[..., :3]
+    assert min(image.shape[:2]) >= 100 and image.std() > 0.01
+    return image
+
+
+@pytest.fixture(scope="module")
+def moons_model(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "moons-gmm"
+    argv = [
+        "fit",
+        "gmm",
+        "--data",
+        "moons",
+        "--n",
+        "500",
+        "--components",
+        "6",
+        "--max-iter",
+        "20",
+        "--seed",
+        "1",
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
+    assert run(argv) == 0
+    return out
+
+
+# -- fit ------------------------------------------------------------------------------------------
+def test_fit_gmm_writes_model_folder_and_summary(tmp_path, capsys):
+    out = tmp_path / "m"
+    code, stdout, err = cli(
+        capsys,
+        "fit",
+        "gmm",
+        "--data",
+        "moons",
+        "--n",
+        "500",
+        "--components",
+        "4",
+        "--covariance",
+        "diag",
+        "--max-iter",
+        "20",
+        "--tol",
+        "1e-4",
+        "--init",
+        "random_from_data",
+        "--out",
+        out,
+    )
+    assert code == 0, err
+    assert (out / "config.json").is_file() and (out / "model.safetensors").is_file()
+    config = json.loads((out / "config.json").read_text())
+    assert config["family"] == "gmm"
+    assert config["config"]["n_components"] == 4
+    assert config["config"]["covariance_type"] == "diag"
+    assert config["config"]["init"] == "random_from_data"
+    assert config["config"]["dtype"] == "float32"
+    for label in ("train log-likelihood", "iterations", "converged", "parameters", "time"):
+        assert label in stdout
+    assert f"saved {out}" in stdout
+    model = genlab.load(out)
+    assert model.n_parameters == 19  # 4 diag components in 2-D: 3 weights + 8 means + 8 variances
+    assert re.search(r"parameters\s+19\b", stdout)
+    assert len(model.lower_bounds_) == model.n_iter_ <= 20
+
+
+def test_fit_default_out_folder(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, _, _ = cli(capsys, "fit", "gmm", "--n", "200", "-k", "2", "--max-iter", "5")
+    assert code == 0
+    assert (tmp_path / "runs" / "moons-gmm" / "config.json").is_file()
+
+
+def test_fit_progress_bar_shows_log_likelihood(tmp_path, capsys):
+    code, _, err = cli(
+        capsys,
+        "fit",
+        "gmm",
+        "--n",
+        "200",
+        "-k",
+        "2",
+        "--max-iter",
+        "3",
+        "--tol",
+        "0",
+        "--out",
+        tmp_path / "m",
+    )
+    assert code == 0
+    assert re.search(r"log.?lik", err, re.IGNORECASE)  # the bar's postfix, on stderr
+    warning_lines = [line for line in err.splitlines() if line.startswith("genlab: warning:")]
+    assert len(warning_lines) == 1 and "converge" in warning_lines[0]  # not a warnings.warn dump
+    assert "warnings.warn" not in err
+
+
+# -- sample ---------------------------------------------------------------------------------------
+def test_sample_npy_and_png(moons_model, tmp_path, capsys):
+    code, stdout, _ = cli(capsys, "sample", moons_model, "-n", "100", "--out", tmp_path / "x.npy")
+    assert code == 0
+    x = np.load(tmp_path / "x.npy")
+    assert x.shape == (100, 2) and np.isfinite(x).all()
+    assert "x.npy" in stdout
+
+    again = tmp_path / "again.npy"
+    assert cli(capsys, "sample", moons_model, "-n", "100", "--out", again)[0] == 0
+    np.testing.assert_array_equal(np.load(again), x)  # same default seed, same samples
+    assert cli(capsys, "sample", moons_model, "-n", "100", "--seed", "5", "--out", again)[0] == 0
+    assert not np.array_equal(np.load(again), x)
+
+    code, _, _ = cli(capsys, "sample", moons_model, "-n", "100", "--out", tmp_path / "x.png")
+    assert code == 0
+    assert_png(tmp_path / "x.png")
+
+
+def test_sample_rejects_other_suffixes(moons_model, tmp_path, capsys):
+    code, _, err = cli(capsys, "sample", moons_model, "--out", tmp_path / "x.txt")
+    assert code == 2
+    assert_one_line_error(code, err, ".npy or .png")
+    assert not (tmp_path / "x.txt").exists()
+
+
+# -- eval -----------------------------------------------------------------------------------------
+def test_eval_json(moons_model, capsys):
+    code, stdout, _ = cli(capsys, "eval", moons_model, "--data", "moons", "--n", "400", "--json")
+    assert code == 0
+    result = json.loads(stdout)  # the whole of stdout is one JSON object
+    assert set(result) == EVAL_KEYS
+    assert result["family"] == "gmm" and result["log_prob_kind"] == "exact"
+    assert result["n_test"] == 400
+    for key in ("nll", "bits_per_dim", "mmd", "sliced_wasserstein", "energy_distance"):
+        assert math.isfinite(result[key])
+    assert result["bits_per_dim"] == pytest.approx(result["nll"] / (2 * math.log(2)))
+    test = load_dataset("moons", "test", n=400)  # --seed 0 by default
+    log_prob = genlab.load(moons_model).log_prob(test.x).double()
+    assert result["nll"] == pytest.approx(-log_prob.mean().item(), rel=1e-5)
+    assert result["mmd"] < 0.05 and result["energy_distance"] < 0.2
+
+
+def test_eval_table(moons_model, capsys):
+    code, stdout, _ = cli(capsys, "eval", moons_model, "--data", "moons", "--n", "300")
+    assert code == 0
+    for key in EVAL_KEYS:
+        assert key in stdout
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(stdout)
+
+
+# -- plot -----------------------------------------------------------------------------------------
+def test_plot_points_model(moons_model, tmp_path, capsys):
+    out = tmp_path / "density.png"
+    code, stdout, _ = cli(
+        capsys,
+        "plot",
+        moons_model,
+        "--data",
+        "moons",
+        "--n",
+        "300",
+        "--samples",
+        "200",
+        "--out",
+        out,
+    )
+    assert code == 0
+    image = assert_png(out)
+    green = (image[..., 1] > image[..., 0] + 0.15) & (image[..., 1] > image[..., 2] + 0.05)
+    assert green.sum() > 200  # the mixture's component ellipses
+    assert_png(moons_model / "history.png")
+    assert f"wrote {out}" in stdout and "history.png" in stdout
+
+
+def test_plot_default_out(moons_model, capsys):
+    code, stdout, _ = cli(capsys, "plot", moons_model)
+    assert code == 0
+    assert_png(moons_model / "plot.png")
+    assert str(moons_model / "plot.png") in stdout
+
+
+@pytest.mark.parametrize("covariance", ["tied", "spherical"])
+def test_plot_ellipses_for_other_covariance_types(tmp_path, capsys, covariance):
+    out = tmp_path / covariance
+    assert (
+        run(
+            [
+                "fit",
+                "gmm",
+                "--n",
+                "300",
+                "-k",
+                "3",
+                "--covariance",
+                covariance,
+                "--max-iter",
+                "10",
+                "--out",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    code, _, _ = cli(capsys, "plot", out, "--samples", "100")
+    assert code == 0
+    assert_png(out / "plot.png")
+
+
+def test_digits_fit_sample_plot(tmp_path, capsys):
+    out = tmp_path / "digits"
+    code, _, err = cli(
+        capsys,
+        "fit",
+        "gmm",
+        "--data",
+        "digits",
+        "--n",
+        "300",
+        "-k",
+        "2",
+        "--covariance",
+        "diag",
+        "--max-iter",
+        "5",
+        "--out",
+        out,
+        "--no-progress",
+    )
+    assert code == 0, err
+    assert genlab.load(out).event_shape == (1, 8, 8)
+
+    code, _, _ = cli(capsys, "sample", out, "-n", "30", "--out", tmp_path / "grid.png")
+    assert code == 0
+    assert_png(tmp_path / "grid.png")
+    code, _, _ = cli(capsys, "sample", out, "-n", "7", "--out", tmp_path / "d.npy")
+    assert np.load(tmp_path / "d.npy").shape == (7, 1, 8, 8)
+
+    code, stdout, _ = cli(capsys, "plot", out)
+    assert code == 0
+    assert_png(out / "plot.png")
+    assert_png(out / "history.png")
+
+    code, stdout, _ = cli(capsys, "eval", out, "--data", "digits", "--n", "50", "--json")
+    assert code == 0
+    assert json.loads(stdout)["n_test"] == 50
+
+
+# -- errors ---------------------------------------------------------------------------------------
+def test_unknown_data_set(tmp_path, capsys):
+    code, stdout, err = cli(capsys, "fit", "gmm", "--data", "nonesuch", "--out", tmp_path / "m")
+    assert code == 1
+    assert_one_line_error(code, err, "unknown data set 'nonesuch'")
+    assert stdout == ""
+    assert not (tmp_path / "m").exists()
+
+
+def test_missing_model_dir(tmp_path, capsys):
+    for command in (["sample"], ["eval", "--data", "moons"], ["plot"]):
+        code, _, err = cli(capsys, command[0], tmp_path / "nowhere", *command[1:])
+        assert code == 1
+        assert_one_line_error(code, err, "nowhere")
+
+
+def test_corrupt_config(moons_model, tmp_path, capsys):
+    broken = tmp_path / "broken"
+    shutil.copytree(moons_model, broken)
+    (broken / "config.json").write_text("{ not json")
+    code, _, err = cli(capsys, "sample", broken, "--out", tmp_path / "x.npy")
+    assert_one_line_error(code, err, "config.json")
+    assert code == 1
+
+
+def test_model_and_data_shapes_disagree(moons_model, capsys):
+    code, stdout, err = cli(capsys, "eval", moons_model, "--data", "digits", "--json")
+    assert_one_line_error(code, err, "shape")
+    assert stdout == ""
+
+
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (["fit", "gmm", "--bogus"], "No such option: --bogus"),
+        (["fit", "gmm", "--covariance", "round"], "--covariance"),
+        (["fit", "gmm", "--components", "0"], "--components"),
+        (["fit", "vae"], "No such command"),
+        (["eval", "somewhere"], "--data"),
+        (["sample"], "MODEL_DIR"),
+    ],
+)
+def test_usage_errors_exit_2(capsys, argv, fragment):
+    code, stdout, err = cli(capsys, *argv)
+    assert code == 2
+    assert_one_line_error(code, err, fragment, "--help")
+    assert stdout == ""
+
+
+@pytest.mark.parametrize(
+    "argv", [[], ["fit"], ["fit", "gmm"], ["sample"], ["eval"], ["plot"]], ids=" ".join
+)
+def test_help(capsys, argv):
+    code, stdout, err = cli(capsys, *argv, "--help")
+    assert code == 0, err
+    assert "Usage" in stdout and "genlab" in stdout
+
+
+def test_help_lists_every_command_and_option(capsys):
+    _, stdout, _ = cli(capsys, "--help")
+    for command in ("fit", "sample", "eval", "plot"):
+        assert command in stdout
+    _, stdout, _ = cli(capsys, "fit", "gmm", "--help")
+    for option in (
+        "--data",
+        "--components",
+        "--covariance",
+        "--max-iter",
+        "--tol",
+        "--reg-covar",
+        "--init",
+        "--n-init",
+        "--seed",
+        "--n",
+        "--dtype",
+        "--root",
+        "--out",
+    ):
+        assert option in stdout
+
+
+def test_python_m_genlab_entry_point(tmp_path):
+    """The real entry point: `python -m genlab` exits with code 1 and a one-line error."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    bad = subprocess.run(
+        [sys.executable, "-m", "genlab", "sample", "missing-dir"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert bad.returncode == 1
+    assert_one_line_error(bad.returncode, bad.stderr, "missing-dir")
