@@ -36,6 +36,10 @@ class NotFittedError(ValueError, AttributeError):
     """Raised when `sample`, `log_prob` or `save` is called before `fit`."""
 
 
+class ConvergenceWarning(UserWarning):
+    """Fitting stopped at its iteration budget before meeting its tolerance."""
+
+
 def default_device() -> torch.device:
     """`cuda` when a GPU is visible, else the CPU."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")

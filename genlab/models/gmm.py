@@ -27,11 +27,17 @@ from typing import Any, Literal, NamedTuple
 import numpy as np
 import torch
 import torch.distributed as dist
-from sklearn.exceptions import ConvergenceWarning
 from tqdm.auto import tqdm
 
 from genlab.data.dataset import ArrayLike
-from genlab.models.base import GenerativeModel, as_data, check_finite, iter_chunks, resolve_dtype
+from genlab.models.base import (
+    ConvergenceWarning,
+    GenerativeModel,
+    as_data,
+    check_finite,
+    iter_chunks,
+    resolve_dtype,
+)
 
 CovarianceType = Literal["full", "tied", "diag", "spherical"]
 InitMethod = Literal["kmeans", "k-means++", "random", "random_from_data"]
