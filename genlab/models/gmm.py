@@ -237,17 +237,21 @@ def e_step(phi_t: torch.Tensor, theta: torch.Tensor) -> tuple[torch.Tensor, torc
 
 # -- initialisation -----------------------------------------------------------------------------
 def kmeans_plusplus(x: torch.Tensor, k: int, g: torch.Generator) -> torch.Tensor:
-    """Greedy k-means++ seeding (Arthur & Vassilvitskii 2007): (k, D) centres from rows of x."""
+    """Greedy k-means++ seeding (Arthur & Vassilvitskii 2007): (k, D) centres from rows of x.
+
+    g is a CPU generator (random draws are made on the CPU, then moved to x's device).
+    """
     n = len(x)
     trials = 2 + int(math.log(k))
-    centres = [x[torch.randint(n, (1,), generator=g, device=x.device)]]
+    centres = [x[torch.randint(n, (1,), generator=g).to(x.device)]]
     closest = torch.cdist(x, centres[0]).squeeze(1) ** 2
     for _ in range(1, k):
         total = closest.sum()
         if total <= 0:  # fewer distinct points than k: pick any
-            idx = torch.randint(n, (trials,), generator=g, device=x.device)
+            idx = torch.randint(n, (trials,), generator=g)
         else:
-            idx = torch.multinomial(closest / total, trials, replacement=True, generator=g)
+            idx = torch.multinomial((closest / total).cpu(), trials, replacement=True, generator=g)
+        idx = idx.to(x.device)
         cand = torch.minimum(closest.unsqueeze(0), (torch.cdist(x[idx], x) ** 2))  # (trials, n)
         best = int(cand.sum(1).argmin())
         centres.append(x[idx[best]].unsqueeze(0))
@@ -269,10 +273,10 @@ def lloyd(x: torch.Tensor, centres: torch.Tensor, steps: int) -> torch.Tensor:
 def initial_responsibilities(x: torch.Tensor, k: int, method: str, g: torch.Generator):
     """(m, K) responsibilities of the init sample x (m, D) for the first M-step."""
     if method == "random":
-        r = torch.rand(len(x), k, generator=g, device=x.device, dtype=x.dtype)
+        r = torch.rand(len(x), k, generator=g, dtype=x.dtype).to(x.device)
         return r / r.sum(1, keepdim=True)
     if method == "random_from_data":
-        centres = x[torch.randperm(len(x), generator=g, device=x.device)[:k]]
+        centres = x[torch.randperm(len(x), generator=g)[:k].to(x.device)]
     else:
         centres = kmeans_plusplus(x, k, g)
         if method == "kmeans":
@@ -579,10 +583,11 @@ class GaussianMixture(GenerativeModel, family="gmm"):
         cfg, d = self.config, self.n_dims
         history: list[float] = []
         self.converged_ = False
+        show = progress if not _distributed() else bool(progress) and dist.get_rank() == 0
         bar = tqdm(
             range(cfg.max_iter),
             desc=f"EM {run + 1}/{cfg.n_init}" if cfg.n_init > 1 else "EM",
-            disable=(not progress) if progress is not None else None,
+            disable=(not show) if show is not None else None,
             leave=False,
         )
         for _ in bar:
