@@ -98,7 +98,7 @@ def test_natural_parameters_give_the_gaussian_log_density(cov):
     z = torch.randn(50, d, generator=g, dtype=torch.float64) * 2
     theta = natural_parameters(log_w, means, precision_cholesky(covs, cov), cov)
     assert FEATURES[cov](z).shape == (n_features(cov, d), 50)
-    ours = FEATURES[cov](z).T @ theta
+    ours = (theta @ FEATURES[cov](z)).T
     mvn = torch.distributions.MultivariateNormal(means, covariance_matrix=dense)
     expected = log_w + mvn.log_prob(z[:, None, :])
     torch.testing.assert_close(ours, expected, rtol=1e-10, atol=1e-10)

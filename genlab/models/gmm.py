@@ -9,16 +9,18 @@ feature map phi(z) = [1, z, z_i z_j (i <= j)]:
     log w_k + log N(z | nu_k, P_k) = Theta_k . phi(z),
     Theta_k = [log w_k - D/2 log 2pi + log|U_k| - nu_k^T P_k nu_k / 2,  P_k nu_k,  -P_k / 2 (vech)]
 
-so an E-step is one matrix product phi(Z) Theta (n x K) and a log-sum-exp, and the M-step's
-sufficient statistics (sum r, sum r z, sum r z z^T) are one product R^T phi(Z). Both run over
-chunks of rows, so memory is set by `chunk_size`, not by n; statistics are summed in float64
-and, under `torch.distributed`, all-reduced across processes. diag and spherical mixtures use
-the smaller maps [1, z, z^2] and [1, z, |z|^2]; tied shares one P across components.
+so an E-step is one matrix product Theta phi(Z)^T (K x n) and a log-sum-exp, and the
+M-step's sufficient statistics (sum r, sum r z, sum r z z^T) are one product R^T phi(Z)
+(K x p). Both run over chunks of rows, so memory is set by `chunk_size`, not by n;
+statistics are summed in float64 and, under `torch.distributed`, all-reduced across
+processes. diag and spherical mixtures use the smaller maps [1, z, z^2] and [1, z, |z|^2];
+tied shares one P across components.
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -46,7 +48,8 @@ INIT_METHODS = ("kmeans", "k-means++", "random", "random_from_data")
 INIT_SAMPLE = 100_000  # rows on which the initial parameters are computed
 LLOYD_STEPS = 10  # Lloyd iterations after k-means++ seeding for init="kmeans"
 DEAD_MASS = 1e-3  # a component with less total responsibility than this is re-seeded
-FEATURE_BUDGET = 2**22  # elements of phi(z) per chunk when chunk_size is None
+CHUNK_ROWS = 4096  # default rows per chunk: its K x n scratch stays in cache (measured best)
+FEATURE_BUDGET = 2**23  # at most this many elements of phi(z) per chunk by default
 
 
 @dataclass(frozen=True)
@@ -79,9 +82,9 @@ class GMMConfig:
             )
         if self.init not in INIT_METHODS:
             raise ValueError(f"init must be one of {INIT_METHODS}, got {self.init!r}")
-        if not (isinstance(self.tol, int | float) and self.tol >= 0):
+        if not (isinstance(self.tol, numbers.Real) and self.tol >= 0):
             raise ValueError(f"tol must be a number >= 0, got {self.tol!r}")
-        if not (isinstance(self.reg_covar, int | float) and self.reg_covar >= 0):
+        if not (isinstance(self.reg_covar, numbers.Real) and self.reg_covar >= 0):
             raise ValueError(f"reg_covar must be a number >= 0, got {self.reg_covar!r}")
         resolve_dtype(self.dtype)
 
@@ -100,37 +103,44 @@ def _vech_index(d: int, device: torch.device) -> tuple[torch.Tensor, torch.Tenso
     return i, j
 
 
-def _full_features(z: torch.Tensor) -> torch.Tensor:
+def _full_features(z: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """(n, D) -> phi(z)^T (1 + D + D(D+1)/2, n): [1, z, z_i z_j for i <= j] (row-major vech).
 
     Built transposed, one contiguous broadcast product per row of the upper triangle: 5-20x
     faster than gathering columns; matrix products take the transposed view for free.
     """
     n, d = z.shape
-    zt = z.T.contiguous()
-    phi = z.new_empty(1 + d + d * (d + 1) // 2, n)
+    phi = z.new_empty(1 + d + d * (d + 1) // 2, n) if out is None else out
     phi[0] = 1
-    phi[1 : 1 + d] = zt
+    phi[1 : 1 + d] = z.T
     start = 1 + d
     for i in range(d):
-        torch.mul(zt[i : i + 1], zt[i:], out=phi[start : start + d - i])
+        torch.mul(phi[1 + i : 2 + i], phi[1 + i : 1 + d], out=phi[start : start + d - i])
         start += d - i
     return phi
 
 
-def _diag_features(z: torch.Tensor) -> torch.Tensor:
+def _diag_features(z: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """(n, D) -> phi(z)^T (1 + 2D, n): [1, z, z^2]."""
-    zt = z.T
-    return torch.cat([z.new_ones(1, len(z)), zt, zt * zt])
+    n, d = z.shape
+    phi = z.new_empty(1 + 2 * d, n) if out is None else out
+    phi[0] = 1
+    phi[1 : 1 + d] = z.T
+    torch.mul(phi[1 : 1 + d], phi[1 : 1 + d], out=phi[1 + d :])
+    return phi
 
 
-def _spherical_features(z: torch.Tensor) -> torch.Tensor:
+def _spherical_features(z: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """(n, D) -> phi(z)^T (2 + D, n): [1, z, |z|^2]."""
-    zt = z.T
-    return torch.cat([z.new_ones(1, len(z)), zt, (zt * zt).sum(0, keepdim=True)])
+    n, d = z.shape
+    phi = z.new_empty(2 + d, n) if out is None else out
+    phi[0] = 1
+    phi[1 : 1 + d] = z.T
+    torch.linalg.vector_norm(z, dim=1, out=phi[1 + d]).square_()
+    return phi
 
 
-FEATURES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+FEATURES: dict[str, Callable[..., torch.Tensor]] = {
     "full": _full_features,
     "tied": _full_features,
     "diag": _diag_features,
@@ -178,7 +188,7 @@ def log_det_cholesky(prec_chol: torch.Tensor, covariance_type: str, d: int) -> t
 def natural_parameters(
     log_weights: torch.Tensor, nu: torch.Tensor, prec_chol: torch.Tensor, covariance_type: str
 ) -> torch.Tensor:
-    """Theta (p, K) with phi(z) Theta = log w_k + log N(z | nu_k, P_k), nats."""
+    """Theta (K, p) with Theta_k . phi(z) = log w_k + log N(z | nu_k, P_k), nats."""
     k, d = nu.shape
     log_det = log_det_cholesky(prec_chol, covariance_type, d)
     if covariance_type in ("full", "tied"):
@@ -193,7 +203,7 @@ def natural_parameters(
         linear = prec_d * nu
         quadratic = -0.5 * (prec if covariance_type == "diag" else prec.unsqueeze(-1))
     const = log_weights - 0.5 * d * math.log(2 * math.pi) + log_det - 0.5 * (linear * nu).sum(-1)
-    return torch.cat([const.unsqueeze(-1), linear, quadratic], dim=1).T.contiguous()
+    return torch.cat([const.unsqueeze(-1), linear, quadratic], dim=1)
 
 
 def m_step(stats: torch.Tensor, covariance_type: str, reg_covar: float, d: int) -> Params:
@@ -221,18 +231,37 @@ def m_step(stats: torch.Tensor, covariance_type: str, reg_covar: float, d: int) 
     return Params(nk / nk.sum(), nu, cov)
 
 
-def e_step(phi_t: torch.Tensor, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-row log p(x) (n,) and responsibilities R (n, K) from phi^T (p, n) and Theta (p, K).
+def e_step(
+    phi_t: torch.Tensor, theta: torch.Tensor, out: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row log p(x) (n,) and responsibilities R^T (K, n) from phi^T (p, n) and Theta (K, p).
 
+    Rows of data are columns here: with K x n logits, both matrix products of an EM pass
+    take their fastest BLAS layouts (measured 1.5-5x faster than n x K in float64). The
+    logits are computed into `out` when given, and R^T overwrites them.
     exp() is clamped below (e^-80 in float32, e^-700 in float64): the CPU exp is 10-25x slower
     when most results underflow, and what the clamp keeps is below 1e-35 of the row's total.
     """
-    logits = phi_t.T @ theta
-    top = logits.max(dim=1, keepdim=True).values
+    logits = torch.mm(theta, phi_t, out=out)
+    top = logits.amax(dim=0, keepdim=True)
     floor = -80.0 if logits.dtype == torch.float32 else -700.0
-    e = (logits - top).clamp_(min=floor).exp_()
-    total = e.sum(dim=1, keepdim=True)
-    return (top + total.log()).squeeze(1), e.div_(total)
+    e = logits.sub_(top).clamp_(min=floor).exp_()
+    total = e.sum(dim=0, keepdim=True)
+    return (top + total.log()).squeeze(0), e.div_(total)
+
+
+class _Scratch:
+    """Tensors reused from chunk to chunk: a fresh multi-MB tensor per chunk costs page faults
+    (measured: building phi into a reused buffer is 1.5-3x faster)."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.store = device, {}
+
+    def __call__(self, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        t = self.store.get(name)
+        if t is None or t.shape != shape or t.dtype != dtype:
+            t = self.store[name] = torch.empty(shape, dtype=dtype, device=self.device)
+        return t
 
 
 # -- initialisation -----------------------------------------------------------------------------
@@ -315,7 +344,7 @@ class GaussianMixture(GenerativeModel, family="gmm"):
             float64: covariances from raw second moments lose ~eps * |mu|^2 / sigma^2 to
             cancellation, which float32 cannot afford for near-degenerate components.
         chunk_size: rows per chunk of the E/M passes (peak memory ~ chunk_size * p elements,
-            p = 1 + D + D(D+1)/2 for full); default keeps phi(z) near 4M elements.
+            p = 1 + D + D(D+1)/2 for full); default 4096 rows, fewer when p is large.
         device: "cuda", "cpu" or None (cuda when present).
         weights_init, means_init, precisions_init: optional starting values (scikit-learn's
             shapes); they replace what `init` computes. Not saved with the model.
@@ -432,14 +461,14 @@ class GaussianMixture(GenerativeModel, family="gmm"):
     # -- passes over the data -------------------------------------------------------------------
     def _chunk_size(self, d: int) -> int:
         p = n_features(self.config.covariance_type, d)
-        return self.config.chunk_size or max(256, FEATURE_BUDGET // p)
+        return self.config.chunk_size or max(256, min(CHUNK_ROWS, FEATURE_BUDGET // p))
 
     def _rows(self, x: ArrayLike, centre: torch.Tensor, dtype: torch.dtype):
         """Yield (start, z) with z = x[start:start+chunk] - centre, flattened, in `dtype`."""
         d = centre.numel()
         for start, chunk in iter_chunks(x, self._chunk_size(d)):
-            z = chunk.reshape(len(chunk), d).to(self.device, dtype)
-            yield start, z - centre.to(dtype)
+            z = chunk.reshape(len(chunk), d).to(self.device, dtype, copy=True)
+            yield start, z.sub_(centre.to(dtype))
 
     def _theta(self, centre: torch.Tensor) -> torch.Tensor:
         nu = self.means_ - centre
@@ -450,15 +479,20 @@ class GaussianMixture(GenerativeModel, family="gmm"):
 
     def _em_pass(self, x: ArrayLike, centre: torch.Tensor, theta: torch.Tensor):
         """One E-step over all rows: (sum of log p(x), statistics R^T phi (K, p)), float64."""
-        ct, k = self.config.covariance_type, self.config.n_components
-        stats = torch.zeros(theta.shape[0], k, dtype=torch.float64, device=self.device)
-        total = torch.zeros((), dtype=torch.float64, device=self.device)
-        for _, z in self._rows(x, centre, torch.float64):
-            phi_t = FEATURES[ct](z)  # float64: raw second moments need it (cancellation)
-            lp, resp = e_step(phi_t.to(theta.dtype), theta)
-            stats.addmm_(phi_t, resp.to(phi_t.dtype))
-            total += lp.sum(dtype=torch.float64)
-        return total, stats.T
+        ct, (k, p) = self.config.covariance_type, theta.shape
+        f64, low = torch.float64, theta.dtype
+        stats = torch.zeros(k, p, dtype=f64, device=self.device)
+        total = torch.zeros((), dtype=f64, device=self.device)
+        buf = _Scratch(self.device)
+        for _, z in self._rows(x, centre, f64):
+            m = len(z)
+            phi_t = FEATURES[ct](z, out=buf("phi", (p, m), f64))  # float64: see `dtype`
+            phi_low = phi_t if low == f64 else buf("phi_low", (p, m), low).copy_(phi_t)
+            lp, resp_t = e_step(phi_low, theta, out=buf("logits", (k, m), low))
+            resp64 = resp_t if low == f64 else buf("resp64", (k, m), f64).copy_(resp_t)
+            stats.addmm_(resp64, phi_t.T)
+            total += lp.sum(dtype=f64)
+        return total, stats
 
     def _worst_rows(self, x: ArrayLike, centre: torch.Tensor, k: int):
         """The k rows with the lowest log-density (log p, centred rows), for re-seeding."""
@@ -530,8 +564,9 @@ class GaussianMixture(GenerativeModel, family="gmm"):
                         self.converged_)  # fmt: skip
         state, history, converged = best
         self.load_state_dict(state)
-        self.lower_bounds_, self.lower_bound_ = history, history[-1]
-        self.converged_, self.n_iter_ = converged, len(history)
+        self.lower_bound_ = history[-1]
+        self.lower_bounds_ = history if cfg.max_iter > 0 else []
+        self.converged_, self.n_iter_ = converged, len(self.lower_bounds_)
         if not converged and cfg.max_iter > 0:
             warnings.warn(
                 f"EM did not converge in {cfg.max_iter} iterations (tol={cfg.tol}); "
@@ -568,6 +603,8 @@ class GaussianMixture(GenerativeModel, family="gmm"):
             if prec.shape != self._cov_shape(d):
                 raise ValueError(f"precisions_init must have shape {self._cov_shape(d)} for {ct}")
             if ct in ("full", "tied"):
+                if not torch.allclose(prec, prec.mT):
+                    raise ValueError("precisions_init must be symmetric")
                 chol, info = torch.linalg.cholesky_ex(prec)
                 if (info != 0).any():
                     raise ValueError("precisions_init must be symmetric positive definite")
@@ -607,7 +644,7 @@ class GaussianMixture(GenerativeModel, family="gmm"):
                 self.converged_ = True
                 break
         bar.close()
-        if not history:  # max_iter=0: report the initial parameters' lower bound
+        if not history:  # max_iter=0: the initial parameters' mean log-likelihood ranks runs
             total, _ = self._em_pass(x, centre, self._theta(centre))
             history.append(float(_all_reduce(total).item()) / n)
         return history
@@ -652,12 +689,12 @@ class GaussianMixture(GenerativeModel, family="gmm"):
     @torch.no_grad()
     def predict_proba(self, x: Any) -> torch.Tensor:
         """Posterior component probabilities p(k | x): (n, K)."""
-        return self._map_rows(x, lambda _, resp: resp)
+        return self._map_rows(x, lambda _, resp_t: resp_t.T)
 
     @torch.no_grad()
     def predict(self, x: Any) -> torch.Tensor:
         """Most probable component of each row: (n,) int64."""
-        return self._map_rows(x, lambda _, resp: resp.argmax(1))
+        return self._map_rows(x, lambda _, resp_t: resp_t.argmax(0))
 
     def score(self, x: Any) -> float:
         """Mean log-likelihood per sample, nats."""
