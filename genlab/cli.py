@@ -325,16 +325,18 @@ def sample(
 def evaluate_model(model: GenerativeModel, test: Dataset, seed: int) -> dict[str, Any]:
     """Test-set NLL (nats/sample), bits/dim, and sample metrics.
 
-    For quantised data (`test.levels` set) the density is evaluated at dequantised test points
-    and bits_per_dim is that of the discrete data (an upper bound in expectation); otherwise
-    it is the continuous density's. The sample metrics compare `len(test)` model samples
-    (drawn with `seed`) with the test data.
+    For quantised data (`test.levels` set) a density is evaluated at dequantised test points
+    and bits_per_dim is that of the discrete data (an upper bound in expectation); a model
+    whose `log_prob_space` is "discrete" is evaluated on the quantised points directly;
+    otherwise bits_per_dim is the continuous density's. The sample metrics compare
+    `len(test)` model samples (drawn with `seed`) with the test data.
     """
     x = _as_tensor(test.x)
-    at = _as_tensor(_dequantized(test, seed).x)
+    discrete = model.log_prob_space == "discrete"
+    at = x if discrete else _as_tensor(_dequantized(test, seed).x)
     log_p = model.log_prob(at)
     nll = metrics.nll(log_p)
-    if test.levels is None:
+    if test.levels is None or discrete:
         bpd = metrics.bits_per_dim(nll, test.dim)
     else:
         bpd = metrics.discrete_bits_per_dim(log_p, test.dim, test.levels)

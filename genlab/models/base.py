@@ -122,6 +122,10 @@ class GenerativeModel(nn.Module):
     family: ClassVar[str]
     config_class: ClassVar[type]
     log_prob_kind: ClassVar[LogProbKind]
+    #: "continuous": log_prob is a density over real-valued x (nats); "discrete": a log-mass
+    #: over quantised x (images stored as k / (levels - 1)). Evaluation reads it to put both
+    #: on one bits/dim scale (dequantising only for densities). A family may make it a property.
+    log_prob_space: Literal["continuous", "discrete"] = "continuous"
 
     def __init_subclass__(cls, family: str | None = None, **kwargs: Any):
         super().__init_subclass__(**kwargs)

@@ -176,6 +176,12 @@ def precision_cholesky(covariances: torch.Tensor, covariance_type: str) -> torch
     return covariances.rsqrt()
 
 
+def positive_definite(covariances: torch.Tensor, covariance_type: str) -> bool:
+    if covariance_type in ("full", "tied"):
+        return bool((torch.linalg.cholesky_ex(covariances).info == 0).all())
+    return bool((covariances > 0).all())
+
+
 def log_det_cholesky(prec_chol: torch.Tensor, covariance_type: str, d: int) -> torch.Tensor:
     """log |U_k| = log sqrt|P_k| for each component: (K,) (a scalar for tied)."""
     if covariance_type in ("full", "tied"):
@@ -339,10 +345,13 @@ class GaussianMixture(GenerativeModel, family="gmm"):
             "random" (random responsibilities) or "random_from_data" (K random points as means);
             computed on at most 100,000 rows drawn with `seed`.
         seed: seed of the initialisation's random choices.
-        dtype: precision of the E-step product phi(z) Theta ("float64" for sklearn-exact
-            answers, "float32" for speed). The statistics R^T phi(z) and the M-step are always
-            float64: covariances from raw second moments lose ~eps * |mu|^2 / sigma^2 to
-            cancellation, which float32 cannot afford for near-degenerate components.
+        dtype: precision of the chunk products ("float64": scikit-learn's answers to
+            round-off; "float32": faster; covariance entries then carry an
+            error of about 1e-7 * |mu_k - mean|^2 from float32 products). Chunk
+            statistics are summed, and M-steps computed, in float64. Covariances from raw
+            second moments lose ~eps * |mu|^2 / sigma^2 to cancellation: where float32
+            statistics give a covariance that is not positive definite, that iteration is
+            redone in float64.
         chunk_size: rows per chunk of the E/M passes (peak memory ~ chunk_size * p elements,
             p = 1 + D + D(D+1)/2 for full); default 4096 rows, fewer when p is large.
         device: "cuda", "cpu" or None (cuda when present).
@@ -477,22 +486,46 @@ class GaussianMixture(GenerativeModel, family="gmm"):
             self.compute_dtype
         )
 
-    def _em_pass(self, x: ArrayLike, centre: torch.Tensor, theta: torch.Tensor):
-        """One E-step over all rows: (sum of log p(x), statistics R^T phi (K, p)), float64."""
+    def _em_pass(self, x: ArrayLike, centre: torch.Tensor, theta: torch.Tensor, exact: bool):
+        """One E-step over all rows: (sum of log p(x), statistics R^T phi (K, p)), float64.
+
+        exact: build phi(z) and its statistics product in float64 (else in the compute dtype,
+        each chunk's product then summed in float64).
+        """
         ct, (k, p) = self.config.covariance_type, theta.shape
         f64, low = torch.float64, theta.dtype
+        high = f64 if exact else low
         stats = torch.zeros(k, p, dtype=f64, device=self.device)
         total = torch.zeros((), dtype=f64, device=self.device)
         buf = _Scratch(self.device)
-        for _, z in self._rows(x, centre, f64):
+        for _, z in self._rows(x, centre, high):
             m = len(z)
-            phi_t = FEATURES[ct](z, out=buf("phi", (p, m), f64))  # float64: see `dtype`
-            phi_low = phi_t if low == f64 else buf("phi_low", (p, m), low).copy_(phi_t)
+            phi_t = FEATURES[ct](z, out=buf("phi", (p, m), high))
+            phi_low = phi_t if low == high else buf("phi_low", (p, m), low).copy_(phi_t)
             lp, resp_t = e_step(phi_low, theta, out=buf("logits", (k, m), low))
-            resp64 = resp_t if low == f64 else buf("resp64", (k, m), f64).copy_(resp_t)
-            stats.addmm_(resp64, phi_t.T)
+            if high == f64:
+                resp64 = resp_t if low == f64 else buf("resp64", (k, m), f64).copy_(resp_t)
+                stats.addmm_(resp64, phi_t.T)
+            else:
+                stats += torch.mm(resp_t, phi_t.T, out=buf("stats_low", (k, p), low))
             total += lp.sum(dtype=f64)
         return total, stats
+
+    def _em_step(self, x: ArrayLike, n: int, centre: torch.Tensor):
+        """E-step statistics and M-step parameters: (sum log p(x), stats, Params).
+
+        With dtype="float32" the statistics come from float32 products first; if they give
+        a covariance that is not positive definite (cancellation in S2/N - mu mu^T on a
+        near-degenerate component) the pass is redone with float64 statistics.
+        """
+        cfg, theta = self.config, self._theta(centre)
+        for exact in dict.fromkeys([self.compute_dtype == torch.float64, True]):
+            total, stats = self._em_pass(x, centre, theta, exact)
+            _all_reduce(total), _all_reduce(stats)
+            p = m_step(stats, cfg.covariance_type, cfg.reg_covar, self.n_dims)
+            if exact or positive_definite(p.covariances, cfg.covariance_type):
+                break
+        return total, stats, p
 
     def _worst_rows(self, x: ArrayLike, centre: torch.Tensor, k: int):
         """The k rows with the lowest log-density (log p, centred rows), for re-seeding."""
@@ -617,7 +650,7 @@ class GaussianMixture(GenerativeModel, family="gmm"):
             self.precisions_cholesky_ = precision_cholesky(cov, ct)
 
     def _run_em(self, x: ArrayLike, n: int, centre: torch.Tensor, progress, run: int) -> list:
-        cfg, d = self.config, self.n_dims
+        cfg = self.config
         history: list[float] = []
         self.converged_ = False
         show = progress if not _distributed() else bool(progress) and dist.get_rank() == 0
@@ -628,10 +661,8 @@ class GaussianMixture(GenerativeModel, family="gmm"):
             leave=False,
         )
         for _ in bar:
-            total, stats = self._em_pass(x, centre, self._theta(centre))
-            _all_reduce(total), _all_reduce(stats)
+            total, stats, p = self._em_step(x, n, centre)
             history.append(float(total.item()) / n)
-            p = m_step(stats, cfg.covariance_type, cfg.reg_covar, d)
             if (stats[:, 0] < DEAD_MASS).any():
                 self._set_params(p, centre, check=False)
                 p = self._reseed_dead(
@@ -645,7 +676,7 @@ class GaussianMixture(GenerativeModel, family="gmm"):
                 break
         bar.close()
         if not history:  # max_iter=0: the initial parameters' mean log-likelihood ranks runs
-            total, _ = self._em_pass(x, centre, self._theta(centre))
+            total, _ = self._em_pass(x, centre, self._theta(centre), exact=True)
             history.append(float(_all_reduce(total).item()) / n)
         return history
 
