@@ -93,6 +93,7 @@ def fit_pomegranate(xt, k, cov, iters, start):
 def per_iteration(fit, extra: int, repeats: int) -> tuple[float, float]:
     """min over repeats of (T(1 + extra) - T(1)) / extra, and the final lower bound."""
     best, bound = np.inf, np.nan
+    fit(1)  # warm-up: lazy imports, allocator, thread pools
     for _ in range(repeats):
         t0 = time.perf_counter()
         fit(1)
