@@ -120,7 +120,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--scale", type=float, default=1.0, help="multiply every n (smoke runs)")
     p.add_argument("--repeats", type=int, default=2)
-    p.add_argument("--extra", type=int, default=4, help="timed EM iterations")
+    p.add_argument("--extra", type=int, default=6, help="timed EM iterations")
     p.add_argument("--no-pomegranate", action="store_true")
     args = p.parse_args()
     warnings.simplefilter("ignore")

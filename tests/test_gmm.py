@@ -332,3 +332,28 @@ def test_torchrun_two_processes_equal_one(tmp_path, init):
     np.testing.assert_allclose(got["lower_bounds"], single.lower_bounds_, rtol=0, atol=1e-9)
     np.testing.assert_allclose(got["means"], single.means_.numpy(), rtol=0, atol=1e-8)
     np.testing.assert_allclose(got["covariances"], single.covariances_.numpy(), atol=1e-8)
+
+
+@pytest.mark.filterwarnings("ignore::genlab.models.ConvergenceWarning")
+def test_float32_statistics_fall_back_to_float64_on_a_degenerate_component(monkeypatch):
+    """A component with zero spread far from the centre: float32 S2/N - mu^2 is not positive
+    definite, so that iteration's statistics are recomputed in float64."""
+    rng = np.random.default_rng(0)
+    flat = np.column_stack([rng.normal(size=(300, 2)) + 40, np.full(300, 3001.37)])
+    x = np.concatenate([rng.normal(size=(300, 3)), flat])
+    means = np.array([[0.0, 0.0, 0.0], [40.0, 40.0, 3001.37]])
+    exact_passes = []
+    original = GaussianMixture._em_pass
+
+    def spy(self, x, centre, theta, exact):
+        exact_passes.append(exact)
+        return original(self, x, centre, theta, exact)
+
+    monkeypatch.setattr(GaussianMixture, "_em_pass", spy)
+    f32 = GaussianMixture(2, dtype="float32", means_init=means, max_iter=5, tol=0).fit(x)
+    assert True in exact_passes and False in exact_passes  # fast pass, then the fallback
+    f64 = GaussianMixture(2, means_init=means, max_iter=5, tol=0).fit(x)
+    # reg_covar alone; raw moments lose ~eps64 * 1500^2 * sqrt(n) ~ 1e-8 here even in float64
+    assert f64.covariances_[1, 2, 2] == pytest.approx(1e-6, abs=5e-8)
+    assert 0 < f32.covariances_[1, 2, 2] < 1e-5  # positive: never a NaN or a failed Cholesky
+    torch.testing.assert_close(f32.covariances_, f64.covariances_, rtol=1e-4, atol=1e-5)
