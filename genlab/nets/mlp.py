@@ -1,0 +1,149 @@
+"""A residual MLP for vectors, optionally conditioned on time t and a class label y by FiLM."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from genlab.nets.embeddings import (
+    LabelEmbedding,
+    SinusoidalEmbedding,
+    check_labels,
+    init_weights,
+    null_labels,
+    time_batch,
+)
+
+
+class FiLMBlock(nn.Module):
+    """Pre-norm residual block: h + Linear(Dropout(SiLU(FiLM(LayerNorm(h), c)))).
+
+    FiLM: u -> u * (1 + scale) + shift, with (scale, shift) = Linear(SiLU(c)). The skip is
+    dropped when the width changes (in_dim != out_dim).
+
+    Shapes:
+        h: (B, in_dim), c: (B, cond_dim) or None  ->  (B, out_dim).
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, cond_dim: int | None, dropout: float):
+        super().__init__()
+        self.norm = nn.LayerNorm(in_dim)
+        self.film = nn.Linear(cond_dim, 2 * in_dim) if cond_dim is not None else None
+        self.dropout = nn.Dropout(dropout)
+        self.linear = nn.Linear(in_dim, out_dim)
+        self.residual = in_dim == out_dim
+
+    def forward(self, h: Tensor, c: Tensor | None = None) -> Tensor:
+        u = self.norm(h)
+        if self.film is not None:
+            scale, shift = self.film(c).chunk(2, dim=-1)  # c is already SiLU'd: (B, in_dim) each
+            u = u * (1 + scale) + shift
+        u = self.linear(self.dropout(nn.functional.silu(u)))
+        return h + u if self.residual else u
+
+
+class MLP(nn.Module):
+    """Residual MLP with LayerNorm and SiLU; time and label enter every block by FiLM.
+
+        h_0 = Linear(x)                                          (B, hidden[0])
+        h_i = h_{i-1} + Linear(SiLU(FiLM(LN(h_{i-1}), c)))        one block per entry of hidden
+        out = Linear(LN(h_L))                                    (B, out_dim), raw
+
+    with c = MLP_t(SinusoidalEmbedding(t)) + LabelEmbedding(y) of size hidden[0]. Why this
+    shape: the pre-norm residual form keeps gradients well scaled at any depth and lets one
+    net serve both as a velocity / score / noise predictor (t, y) and as a VAE encoder or
+    decoder (neither); FiLM (a per-unit scale and shift) lets t change the function, not just
+    add a bias. Where consecutive widths differ, that block has no skip.
+
+    Init: LeCun-normal weights, zero biases; residual branch outputs are scaled down by
+    1/sqrt(number of blocks) (nanoGPT-style), so the stream keeps its scale at any depth.
+
+    Args:
+        in_dim, out_dim: input and output sizes.
+        hidden: widths of the residual stream, one block per entry.
+        time_dim: size of the sinusoidal time embedding; None for a net without t.
+        n_classes: number of classes for a label-conditioned net; None for none. y=None then
+            means the null label (index n_classes).
+        dropout: dropout probability inside each block.
+
+    Shapes:
+        x: (B, in_dim), t: (B,) float in [0, 1] (or a scalar), y: (B,) long  ->  (B, out_dim).
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int,
+        hidden: Sequence[int] = (256, 256, 256),
+        time_dim: int | None = None,
+        n_classes: int | None = None,
+        dropout: float = 0.0,
+    ):
+        super().__init__()
+        hidden = tuple(hidden)
+        for name, v in [("in_dim", in_dim), ("out_dim", out_dim), *[("hidden", h) for h in hidden]]:
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must hold integers >= 1, got {v!r}")
+        if not hidden:
+            raise ValueError("hidden must name at least one width, e.g. (256, 256, 256)")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+        self.in_dim, self.out_dim, self.hidden = in_dim, out_dim, hidden
+        self.time_dim, self.n_classes = time_dim, n_classes
+
+        cond_dim = hidden[0] if (time_dim is not None or n_classes is not None) else None
+        self.time_embed = None
+        if time_dim is not None:
+            self.time_embed = nn.Sequential(
+                SinusoidalEmbedding(time_dim),
+                nn.Linear(time_dim, cond_dim),
+                nn.SiLU(),
+                nn.Linear(cond_dim, cond_dim),
+            )
+        self.label_embed = LabelEmbedding(n_classes, cond_dim) if n_classes is not None else None
+
+        self.input = nn.Linear(in_dim, hidden[0])
+        widths = (hidden[0], *hidden)
+        self.blocks = nn.ModuleList(
+            FiLMBlock(a, b, cond_dim, dropout) for a, b in itertools.pairwise(widths)
+        )
+        self.norm = nn.LayerNorm(hidden[-1])
+        self.output = nn.Linear(hidden[-1], out_dim)
+
+        init_weights(self)
+        with torch.no_grad():
+            for block in self.blocks:
+                if block.residual:
+                    block.linear.weight.mul_(len(self.blocks) ** -0.5)
+
+    def forward(
+        self, x: Tensor, t: Tensor | float | None = None, y: Tensor | None = None
+    ) -> Tensor:
+        if x.ndim != 2 or x.shape[1] != self.in_dim:
+            raise ValueError(f"x must have shape (B, {self.in_dim}), got {tuple(x.shape)}")
+        c = self._condition(x, t, y)
+        h = self.input(x)
+        for block in self.blocks:
+            h = block(h, c)
+        return self.output(self.norm(h))
+
+    def _condition(self, x: Tensor, t: Tensor | float | None, y: Tensor | None) -> Tensor | None:
+        """SiLU(c) for the FiLM layers, (B, hidden[0]); None for an unconditional net."""
+        batch = x.shape[0]
+        if self.time_embed is None and t is not None:
+            raise ValueError("this MLP was built with time_dim=None, so it takes no t")
+        check_labels(y, batch, self.n_classes, "this MLP")
+        c = None
+        if self.time_embed is not None:
+            if t is None:
+                raise ValueError(f"this MLP was built with time_dim={self.time_dim}: pass t")
+            c = self.time_embed(time_batch(t, x))
+        if self.label_embed is not None:
+            if y is None:
+                y = null_labels(batch, self.n_classes, x.device)
+            e = self.label_embed(y)
+            c = e if c is None else c + e
+        return None if c is None else nn.functional.silu(c)
