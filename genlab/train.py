@@ -1,0 +1,569 @@
+"""The one training loop every neural family uses: AdamW, warm-up + cosine LR, EMA, bf16,
+checkpoints that resume bit-exactly, and data parallelism under torchrun.
+
+The trainer knows only `model.loss(batch, step) -> {"loss": scalar, **terms}`, where `batch` is
+`(x_batch,)` or `(x_batch, y_batch)` on the device, plus `parameters()`, `state_dict()` /
+`load_state_dict()` and `train()` / `eval()`; nothing here is specific to a family. The maths
+(`lr_at`, `ema_decay_at`, `iterate_batches`) lives in pure functions that are tested alone.
+
+Under `torch.distributed` (launched by torchrun) every process holds all of x, draws the same
+global batch and takes its interleaved share `rows[rank::world]`; gradients are summed with
+weights share/global (the mean over the global batch), so N processes follow the same
+trajectory as one process with the same `batch_size`. Only rank 0 writes files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import numbers
+import os
+import random
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO, Literal
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from tqdm.auto import tqdm
+
+CHECKPOINT_FILE = "checkpoint.pt"
+LOG_FILE = "log.jsonl"
+CHECKPOINT_FORMAT = 1
+CHECKPOINT_KEYS = frozenset(
+    ("format", "model", "optimizer", "ema", "step", "seconds", "data", "rng", "config")
+)
+RESUMABLE_CHANGES = ("max_steps", "max_time")  # the config fields a resumed run may change
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training hyperparameters shared by every neural family (each family's frozen config
+    subclasses it, so the names are the same everywhere)."""
+
+    max_steps: int | None = 2000  # optimisation steps
+    max_time: float | None = None  # wall-clock seconds; training stops at whichever comes first
+    batch_size: int = 128  # GLOBAL batch (split across processes under torchrun)
+    lr: float = 1e-3
+    weight_decay: float = 0.0  # AdamW, on parameters with ndim >= 2 only
+    warmup_steps: int = 100  # linear warm-up, then cosine decay to lr * min_lr_ratio
+    min_lr_ratio: float = 0.1
+    grad_clip: float | None = 1.0  # global-norm clipping
+    ema_decay: float | None = 0.999  # None: no EMA
+    seed: int = 0
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16: torch.autocast(device, torch.bfloat16)
+    compile: bool = False  # torch.compile the loss function
+
+    def __post_init__(self) -> None:
+        def is_int(v: Any) -> bool:
+            return isinstance(v, int | np.integer) and not isinstance(v, bool)
+
+        def is_real(v: Any) -> bool:
+            return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+
+        def check(ok: bool, name: str, what: str) -> None:
+            if not ok:
+                raise ValueError(f"{name} must be {what}, got {getattr(self, name)!r}")
+
+        if self.max_steps is None and self.max_time is None:
+            raise ValueError("set max_steps, max_time or both: training needs a budget")
+        steps, secs = self.max_steps, self.max_time
+        check(steps is None or (is_int(steps) and steps >= 1), "max_steps", "None or an int >= 1")
+        check(secs is None or (is_real(secs) and secs > 0), "max_time", "None or seconds > 0")
+        check(is_int(self.batch_size) and self.batch_size >= 1, "batch_size", "an integer >= 1")
+        check(is_real(self.lr) and self.lr > 0, "lr", "a number > 0")
+        decay, ratio = self.weight_decay, self.min_lr_ratio
+        check(is_real(decay) and decay >= 0, "weight_decay", "a number >= 0")
+        check(is_int(self.warmup_steps) and self.warmup_steps >= 0, "warmup_steps", "an int >= 0")
+        check(is_real(ratio) and 0 <= ratio <= 1, "min_lr_ratio", "a number in [0, 1]")
+        clip = self.grad_clip
+        check(clip is None or (is_real(clip) and clip > 0), "grad_clip", "None or a number > 0")
+        ema = self.ema_decay
+        check(ema is None or (is_real(ema) and 0 <= ema < 1), "ema_decay", "None or in [0, 1)")
+        check(is_int(self.seed), "seed", "an integer")
+        check(self.precision in ("fp32", "bf16"), "precision", "'fp32' or 'bf16'")
+        check(isinstance(self.compile, bool), "compile", "True or False")
+
+
+@dataclass
+class TrainResult:
+    """What `fit` did: steps taken (in total, across resumes), seconds, and the logged rows."""
+
+    steps: int
+    seconds: float
+    history: list[dict[str, float]]
+
+
+@dataclass
+class RunState:
+    """Where a run stands: what a checkpoint stores besides the model and the optimizer."""
+
+    step: int = 0  # optimisation steps done
+    seconds: float = 0.0  # wall-clock seconds spent, across resumes
+    data: tuple[int, int] = (0, 0)  # (epoch, batch index) of the next batch
+    ema: dict[str, torch.Tensor] | None = None  # floating state_dict entries
+
+
+# -- the maths: learning rate, EMA, data order -------------------------------------------------
+def planned_steps(step: int, seconds: float, config: TrainConfig) -> float:
+    """The run's total steps: max_steps, or the pace so far extrapolated to max_time (whichever
+    ends first), so that progress = step / total is step/max_steps or seconds/max_time."""
+    totals = [math.inf if config.max_steps is None else float(config.max_steps)]
+    if config.max_time is not None and seconds > 0:
+        totals.append(step * config.max_time / seconds)
+    return min(totals)
+
+
+def lr_at(step: int, config: TrainConfig, total: float) -> float:
+    """Learning rate of optimisation step `step` (0-based) in a run of `total` steps.
+
+    lr * (step + 1) / warmup_steps during warm-up, then lr * (r + (1 - r)(1 + cos(pi t)) / 2)
+    with r = min_lr_ratio and t = (step - warmup_steps) / (total - warmup_steps) in [0, 1].
+    """
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    span = total - config.warmup_steps
+    t = min(max((step - config.warmup_steps) / span, 0.0), 1.0) if span > 0 else 1.0
+    r = config.min_lr_ratio
+    return config.lr * (r + (1 - r) * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def ema_decay_at(decay: float, updates: int) -> float:
+    """Decay of update number `updates` (1, 2, ...) that makes the EMA the bias-corrected average
+    sum_i d^(t-i) theta_i / sum_i d^(t-i) over the weights theta_1..theta_t after each step
+    (Adam's bias correction; the first update copies), so early weights never dominate."""
+    return decay * (1 - decay ** (updates - 1)) / (1 - decay**updates)
+
+
+@torch.no_grad()
+def ema_update(ema: dict[str, torch.Tensor], state: dict[str, torch.Tensor], decay: float) -> None:
+    """ema <- decay * ema + (1 - decay) * state, in place, for every key of ema."""
+    for name, average in ema.items():
+        average.lerp_(state[name], 1 - decay)
+
+
+def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """The row order of `epoch`: a permutation from a generator seeded by (seed, epoch), mixed
+    into the 32 bits that torch's CPU generator uses."""
+    mixed = np.random.SeedSequence([seed % 2**64, epoch]).generate_state(1)[0]
+    generator = torch.Generator().manual_seed(int(mixed))
+    return torch.randperm(n, generator=generator)
+
+
+def iterate_batches(
+    n: int, batch_size: int, seed: int, epoch: int = 0, index: int = 0
+) -> Iterator[tuple[int, int, torch.Tensor]]:
+    """Yield (epoch, index, rows) forever, starting at position (epoch, index).
+
+    Each epoch has n // batch_size batches of rows (the incomplete last one is dropped), or a
+    single batch of all n rows when n < batch_size.
+    """
+    per_epoch, size = max(n // batch_size, 1), min(batch_size, n)
+    while True:
+        order = epoch_permutation(n, seed, epoch)
+        for i in range(index, per_epoch):
+            yield epoch, i, order[i * size : (i + 1) * size]
+        epoch, index = epoch + 1, 0
+
+
+# -- processes ------------------------------------------------------------------------------
+def rank_and_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def broadcast_state(model: nn.Module) -> None:
+    """Copy rank 0's parameters and buffers to every process."""
+    for tensor in model.state_dict().values():
+        dist.broadcast(tensor, 0)
+
+
+def all_reduce_gradients(params: list[nn.Parameter], weight: float) -> None:
+    """grad <- sum over processes of weight * grad (weight: this process's share of the global
+    batch, so the result is the global mean), one flat buffer per dtype. Unused parameters
+    contribute zeros, so every process reduces the same buffers."""
+    buckets: dict[torch.dtype, list[torch.Tensor]] = {}
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        buckets.setdefault(p.grad.dtype, []).append(p.grad)
+    for grads in buckets.values():
+        flat = torch.cat([g.reshape(-1) for g in grads]).mul_(weight)
+        dist.all_reduce(flat)
+        for g, chunk in zip(grads, flat.split([g.numel() for g in grads]), strict=True):
+            g.copy_(chunk.view_as(g))
+
+
+def _rank0_seconds(seconds: float, device: torch.device) -> float:
+    """Rank 0's clock on every process, so all agree on when max_time stops the run."""
+    t = torch.tensor([seconds], dtype=torch.float64, device=device)
+    dist.broadcast(t, 0)
+    return float(t.item())
+
+
+# -- checkpoints and the log ----------------------------------------------------------------
+def rng_state() -> dict[str, Any]:
+    """Every global RNG of this process as tensors and numbers (loadable with weights_only)."""
+    _, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": [torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)],
+        "python": [version, torch.tensor(internal, dtype=torch.int64), gauss_next],
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state(("MT19937", keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal.tolist()), gauss_next))
+
+
+def config_dict(config: TrainConfig) -> dict[str, Any]:
+    """The config as plain JSON values (tuples become lists), as stored in the checkpoint."""
+    return json.loads(json.dumps(dataclasses.asdict(config), default=str))
+
+
+def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """write(file) into a temp file in path's folder, flush + fsync, then os.replace: readers
+    and a crash see the old file or the new one, never a torn one."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """torch.save(state) to path atomically."""
+    atomic_write(path, lambda f: torch.save(state, f))
+
+
+def load_checkpoint(path: Path, config: TrainConfig) -> dict[str, Any]:
+    """Read a checkpoint (weights_only) and check that `config` may continue it."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(
+            f"{path}: corrupt checkpoint ({type(e).__name__}: {e}); delete it to start afresh"
+        ) from None
+    if not isinstance(state, dict) or not set(state) >= CHECKPOINT_KEYS:
+        raise ValueError(f"{path}: not a genlab training checkpoint")
+    if state["format"] > CHECKPOINT_FORMAT:
+        raise ValueError(f"{path}: written by a newer genlab (format {state['format']})")
+    old, new = state["config"], config_dict(config)
+    keys = (old.keys() | new.keys()) - set(RESUMABLE_CHANGES)
+    changed = sorted(k for k in keys if old.get(k) != new.get(k))
+    if changed:
+        diffs = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed)
+        raise ValueError(
+            f"{path} was written with another config ({diffs}); only {RESUMABLE_CHANGES} may "
+            "change on resume: restore the config, or pass resume=False to start afresh"
+        )
+    return state
+
+
+def read_log(path: Path, upto: int) -> list[dict[str, float]]:
+    """The rows of log.jsonl with step <= upto (later rows and a torn last line are dropped)."""
+    rows = []
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(row, dict) and row.get("step", math.inf) <= upto:
+                rows.append(row)
+    return rows
+
+
+def checkpoint(
+    path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, run: RunState,
+    config: TrainConfig,
+) -> None:  # fmt: skip
+    """Gather every process's RNG states (all processes call this); rank 0 saves them with the
+    raw weights, optimizer, EMA, step, seconds, data position and config."""
+    rank, world = rank_and_world()
+    rngs = [rng_state()]
+    if world > 1:
+        rngs = [None] * world
+        dist.all_gather_object(rngs, rng_state())
+    if rank == 0:
+        save_checkpoint(path, {
+            "format": CHECKPOINT_FORMAT, "step": run.step, "seconds": run.seconds,
+            "data": list(run.data), "rng": rngs, "config": config_dict(config),
+            "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            "optimizer": optimizer.state_dict(),
+            "ema": None if run.ema is None else {k: v.cpu() for k, v in run.ema.items()},
+        })  # fmt: skip
+
+
+def restore(
+    ckpt: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer, device: torch.device
+) -> RunState:
+    """Load a checkpoint into the model and optimizer (and this process's RNGs)."""
+    rank, world = rank_and_world()
+    model.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    if len(ckpt["rng"]) == world:  # else the world size changed: keep the fresh seeds
+        set_rng_state(ckpt["rng"][rank])
+    ema = None if ckpt["ema"] is None else {k: v.to(device) for k, v in ckpt["ema"].items()}
+    return RunState(ckpt["step"], ckpt["seconds"], tuple(ckpt["data"]), ema)
+
+
+# -- the loop -------------------------------------------------------------------------------
+def budget_spent(run: RunState, config: TrainConfig) -> bool:
+    """Whether max_steps or max_time (whichever is set and comes first) is reached."""
+    out_of_steps = config.max_steps is not None and run.step >= config.max_steps
+    return out_of_steps or (config.max_time is not None and run.seconds >= config.max_time)
+
+
+def make_optimizer(params: list[nn.Parameter], config: TrainConfig) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices and kernels (ndim >= 2), none on biases and norms."""
+    groups = [
+        {"params": [p for p in params if p.ndim >= 2], "weight_decay": config.weight_decay},
+        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=config.lr)
+
+
+def train_step(
+    loss_fn: Callable, batch: tuple[torch.Tensor, ...], step: int, params: list[nn.Parameter],
+    optimizer: torch.optim.Optimizer, lr: float, weight: float, config: TrainConfig,
+) -> dict[str, torch.Tensor]:  # fmt: skip
+    """One update: loss (under bf16 autocast if asked), backward, gradient all-reduce with this
+    process's share `weight` of the global batch, global-norm clipping, AdamW at `lr`."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    bf16 = config.precision == "bf16"
+    with torch.autocast(batch[0].device.type, torch.bfloat16, enabled=bf16):
+        terms = loss_fn(batch, step)
+    if not isinstance(terms, dict) or "loss" not in terms:
+        raise TypeError("model.loss(batch, step) must return a dict with the key 'loss'")
+    terms["loss"].backward()
+    if rank_and_world()[1] > 1:
+        all_reduce_gradients(params, weight)
+    if config.grad_clip is not None:
+        terms = {**terms, "grad_norm": nn.utils.clip_grad_norm_(params, config.grad_clip)}
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return terms
+
+
+@torch.no_grad()
+def _copy_into(state: dict[str, torch.Tensor], weights: dict[str, torch.Tensor]) -> None:
+    for k, v in weights.items():
+        state[k].copy_(v)
+
+
+@contextmanager
+def ema_weights(model: nn.Module, ema: dict[str, torch.Tensor] | None) -> Iterator[nn.Module]:
+    """The model with the EMA weights (when any) in eval mode; raw weights and train mode after."""
+    state = model.state_dict()
+    raw = {k: state[k].clone() for k in ema or {}}
+    _copy_into(state, ema or {})
+    model.eval()
+    try:
+        yield model
+    finally:
+        _copy_into(state, raw)
+        model.train()
+
+
+def _summarise(
+    sums: dict[str, torch.Tensor], count: int, weight: float, step: int
+) -> dict[str, float]:
+    """Mean of each term over `count` steps (and over the global batch under torchrun)."""
+    means = torch.stack([v / count for v in sums.values()])
+    if rank_and_world()[1] > 1:
+        means = means * weight
+        dist.all_reduce(means)
+    row = dict(zip(sums, means.tolist(), strict=True))
+    if not math.isfinite(row["loss"]):
+        raise FloatingPointError(f"loss is {row['loss']} at step {step}: lower lr or check data")
+    return row
+
+
+def _resolve_device(device: str | torch.device | None, world: int) -> torch.device:
+    """None: cuda when available, else cpu; a bare "cuda" under torchrun: this process's GPU."""
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        index = int(os.environ.get("LOCAL_RANK", 0)) if world > 1 else torch.cuda.current_device()
+        device = torch.device("cuda", index)
+    if device.type == "cuda" and world > 1:
+        torch.cuda.set_device(device)  # collectives (NCCL) use the current device
+    return device
+
+
+def _check_fit_args(x, y, config, out, checkpoint_every, resume, callback, callback_every,
+                    log_every, world) -> None:  # fmt: skip
+    if not isinstance(config, TrainConfig):
+        raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
+    if not isinstance(x, torch.Tensor) or x.ndim == 0 or len(x) == 0:
+        raise ValueError("x must be a non-empty tensor of shape (n, ...)")
+    if y is not None and (not isinstance(y, torch.Tensor) or len(y) != len(x)):
+        raise ValueError(f"y must be None or a tensor with {len(x)} rows, like x")
+    for name, v in [("checkpoint_every", checkpoint_every), ("callback_every", callback_every),
+                    ("log_every", log_every)]:  # fmt: skip
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+    if out is None and (resume or checkpoint_every is not None):
+        raise ValueError("resume and checkpoint_every need an out folder")
+    if (callback is None) != (callback_every is None):
+        raise ValueError("pass callback and callback_every together")
+    if config.batch_size % world:
+        raise ValueError(f"batch_size {config.batch_size} is not divisible by {world} processes")
+    if len(x) < world:
+        raise ValueError(f"{len(x)} rows cannot be shared by {world} processes")
+
+
+def fit(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor | None,
+    config: TrainConfig,
+    *,
+    out: str | os.PathLike | None = None,
+    checkpoint_every: int | None = None,
+    resume: bool = False,
+    callback: Callable[[int, nn.Module], dict[str, float] | None] | None = None,
+    callback_every: int | None = None,
+    log_every: int = 50,
+    progress: bool | None = None,
+    device: str | torch.device | None = None,
+) -> TrainResult:
+    """Minimise `model.loss(batch, step)["loss"]` over rows of x (and y) with AdamW.
+
+    Args:
+        out: folder for checkpoint.pt and log.jsonl (None: no files). Without resume (or
+            without a checkpoint to resume), a checkpoint and log already there are replaced.
+        checkpoint_every: steps between checkpoints (one is also written at the end).
+        resume: continue exactly from out/checkpoint.pt when it exists.
+        callback: called as callback(step, model) every `callback_every` steps, on every
+            process, with the EMA weights loaded and the model in eval mode; the numbers it
+            returns are logged.
+        log_every: steps per logged row; a row holds the mean of each loss term since the
+            previous row, the lr and the elapsed seconds.
+        progress: tqdm bar (None: only on a TTY).
+        device: None: cuda (this process's GPU under torchrun) when available, else cpu.
+
+    Returns:
+        TrainResult. The model ends on the device in eval mode, holding the EMA weights (the
+        raw weights when ema_decay is None); the checkpoint keeps both.
+
+    Raises:
+        ValueError: bad arguments, a corrupt checkpoint or one written with another config.
+    """
+    rank, world = rank_and_world()
+    _check_fit_args(x, y, config, out, checkpoint_every, resume, callback, callback_every,
+                    log_every, world)  # fmt: skip
+    device = _resolve_device(device, world)
+    params = [p for p in model.to(device).parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("the model has no trainable parameters")
+    optimizer = make_optimizer(params, config)
+    folder = None if out is None else Path(out)
+    ckpt_path = None if folder is None else folder / CHECKPOINT_FILE
+
+    for seed_fn in (torch.manual_seed, np.random.seed, random.seed):
+        seed_fn((config.seed + rank) % 2**32)
+    run = RunState()
+    if resume and ckpt_path.is_file():
+        run = restore(load_checkpoint(ckpt_path, config), model, optimizer, device)
+    elif world > 1:
+        broadcast_state(model)
+    state = model.state_dict()  # tensors sharing storage with the model's
+    if run.ema is None and config.ema_decay is not None:
+        run.ema = {k: v.detach().clone() for k, v in state.items() if v.is_floating_point()}
+    history = read_log(folder / LOG_FILE, run.step) if run.step else []
+    log = None
+    if rank == 0 and folder is not None:
+        folder.mkdir(parents=True, exist_ok=True)
+        if run.step == 0:
+            ckpt_path.unlink(missing_ok=True)  # never resume an older run after this one's log
+        text = "".join(json.dumps(row) + "\n" for row in history)
+        atomic_write(folder / LOG_FILE, lambda f: f.write(text.encode()))
+        log = open(folder / LOG_FILE, "a")  # noqa: SIM115 (closed in finally)
+
+    def emit(row: dict[str, float]) -> None:
+        history.append(row)
+        if log is not None:
+            log.write(json.dumps(row) + "\n")
+            log.flush()
+
+    loss_fn = torch.compile(model.loss) if config.compile else model.loss
+    batches = iterate_batches(len(x), config.batch_size, config.seed, *run.data)
+    hide = None if progress is None else not progress  # None: tqdm hides it off a TTY
+    bar = tqdm(total=config.max_steps, initial=run.step, disable=True if rank else hide)
+    sums: dict[str, torch.Tensor] = {}
+    count, saved, start = 0, -1, time.perf_counter() - run.seconds
+    model.train()
+    try:
+        while True:
+            run.seconds = time.perf_counter() - start
+            if world > 1 and config.max_time is not None:
+                run.seconds = _rank0_seconds(run.seconds, device)
+            if budget_spent(run, config):
+                break
+            epoch, index, rows = next(batches)
+            share = rows[rank::world]  # this process's interleaved part of the global batch
+            batch = tuple(t[share].to(device) for t in (x, y) if t is not None)
+            weight = len(share) / len(rows)
+            lr = lr_at(run.step, config, planned_steps(run.step, run.seconds, config))
+            terms = train_step(loss_fn, batch, run.step, params, optimizer, lr, weight, config)
+            run.step, run.data = run.step + 1, (epoch, index + 1)
+            if run.ema is not None:
+                ema_update(run.ema, state, ema_decay_at(config.ema_decay, run.step))
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0) + torch.as_tensor(v, device=device).detach().float()
+            count += 1
+            bar.update()
+
+            row: dict[str, float] = {}
+            if run.step % log_every == 0:
+                row, sums, count = {**_summarise(sums, count, weight, run.step), "lr": lr}, {}, 0
+                shown = {"loss": f"{row['loss']:.4g}", "lr": f"{lr:.2e}"}
+                if config.max_time is not None:
+                    shown["left"] = f"{config.max_time - run.seconds:.0f}s"
+                bar.set_postfix(shown, refresh=False)
+            if callback is not None and run.step % callback_every == 0:
+                with ema_weights(model, run.ema):
+                    row.update({k: float(v) for k, v in (callback(run.step, model) or {}).items()})
+            if row:
+                emit({"step": run.step, **row, "seconds": time.perf_counter() - start})
+            if checkpoint_every is not None and run.step % checkpoint_every == 0:
+                run.seconds = time.perf_counter() - start
+                checkpoint(ckpt_path, model, optimizer, run, config)
+                saved = run.step
+        if count:  # the steps since the last row
+            emit({"step": run.step, **_summarise(sums, count, weight, run.step), "lr": lr,
+                  "seconds": run.seconds})  # fmt: skip
+        if ckpt_path is not None and saved != run.step:
+            checkpoint(ckpt_path, model, optimizer, run, config)
+    finally:
+        bar.close()
+        if log is not None:
+            log.close()
+    _copy_into(state, run.ema or {})
+    model.eval()
+    return TrainResult(steps=run.step, seconds=run.seconds, history=history)
