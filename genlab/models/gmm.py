@@ -24,7 +24,7 @@ import numbers
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, get_args
 
 import numpy as np
 import torch
@@ -43,8 +43,8 @@ from genlab.models.base import (
 
 CovarianceType = Literal["full", "tied", "diag", "spherical"]
 InitMethod = Literal["kmeans", "k-means++", "random", "random_from_data"]
-COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
-INIT_METHODS = ("kmeans", "k-means++", "random", "random_from_data")
+COVARIANCE_TYPES: tuple[str, ...] = get_args(CovarianceType)
+INIT_METHODS: tuple[str, ...] = get_args(InitMethod)
 INIT_SAMPLE = 100_000  # rows on which the initial parameters are computed
 LLOYD_STEPS = 10  # Lloyd iterations after k-means++ seeding for init="kmeans"
 DEAD_MASS = 1e-3  # a component with less total responsibility than this is re-seeded
