@@ -1,6 +1,7 @@
 """The `genlab` command line: fit a model, draw samples, evaluate it, plot it.
 
     genlab fit gmm --data moons --components 8 --out runs/moons-gmm
+    genlab fit vae --data digits --latent-dim 16 --max-time 60 --out runs/digits-vae
     genlab sample runs/moons-gmm -n 1000 --out samples.npy
     genlab eval runs/moons-gmm --data moons --json
     genlab plot runs/moons-gmm --data moons
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import sys
 import time
@@ -35,14 +37,26 @@ from rich.table import Table
 import genlab
 from genlab import metrics, plots
 from genlab.data import BUILTINS, Dataset, load_dataset
-from genlab.models import GaussianMixture, GenerativeModel
+from genlab.models import VAE, GaussianMixture, GenerativeModel
 from genlab.models.gmm import CovarianceType, InitMethod
+from genlab.models.vae import LikelihoodName, NetName
+from genlab.train import LOG_FILE, read_log
 
 USER_ERRORS = (ValueError, TypeError, OSError)
 """Exceptions that report bad input or a missing file; shown as one line, not a traceback."""
 
 PLOT_SAMPLES = {"points": 1000, "image": 64}
 """Default number of model samples drawn by `genlab plot`."""
+
+DEFAULT_MAX_STEPS = 2000
+"""Training steps of a neural family when neither --max-steps nor --max-time is given."""
+
+VAE_ELBO_ROWS = 2000
+"""`genlab fit vae` reports the ELBO of at most this many training samples."""
+
+VAE_PLOT = {"iwae_k": 16, "grid": 100, "reconstructions": 12, "latent_points": 2000}
+"""`genlab plot` of a VAE: importance samples and grid side of the 2-D density, test images
+in the reconstructions grid, test points in the latent map."""
 
 console = Console(highlight=False)
 
@@ -91,6 +105,77 @@ ModelDir = Annotated[
         metavar="MODEL_DIR", help="A model folder written by `genlab fit`.", show_default=False
     ),
 ]
+
+
+# -- training options shared by the neural families -----------------------------------------------
+MaxStepsOption = Annotated[
+    int | None,
+    typer.Option(
+        "--max-steps",
+        min=1,
+        help=f"Optimisation steps (default: {DEFAULT_MAX_STEPS}, or no limit with --max-time); "
+        "training stops at whichever budget ends first.",
+        show_default=False,
+    ),
+]
+MaxTimeOption = Annotated[
+    float | None,
+    typer.Option("--max-time", min=0.001, help="Wall-clock training budget in seconds."),
+]
+BatchSizeOption = Annotated[int, typer.Option("--batch-size", min=1, help="Samples per step.")]
+LrOption = Annotated[float, typer.Option("--lr", help="Peak learning rate (AdamW); > 0.")]
+CheckpointEveryOption = Annotated[
+    int | None,
+    typer.Option(
+        "--checkpoint-every",
+        min=1,
+        help="Steps between checkpoints in the --out folder (one is always written at the end).",
+    ),
+]
+ResumeOption = Annotated[
+    bool,
+    typer.Option(
+        "--resume",
+        help="Continue exactly from OUT/checkpoint.pt (same options; --max-steps and "
+        "--max-time may grow).",
+    ),
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainFlags:
+    """The training options of `genlab fit <neural family>`, parsed once per command."""
+
+    max_steps: int | None
+    max_time: float | None
+    batch_size: int
+    lr: float
+    seed: int
+    checkpoint_every: int | None
+    resume: bool
+    progress: bool
+
+    def config(self) -> dict[str, Any]:
+        """The `TrainConfig` fields: max_steps defaults to DEFAULT_MAX_STEPS without max_time."""
+        max_steps = self.max_steps
+        if max_steps is None and self.max_time is None:
+            max_steps = DEFAULT_MAX_STEPS
+        return {"max_steps": max_steps, "max_time": self.max_time,
+                "batch_size": self.batch_size, "lr": self.lr, "seed": self.seed}  # fmt: skip
+
+    def fit_kwargs(self, out: Path) -> dict[str, Any]:
+        """The keyword arguments of `model.fit`: checkpoints and log.jsonl go to `out`."""
+        return {"out": out, "checkpoint_every": self.checkpoint_every, "resume": self.resume}
+
+
+def _train_report(model: GenerativeModel) -> dict[str, Any]:
+    """Summary rows of a `genlab.train.fit` run: steps and the last logged loss."""
+    result = model.train_result_
+    last = result.history[-1] if result.history else {}
+    rows = {"steps": result.steps}
+    if "loss" in last:
+        rows["final loss"] = float(last["loss"])
+    return rows
 
 
 # -- helpers --------------------------------------------------------------------------------------
@@ -210,21 +295,29 @@ def _dequantized(data: Dataset, seed: int) -> Dataset:
     return dataclasses.replace(data, x=x)
 
 
-def _fit(model: GenerativeModel, data: Dataset, progress: bool) -> float:
-    """Fit on the data set and return the wall-clock time in seconds."""
+def _fit(model: GenerativeModel, data: Dataset, progress: bool, **kwargs: Any) -> float:
+    """Fit on the data set (keyword arguments go to `fit`); return the wall-clock seconds."""
     start = time.perf_counter()
-    model.fit(data, progress=progress)
+    model.fit(data, progress=progress, **kwargs)
     return time.perf_counter() - start
 
 
 def _report_fit(
-    model: GenerativeModel, data: Dataset, out: Path, seconds: float, details: dict[str, Any]
+    model: GenerativeModel,
+    data: Dataset,
+    out: Path,
+    seconds: float,
+    details: dict[str, Any],
+    score: tuple[str, float] | None = None,
 ) -> None:
-    """Save the model to `out` and print a summary (family-specific rows in `details`)."""
-    train_loglik = -metrics.nll(model.log_prob(data.x))
+    """Save the model to `out` and print a summary (family-specific rows in `details`).
+
+    `score` is (label, nats per sample) shown first; by default the train log-likelihood.
+    """
+    label, value = score or ("train log-likelihood", -metrics.nll(model.log_prob(data.x)))
     model.save(out)
     rows = {
-        "train log-likelihood": f"{train_loglik:.5g} nats/sample",
+        label: f"{value:.5g} nats/sample",
         **details,
         "parameters": _n_parameters(model),
         "time": f"{seconds:.2f} s",
@@ -290,6 +383,70 @@ def fit_gmm(
     seconds = _fit(model, train, progress)
     details = {"iterations": model.n_iter_, "converged": model.converged_}
     _report_fit(model, train, out or Path("runs") / f"{_data_name(data)}-gmm", seconds, details)
+
+
+@fit_app.command("vae")
+def fit_vae(
+    data: DataOption = "digits",
+    latent_dim: Annotated[int, typer.Option(min=1, help="Size of the latent z.")] = 16,
+    likelihood: Annotated[
+        LikelihoodName,
+        typer.Option(
+            help="p(x|z): auto (bernoulli for binary data, discretized logistic for quantised "
+            "images, else gaussian), or one of those."
+        ),
+    ] = "auto",
+    beta: Annotated[
+        float, typer.Option(min=0.0, help="Weight of the KL term (1: the ELBO).")
+    ] = 1.0,
+    kl_warmup_steps: Annotated[
+        int, typer.Option(min=0, help="Steps over which the KL weight rises from 0 to beta.")
+    ] = 0,
+    hidden: Annotated[
+        int, typer.Option(min=8, help="MLP width (conv nets: channels hidden/8, hidden/4).")
+    ] = 256,
+    net: Annotated[NetName, typer.Option(help="auto: conv for square images, else mlp.")] = "auto",
+    conditional: Annotated[
+        bool, typer.Option("--conditional", help="Condition on the data set's labels.")
+    ] = False,
+    max_steps: MaxStepsOption = None,
+    max_time: MaxTimeOption = None,
+    batch_size: BatchSizeOption = 128,
+    lr: LrOption = 1e-3,
+    seed: SeedOption = 0,
+    checkpoint_every: CheckpointEveryOption = None,
+    resume: ResumeOption = False,
+    n: NOption = None,
+    root: RootOption = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            "-o",
+            help="Model folder, with checkpoint.pt and log.jsonl (default: runs/DATA-vae).",
+        ),
+    ] = None,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Fit a variational autoencoder (log-likelihood: an importance-weighted estimate)."""
+    flags = TrainFlags(max_steps, max_time, batch_size, lr, seed, checkpoint_every, resume,
+                       progress)  # fmt: skip
+    train = _load_data(data, "train", n, seed, root)
+    if conditional and train.y is None:
+        raise ValueError(f"--conditional needs labels, and {data!r} has none")
+    if likelihood == "gaussian":  # a density: fit quantised images dequantised, as eval does
+        train = _dequantized(train, seed)
+    model = VAE(latent_dim, likelihood=likelihood, beta=beta, kl_warmup_steps=kl_warmup_steps,
+                hidden=hidden, net=net, **flags.config())  # fmt: skip
+    out = out or Path("runs") / f"{_data_name(data)}-vae"
+    y = train.y if conditional else None
+    seconds = _fit(model, train, flags.progress, y=y, **flags.fit_kwargs(out))
+    rows = train.x[:VAE_ELBO_ROWS]
+    elbo = float(model.elbo(rows, None if y is None else y[: len(rows)]).mean())
+    details = {**_train_report(model), "likelihood": model.likelihood_, "net": model.net_,
+               "conditional": conditional}  # fmt: skip
+    label = "train ELBO" if len(rows) == len(train) else f"train ELBO (first {len(rows)})"
+    _report_fit(model, train, out, seconds, details, score=(label, elbo))
 
 
 # -- sample ---------------------------------------------------------------------------------------
@@ -389,14 +546,63 @@ def _plot_points(
 ) -> Path:
     samples = model.sample(n_samples, seed=seed).detach().cpu()
     ellipses = _gmm_ellipses(model) if isinstance(model, GaussianMixture) else None
+    kwargs, grid = {}, 200
+    if isinstance(model, VAE):  # an IWAE estimate per grid point: fewer points and draws
+        kwargs, grid = {"k": VAE_PLOT["iwae_k"]}, VAE_PLOT["grid"]
     return plots.density_2d(
-        lambda points: model.log_prob(torch.from_numpy(points)).cpu(),
+        lambda points: model.log_prob(torch.from_numpy(points), **kwargs).cpu(),
         out,
         samples=samples,
         data=None if test is None else _as_tensor(test.x),
         ellipses=ellipses,
+        grid=grid,
         title=title,
     )
+
+
+def _plot_images(model: GenerativeModel, n_samples: int, seed: int, out: Path, title: str) -> Path:
+    """A grid of samples; for a VAE, of decoder means E[x | z] (the customary smooth grid)."""
+    if isinstance(model, VAE):
+        images, title = model.sample(n_samples, seed=seed, mean=True), f"{title} (decoder means)"
+    else:
+        images = model.sample(n_samples, seed=seed)
+    return plots.sample_grid(images.detach().cpu(), out, title=title)
+
+
+def _plot_vae_reconstructions(model: VAE, test: Dataset, path: Path) -> Path:
+    """Test images (top row) above their reconstructions decode(encode(x).mu) (bottom row)."""
+    k = min(VAE_PLOT["reconstructions"], len(test))
+    x = _as_tensor(test.x[:k])
+    y = test.y[:k] if model.conditional else None
+    recon = model.reconstruct(x, y).detach().cpu()
+    return plots.sample_grid(
+        torch.cat([x, recon]), path, nrow=k, title="test images and their reconstructions"
+    )
+
+
+def _plot_vae_latents(model: VAE, test: Dataset, path: Path) -> Path:
+    """Posterior means of test points in a 2-D latent space, coloured by label when known."""
+    m = min(VAE_PLOT["latent_points"], len(test))
+    labels = None if test.y is None else test.y[:m]
+    mu = model.encode(test.x[:m], labels if model.conditional else None).mu.detach().cpu()
+    return plots.scatter_2d(mu, path, title="posterior means of test data", labels=labels)
+
+
+def _plot_history(model: GenerativeModel, model_dir: Path) -> list[Path]:
+    """MODEL_DIR/history.png: EM log-likelihoods, or the loss rows of the trainer's log.jsonl."""
+    title = f"{model.family} training"
+    history = getattr(model, "lower_bounds_", None)
+    if history:
+        path = model_dir / "history.png"
+        return [plots.curve({"train": history}, path, ylabel="mean log-likelihood (nats)",
+                            title=title)]  # fmt: skip
+    rows = [r for r in read_log(model_dir / LOG_FILE, math.inf) if "loss" in r]
+    if not rows:
+        return []
+    every = rows[0]["step"]
+    return [plots.curve({"loss": [r["loss"] for r in rows]}, model_dir / "history.png",
+                        xlabel=f"log row (every {every} steps)", ylabel="training loss",
+                        title=title)]  # fmt: skip
 
 
 @app.command()
@@ -404,7 +610,12 @@ def plot(
     model_dir: ModelDir,
     data: Annotated[
         str | None,
-        typer.Option("--data", "-d", help="Overlay this data set's test points (2-D models)."),
+        typer.Option(
+            "--data",
+            "-d",
+            help="Overlay this data set's test points (2-D models); for a VAE, also "
+            "reconstruct and encode them.",
+        ),
     ] = None,
     n: NOption = None,
     seed: SeedOption = 0,
@@ -426,36 +637,36 @@ def plot(
     """Plot a saved model: its density and samples (2-D points) or a sample grid (images).
 
     For 2-D point models: filled density contours, model samples, the test points of --data
-    and, for a Gaussian mixture, each component's 1- and 2-sigma ellipses. Also writes
-    MODEL_DIR/history.png when the model kept its training curve (EM log-likelihoods).
+    and, for a Gaussian mixture, each component's 1- and 2-sigma ellipses. For a VAE with
+    --data, also MODEL_DIR/reconstructions.png (images) and, with a 2-D latent space,
+    MODEL_DIR/latent.png (posterior means coloured by label). Also writes
+    MODEL_DIR/history.png when the model kept its training curve (EM log-likelihoods, or
+    the trainer's log.jsonl).
     """
     model = _load_model(model_dir)
     out = out or model_dir / "plot.png"
     kind = _shape_kind(model.event_shape or ())
     title = model.family if data is None else f"{model.family} on {_data_name(data)}"
+    test = None if data is None else _load_data(data, "test", n, seed, root)
     if kind == "points":
-        test = None if data is None else _load_data(data, "test", n, seed, root)
         written = [_plot_points(model, test, samples or PLOT_SAMPLES["points"], seed, out, title)]
     elif kind == "image":
-        if data is not None:
+        if data is not None and not isinstance(model, VAE):
             _echo_err("genlab: note: --data is only drawn for 2-D point models; ignoring it")
-        images = model.sample(samples or PLOT_SAMPLES["image"], seed=seed).detach().cpu()
-        written = [plots.sample_grid(images, out, title=title)]
+        written = [_plot_images(model, samples or PLOT_SAMPLES["image"], seed, out, title)]
     else:
         raise ValueError(
             f"genlab plot draws 2-D point and image models; this model's samples have shape "
             f"{model.event_shape}"
         )
-    history = getattr(model, "lower_bounds_", None)
-    if history:
-        written.append(
-            plots.curve(
-                {"train": history},
-                model_dir / "history.png",
-                ylabel="mean log-likelihood (nats)",
-                title=f"{model.family} training",
+    if isinstance(model, VAE) and test is not None:
+        if kind == "image":
+            written.append(
+                _plot_vae_reconstructions(model, test, model_dir / "reconstructions.png")
             )
-        )
+        if model.config.latent_dim == 2:
+            written.append(_plot_vae_latents(model, test, model_dir / "latent.png"))
+    written += _plot_history(model, model_dir)
     for path in written:
         typer.echo(f"wrote {path}")
 

@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Ellipse
@@ -341,12 +342,24 @@ def density_2d(
 
 
 def scatter_2d(
-    points: Any, path: PathLike, title: str | None = None, reference: Any = None
+    points: Any,
+    path: PathLike,
+    title: str | None = None,
+    reference: Any = None,
+    labels: Any = None,
 ) -> Path:
-    """Scatter plot of (n, 2) points (orange), over optional (m, 2) reference points (grey)."""
+    """Scatter plot of (n, 2) points (orange), over optional (m, 2) reference points (grey).
+
+    With `labels` ((n,) integers, such as classes), each point takes its label's colour
+    (tab10, cycling) and the legend names the labels.
+    """
     path = _png_path(path)
     points = _points(points, "points")
     reference = None if reference is None else _points(reference, "reference")
+    if labels is not None:
+        labels = _to_numpy(labels, "labels").reshape(-1)
+        if labels.shape != (len(points),) or not np.all(labels == np.round(labels)):
+            raise ValueError(f"labels must be {len(points)} integers, one per point")
     fig, ax = _figure_2d(_bounds([points] if reference is None else [points, reference]))
     if reference is not None:
         ax.scatter(
@@ -357,10 +370,16 @@ def scatter_2d(
             lw=0,
             label="reference",
         )
-    ax.scatter(
-        *points.T, s=_marker_size(len(points)), c=SAMPLE_COLOUR, alpha=0.7, lw=0, label="points"
-    )
-    if reference is not None:
+    size = _marker_size(len(points))
+    if labels is None:
+        ax.scatter(*points.T, s=size, c=SAMPLE_COLOUR, alpha=0.7, lw=0, label="points")
+    else:
+        colours = matplotlib.colormaps["tab10"]
+        for i, label in enumerate(np.unique(labels)):
+            rows = labels == label
+            ax.scatter(*points[rows].T, s=size, color=colours(i % 10), alpha=0.7, lw=0,
+                       label=str(int(label)))  # fmt: skip
+    if reference is not None or labels is not None:
         ax.legend(loc="upper right", markerscale=3, fontsize="small")
     if title:
         ax.set_title(title)

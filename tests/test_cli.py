@@ -14,9 +14,11 @@ from pathlib import Path
 import matplotlib.image as mpimg
 import numpy as np
 import pytest
+import torch
+import typer
 
 import genlab
-from genlab.cli import run
+from genlab.cli import app, run
 from genlab.data import load_dataset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -31,6 +33,16 @@ EVAL_KEYS = {
     "sliced_wasserstein",
     "energy_distance",
 }
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Small models run faster on one thread, and far steadier on a busy 2-core machine (two
+    OpenMP threads were measured 5-10x slower there when other jobs hold the cores)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def cli(capsys, *args: str) -> tuple[int, str, str]:
@@ -307,6 +319,97 @@ def test_digits_fit_sample_plot(tmp_path, capsys):
     assert 0 < result["bits_per_dim"] < math.log2(17)
 
 
+# -- vae ------------------------------------------------------------------------------------------
+VAE_ARGS = ("--n", "300", "--latent-dim", "2", "--hidden", "32", "--batch-size", "64")
+
+
+@pytest.fixture(scope="module")
+def digits_vae(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "digits-vae"
+    argv = ["fit", "vae", "--data", "digits", *VAE_ARGS, "--max-steps", "20", "--out", str(out)]
+    assert run([*argv, "--no-progress"]) == 0
+    return out
+
+
+def test_fit_vae_writes_model_checkpoint_and_log(digits_vae, capsys):
+    for name in ("config.json", "model.safetensors", "checkpoint.pt", "log.jsonl"):
+        assert (digits_vae / name).is_file()
+    config = json.loads((digits_vae / "config.json").read_text())
+    assert config["family"] == "vae"
+    assert config["config"]["latent_dim"] == 2 and config["config"]["max_steps"] == 20
+    assert config["fitted"]["likelihood"] == "discretized" and config["fitted"]["levels"] == 17
+    log = [json.loads(line) for line in (digits_vae / "log.jsonl").read_text().splitlines()]
+    assert log[-1]["step"] == 20 and math.isfinite(log[-1]["loss"])
+
+
+def test_fit_vae_summary_and_resume(tmp_path, capsys):
+    out = tmp_path / "m"
+    argv = ["fit", "vae", "-d", "digits", *VAE_ARGS, "--out", out, "--no-progress"]
+    code, stdout, err = cli(capsys, *argv, "--max-steps", "10", "--checkpoint-every", "5")
+    assert code == 0, err
+    for label in ("train ELBO", "steps", "final loss", "likelihood", "parameters", "time"):
+        assert label in stdout
+    assert re.search(r"steps\s+10\b", stdout) and f"saved {out}" in stdout
+    x = load_dataset("digits", "test", n=20).x
+    before = genlab.load(out).log_prob(x)
+
+    code, stdout, err = cli(capsys, *argv, "--max-steps", "10", "--resume")  # a finished run
+    assert code == 0, err
+    assert re.search(r"steps\s+10\b", stdout)
+    np.testing.assert_array_equal(genlab.load(out).log_prob(x).numpy(), before.numpy())
+
+    code, stdout, err = cli(capsys, *argv, "--max-steps", "15", "--resume")  # 5 more steps
+    assert code == 0, err
+    assert re.search(r"steps\s+15\b", stdout)
+    assert [r["step"] for r in map(json.loads, (out / "log.jsonl").read_text().splitlines())][
+        -1
+    ] == 15
+
+    code, _, err = cli(capsys, *argv, "--max-steps", "15", "--lr", "0.1", "--resume")
+    assert_one_line_error(code, err, "lr")  # a resumed run keeps its options
+
+
+def test_vae_sample_eval_plot(digits_vae, tmp_path, capsys):
+    code, _, _ = cli(capsys, "sample", digits_vae, "-n", "16", "--out", tmp_path / "grid.png")
+    assert code == 0
+    assert_png(tmp_path / "grid.png")
+    code, _, _ = cli(capsys, "sample", digits_vae, "-n", "5", "--out", tmp_path / "s.npy")
+    samples = np.load(tmp_path / "s.npy")
+    assert samples.shape == (5, 1, 8, 8) and np.allclose(samples * 16, np.round(samples * 16))
+
+    code, stdout, _ = cli(capsys, "eval", digits_vae, "-d", "digits", "--n", "40", "--json")
+    assert code == 0
+    result = json.loads(stdout)
+    assert result["family"] == "vae" and result["log_prob_kind"] == "estimate"
+    assert all(
+        math.isfinite(result[key]) for key in EVAL_KEYS - {"family", "data", "log_prob_kind"}
+    )
+    # a mass over 17 levels a pixel: more than 0 and, after any training, below uniform
+    assert 0 < result["bits_per_dim"] < math.log2(17)
+
+    code, stdout, _ = cli(capsys, "plot", digits_vae, "--data", "digits", "--n", "100")
+    assert code == 0
+    for name in ("plot.png", "reconstructions.png", "latent.png", "history.png"):
+        assert_png(digits_vae / name)
+        assert name in stdout
+
+
+def test_vae_on_points_conditional(tmp_path, capsys):
+    out = tmp_path / "moons"
+    argv = ["fit", "vae", "-d", "moons", "--n", "300", "--latent-dim", "2", "--hidden", "32"]
+    code, _, err = cli(capsys, *argv, "--max-steps", "10", "--conditional", "--out", out)
+    assert code == 0, err
+    model = genlab.load(out)
+    assert model.conditional and model.likelihood_ == "gaussian"
+    code, _, _ = cli(capsys, "plot", out, "--data", "moons", "--n", "200", "--samples", "100")
+    assert code == 0
+    assert_png(out / "plot.png")
+    assert_png(out / "latent.png")
+
+    code, _, err = cli(capsys, "fit", "vae", "-d", "swissroll", "--conditional", "--out", out)
+    assert_one_line_error(code, err, "--conditional", "labels")
+
+
 # -- errors ---------------------------------------------------------------------------------------
 def test_unknown_data_set(tmp_path, capsys):
     code, stdout, err = cli(capsys, "fit", "gmm", "--data", "nonesuch", "--out", tmp_path / "m")
@@ -344,7 +447,9 @@ def test_model_and_data_shapes_disagree(moons_model, capsys):
         (["fit", "gmm", "--bogus"], "No such option: --bogus"),
         (["fit", "gmm", "--covariance", "round"], "--covariance"),
         (["fit", "gmm", "--components", "0"], "--components"),
-        (["fit", "vae"], "No such command"),
+        (["fit", "nonesuch"], "No such command"),
+        (["fit", "vae", "--likelihood", "poisson"], "--likelihood"),
+        (["fit", "vae", "--max-steps", "0"], "--max-steps"),
         (["eval", "somewhere"], "--data"),
         (["sample"], "MODEL_DIR"),
     ],
@@ -357,7 +462,9 @@ def test_usage_errors_exit_2(capsys, argv, fragment):
 
 
 @pytest.mark.parametrize(
-    "argv", [[], ["fit"], ["fit", "gmm"], ["sample"], ["eval"], ["plot"]], ids=" ".join
+    "argv",
+    [[], ["fit"], ["fit", "gmm"], ["fit", "vae"], ["sample"], ["eval"], ["plot"]],
+    ids=" ".join,
 )
 def test_help(capsys, argv):
     code, stdout, err = cli(capsys, *argv, "--help")
@@ -369,6 +476,14 @@ def test_help_lists_every_command_and_option(capsys):
     _, stdout, _ = cli(capsys, "--help")
     for command in ("fit", "sample", "eval", "plot"):
         assert command in stdout
+    # the training options every neural family shares (by name: rich's help table at 80
+    # columns may shorten long names)
+    vae = typer.main.get_command(app).commands["fit"].commands["vae"]
+    options = {name for param in vae.params for name in param.opts}
+    for option in ("--latent-dim", "--likelihood", "--beta", "--conditional", "--max-steps",
+                   "--max-time", "--batch-size", "--lr", "--seed", "--checkpoint-every",
+                   "--resume", "--out"):  # fmt: skip
+        assert option in options
     _, stdout, _ = cli(capsys, "fit", "gmm", "--help")
     for option in (
         "--data",

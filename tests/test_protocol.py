@@ -8,12 +8,13 @@ import torch
 
 import genlab
 from genlab.data import load_dataset
-from genlab.models import FAMILIES, GaussianMixture, NotFittedError
+from genlab.models import FAMILIES, VAE, GaussianMixture, NotFittedError
 
 # One tiny, fast configuration per family, and the data it is fitted on. A new family must add
 # itself here (test_every_family_is_covered fails otherwise).
 FACTORIES = {
     "gmm": (lambda: GaussianMixture(3, covariance_type="full", max_iter=20), "moons"),
+    "vae": (lambda: VAE(latent_dim=2, hidden=32, max_steps=30, warmup_steps=5), "moons"),
 }
 
 

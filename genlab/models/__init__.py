@@ -8,9 +8,11 @@ from genlab.models.base import (
     load,
 )
 from genlab.models.gmm import GaussianMixture
+from genlab.models.vae import VAE
 
 __all__ = [
     "FAMILIES",
+    "VAE",
     "ConvergenceWarning",
     "GaussianMixture",
     "GenerativeModel",

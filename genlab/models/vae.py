@@ -1,0 +1,699 @@
+"""Variational autoencoders (Kingma & Welling, 2014), optionally conditioned on a class label.
+
+    p(z) = N(0, I)        q(z | x) = N(mu(x), diag sigma^2(x))        p(x | z) = decoder(z)
+
+    ELBO(x)   = E_q[log p(x | z)] - KL(q(z | x) || p(z))                      <= log p(x)
+    IWAE_k(x) = E[ log (1/k) sum_i p(x, z_i) / q(z_i | x) ],  z_i ~ q(z | x)   <= log p(x)
+
+(nats per sample). The ELBO is trained with one reparameterised draw z = mu + sigma * eps
+and the KL term in closed form; `log_prob` is the importance-weighted estimate of Burda,
+Grosse & Salakhutdinov (2016), which equals the ELBO at k = 1 and tightens towards log p(x)
+as k grows.
+
+The decoder's likelihood p(x | z) follows the data ("auto"):
+
+- "bernoulli": binary data, p(x_d = 1 | z) = sigmoid(logit_d); a mass over {0, 1}^D.
+- "discretized": quantised images x = k / (levels - 1); a logistic with per-pixel location
+  and log-scale, integrated over each level's bin, the two edge bins taking the tails, so the
+  `levels` probabilities of a pixel sum to exactly one (PixelCNN++); a mass.
+- "gaussian": continuous vectors, N(mean(z), diag s^2) with a learned per-dimension scale s,
+  on data standardised by the training mean and standard deviation (the log-Jacobian is
+  added back, so `log_prob` is a density of the raw x).
+
+`sample(n)` draws from the model, x ~ p(x | z) with z ~ N(0, I), like every family's
+`sample`; `sample(n, mean=True)` returns the decoder means E[x | z] instead, the customary
+(smooth) grid of images, which `genlab plot` shows.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal, NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from genlab import train
+from genlab.data.dataset import Dataset
+from genlab.models.base import GenerativeModel, as_data, check_finite
+from genlab.nets import MLP, ConvDecoder, ConvEncoder
+
+LikelihoodName = Literal["auto", "bernoulli", "gaussian", "discretized"]
+NetName = Literal["auto", "mlp", "conv"]
+LIKELIHOODS = ("auto", "bernoulli", "gaussian", "discretized")
+NETS = ("auto", "mlp", "conv")
+LOG_2PI = math.log(2 * math.pi)
+EVAL_BATCH = 4096  # decoder evaluations (rows x importance samples) per forward pass
+LOG_VAR_RANGE = (-20.0, 10.0)  # clamp of the encoder's log-variance (overflow guard)
+LOG_SCALE_MIN = -7.0  # floor of the discretized logistic's log-scale (in [0, 1] units)
+MAX_LEVELS = 256  # largest number of grey levels `infer_levels` looks for
+
+
+# -- the maths, as pure functions ----------------------------------------------------------------
+def gaussian_kl(mu: Tensor, log_var: Tensor) -> Tensor:
+    """KL(N(mu, diag exp(log_var)) || N(0, I)) = 1/2 sum_j (mu_j^2 + sigma_j^2 - 1 - log sigma_j^2).
+
+    (B, L), (B, L) -> (B,) nats.
+    """
+    return 0.5 * (mu.square() + log_var.exp() - 1.0 - log_var).sum(-1)
+
+
+def normal_log_prob(z: Tensor, mu: Tensor | float = 0.0, log_var: Tensor | float = 0.0) -> Tensor:
+    """log N(z | mu, diag exp(log_var)) summed over the last axis: (..., L) -> (...) nats."""
+    log_var = torch.as_tensor(log_var, dtype=z.dtype, device=z.device)
+    return -0.5 * (LOG_2PI + log_var + (z - mu).square() * torch.exp(-log_var)).sum(-1)
+
+
+def iwae_bound(log_w: Tensor) -> Tensor:
+    """log (1/k) sum_i exp(log_w_i): (n, k) log importance weights -> (n,) nats."""
+    return torch.logsumexp(log_w, dim=-1) - math.log(log_w.shape[-1])
+
+
+def kl_weight(step: int, beta: float, warmup_steps: int) -> float:
+    """beta_t = beta * min(1, step / warmup_steps): the KL weight at a (0-based) training step."""
+    return beta if warmup_steps <= 0 else beta * min(1.0, step / warmup_steps)
+
+
+def bernoulli_log_prob(x: Tensor, logits: Tensor) -> Tensor:
+    """log p(x | logits) = x log sigmoid(l) + (1 - x) log sigmoid(-l), elementwise, nats."""
+    return -F.binary_cross_entropy_with_logits(logits, x, reduction="none")
+
+
+def log1mexp(d: Tensor) -> Tensor:
+    """log(1 - exp(-d)) for d > 0, accurate for small and large d (Maechler, 2012)."""
+    return torch.where(d < math.log(2), torch.log(-torch.expm1(-d)), torch.log1p(-torch.exp(-d)))
+
+
+def discretized_logistic_log_prob(x: Tensor, loc: Tensor, log_scale: Tensor, levels: int) -> Tensor:
+    """log P(x) of a logistic(loc, s) integrated over the bin of x, elementwise, nats.
+
+    x = k / (levels - 1) has the bin [x - h, x + h], h = 1 / (2 (levels - 1)); the first bin
+    extends to -inf and the last to +inf, so the probabilities of the `levels` values sum to 1.
+    With a = (x + h - loc) / s and b = (x - h - loc) / s, the middle bins use the exact identity
+
+        sigmoid(a) - sigmoid(b) = sigmoid(a) sigmoid(-b) (1 - exp(-(a - b))),
+
+    which stays accurate in both tails (no difference of nearly equal numbers).
+    """
+    half = 0.5 / (levels - 1)
+    inv_s = torch.exp(-log_scale)
+    a = (x + half - loc) * inv_s
+    b = (x - half - loc) * inv_s
+    middle = F.logsigmoid(a) + F.logsigmoid(-b) + log1mexp(a - b)
+    k = torch.round(x * (levels - 1))
+    return torch.where(
+        k <= 0, F.logsigmoid(a), torch.where(k >= levels - 1, F.logsigmoid(-b), middle)
+    )
+
+
+def gaussian_log_prob(x: Tensor, mean: Tensor, log_scale: Tensor) -> Tensor:
+    """log N(x | mean, exp(log_scale)^2), elementwise, nats."""
+    return -0.5 * LOG_2PI - log_scale - 0.5 * ((x - mean) * torch.exp(-log_scale)).square()
+
+
+def _sample_discretized(loc: Tensor, log_scale: Tensor, g: torch.Generator, levels: int):
+    """A draw of the discretized logistic: a logistic draw rounded to the nearest level and
+    clamped to [0, 1], so the edge levels take the tails (as in the mass above)."""
+    u = torch.rand(loc.shape, generator=g, device=loc.device).clamp(1e-6, 1 - 1e-6)
+    v = loc + torch.exp(log_scale) * (torch.log(u) - torch.log1p(-u))
+    return torch.round(v * (levels - 1)).clamp(0, levels - 1) / (levels - 1)
+
+
+class Likelihood(NamedTuple):
+    """A decoder family p(x | z) as functions of its parameters theta (a tuple of (B, D))."""
+
+    n_outputs: int  # decoder outputs per dimension (the Gaussian's scale is a model parameter)
+    space: Literal["discrete", "continuous"]  # a log-mass or a log-density
+    log_prob: Callable  # (x, theta, levels) -> elementwise log p(x | z)
+    mean: Callable  # theta -> E[x | z] (discretized: the location clipped to [0, 1])
+    sample: Callable  # (theta, generator, levels) -> a draw x ~ p(x | z)
+
+
+LIKELIHOOD_FNS = {
+    "bernoulli": Likelihood(
+        1, "discrete", lambda x, th, _: bernoulli_log_prob(x, *th),
+        lambda th: torch.sigmoid(th[0]),
+        lambda th, g, _: torch.bernoulli(torch.sigmoid(th[0]), generator=g),
+    ),
+    "discretized": Likelihood(
+        2, "discrete", lambda x, th, levels: discretized_logistic_log_prob(x, *th, levels),
+        lambda th: th[0].clamp(0.0, 1.0),
+        lambda th, g, levels: _sample_discretized(*th, g, levels),
+    ),
+    "gaussian": Likelihood(
+        1, "continuous", lambda x, th, _: gaussian_log_prob(x, *th),
+        lambda th: th[0],
+        lambda th, g, _: th[0] + th[1].exp() * torch.randn(th[0].shape, generator=g,
+                                                           device=th[0].device),
+    ),
+}  # fmt: skip
+
+
+# -- choosing the likelihood and the nets from the data ------------------------------------------
+def infer_levels(x: Tensor, max_levels: int = MAX_LEVELS) -> int | None:
+    """The smallest L in [2, max_levels] with x * (L - 1) integral everywhere, or None.
+
+    x must lie in [0, 1] (None otherwise). Candidates are found on the distinct values of the
+    first million entries, then checked on all of x.
+    """
+    flat = x.reshape(-1)
+    if flat.numel() == 0 or flat.min() < 0 or flat.max() > 1:
+        return None
+    values = torch.unique(flat[:1_000_000].double())
+    if len(values) > max_levels:
+        return None
+    for levels in range(2, max_levels + 1):
+        if _on_grid(values, levels):
+            return levels if _on_grid(flat, levels) else None
+    return None
+
+
+def _on_grid(x: Tensor, levels: int, tol: float = 1e-3) -> bool:
+    """Whether every x * (levels - 1) is within tol of an integer (in chunks: bounded memory)."""
+    for chunk in x.reshape(-1).split(1 << 22):
+        scaled = chunk.double() * (levels - 1)
+        if not bool(((scaled - scaled.round()).abs() <= tol).all()):
+            return False
+    return True
+
+
+def resolve_likelihood(
+    x: Tensor, likelihood: LikelihoodName, kind: str, levels: int | None
+) -> tuple[str, int | None]:
+    """(likelihood, levels) for training data x: "auto" resolved, explicit choices checked.
+
+    auto: binary data (all 0 or 1) -> bernoulli; images in [0, 1] on a grid of `levels` (the
+    data set's, or inferred) -> discretized; anything else -> gaussian.
+    """
+    in_unit = bool(x.min() >= 0 and x.max() <= 1)
+    binary = in_unit and bool(((x == 0) | (x == 1)).all())
+    if likelihood == "bernoulli" or (likelihood == "auto" and (binary or levels == 2)):
+        if not in_unit:
+            raise ValueError(
+                'likelihood="bernoulli" needs data in [0, 1] (binary for a normalised mass); '
+                f"got values in [{float(x.min()):g}, {float(x.max()):g}]"
+            )
+        return "bernoulli", 2
+    if likelihood == "discretized" or (likelihood == "auto" and kind == "image" and in_unit):
+        if in_unit and (levels is None or not _on_grid(x, levels)):
+            levels = infer_levels(x)  # none given, or the given ones do not fit the values
+        if in_unit and levels is not None:
+            return "discretized", levels
+        if likelihood == "discretized":
+            raise ValueError(
+                'likelihood="discretized" needs quantised data k / (levels - 1) in [0, 1] with '
+                f"at most {MAX_LEVELS} levels; use likelihood='gaussian' for continuous data"
+            )
+    return "gaussian", None
+
+
+def image_geometry(event_shape: tuple[int, ...]) -> tuple[int, int] | None:
+    """(channels, side) of a square image event shape (C, S, S) or (S, S), S >= 4; else None."""
+    if len(event_shape) == 2:
+        event_shape = (1, *event_shape)
+    if len(event_shape) == 3 and event_shape[1] == event_shape[2] >= 4:
+        return event_shape[0], event_shape[1]
+    return None
+
+
+class Posterior(NamedTuple):
+    """q(z | x) = N(mu, diag exp(log_var)); each (n, latent_dim)."""
+
+    mu: Tensor
+    log_var: Tensor
+
+
+# -- config and model -----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class VAEConfig(train.TrainConfig):
+    latent_dim: int = 16
+    likelihood: LikelihoodName = "auto"
+    beta: float = 1.0
+    kl_warmup_steps: int = 0
+    hidden: int = 256
+    net: NetName = "auto"
+    iwae_samples: int = 100
+
+    def __post_init__(self):
+        super().__post_init__()
+        for name, minimum in (("latent_dim", 1), ("kl_warmup_steps", 0), ("hidden", 8),
+                              ("iwae_samples", 1)):  # fmt: skip
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < minimum:
+                raise ValueError(f"{name} must be an integer >= {minimum}, got {v!r}")
+        if self.likelihood not in LIKELIHOODS:
+            raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {self.likelihood!r}")
+        if self.net not in NETS:
+            raise ValueError(f"net must be one of {NETS}, got {self.net!r}")
+        if not (isinstance(self.beta, int | float) and math.isfinite(self.beta) and self.beta >= 0):
+            raise ValueError(f"beta must be a finite number >= 0, got {self.beta!r}")
+
+
+class VAE(GenerativeModel, family="vae"):
+    """A VAE with a Gaussian encoder and a likelihood chosen by the data; `log_prob` is an estimate.
+
+    Args:
+        latent_dim: size of z.
+        likelihood: "auto" (by the data, see the module docstring), "bernoulli",
+            "discretized" or "gaussian".
+        beta: weight of the KL term in the training loss (1: the ELBO; `elbo` and
+            `log_prob` always use 1).
+        kl_warmup_steps: the KL weight rises linearly from 0 to beta over these steps.
+        hidden: width of the MLP encoder and decoder (two residual blocks each); for the
+            convolutional nets, channels (hidden / 8, hidden / 4).
+        net: "auto" (conv for square images of side >= 4, else mlp), "mlp" or "conv".
+        iwae_samples: default number k of importance samples of `log_prob`.
+        device: "cuda", "cpu" or None (cuda when present).
+        **train_options: the fields of `genlab.train.TrainConfig` (max_steps, max_time,
+            batch_size, lr, weight_decay, warmup_steps, min_lr_ratio, grad_clip, ema_decay,
+            seed, precision, compile).
+
+    Labels are used only when passed as `y=` (a Dataset's labels are ignored): `fit(x, y)`
+    trains p(x | y), the label's embedding entering encoder and decoder. A conditional VAE
+    given no y marginalises over the training label frequencies p(y): `sample` draws y ~ p(y),
+    `log_prob` and `elbo` return log sum_y p(y) p(x | y) (estimated / bounded per class).
+    """
+
+    log_prob_kind = "estimate"
+    config_class = VAEConfig
+
+    def __init__(
+        self,
+        latent_dim: int = 16,
+        *,
+        likelihood: LikelihoodName = "auto",
+        beta: float = 1.0,
+        kl_warmup_steps: int = 0,
+        hidden: int = 256,
+        net: NetName = "auto",
+        iwae_samples: int = 100,
+        device: str | torch.device | None = None,
+        **train_options: Any,
+    ):
+        try:
+            config = VAEConfig(
+                latent_dim=latent_dim, likelihood=likelihood, beta=beta,
+                kl_warmup_steps=kl_warmup_steps, hidden=hidden, net=net,
+                iwae_samples=iwae_samples, **train_options,
+            )  # fmt: skip
+        except TypeError as e:
+            names = sorted(VAEConfig.__dataclass_fields__)
+            raise TypeError(f"{e}; the VAE's options are {names}") from None
+        super().__init__(config, device)
+        self.likelihood_: str | None = None
+
+    @property
+    def log_prob_space(self) -> Literal["continuous", "discrete"]:
+        """What log_prob measures: "discrete" (a log-mass) for bernoulli and discretized
+        likelihoods, "continuous" (a log-density) for gaussian (before fit: by the config)."""
+        name = self.likelihood_ or self.config.likelihood
+        return LIKELIHOOD_FNS[name].space if name in LIKELIHOOD_FNS else "continuous"
+
+    @property
+    def conditional(self) -> bool:
+        return self.n_classes_ is not None if self.is_fitted else False
+
+    # -- building ---------------------------------------------------------------------------------
+    def _build(self, event_shape: tuple[int, ...], fitted: dict[str, Any]) -> None:
+        cfg = self.config
+        self.likelihood_ = fitted["likelihood"]
+        self.levels_ = fitted.get("levels")
+        self.n_classes_ = fitted.get("n_classes")
+        self.net_ = fitted["net"]
+        self.data_kind_ = fitted.get("kind", "points")
+        d, latent = int(np.prod(event_shape)), cfg.latent_dim
+        n_out = LIKELIHOOD_FNS[self.likelihood_].n_outputs
+        if self.net_ == "conv":
+            c, side = image_geometry(event_shape)
+            channels = (max(cfg.hidden // 8, 1), max(cfg.hidden // 4, 1))
+            self.encoder = ConvEncoder(c, side, 2 * latent, channels, self.n_classes_)
+            self.decoder = ConvDecoder(latent, c * n_out, side, channels[::-1], self.n_classes_)
+        else:
+            widths = (cfg.hidden, cfg.hidden)
+            self.encoder = MLP(d, 2 * latent, widths, n_classes=self.n_classes_)
+            self.decoder = MLP(latent, n_out * d, widths, n_classes=self.n_classes_)
+        if self.likelihood_ == "gaussian":
+            self.log_scale = nn.Parameter(torch.zeros(d))
+            self.register_buffer("data_loc", torch.zeros(d))
+            self.register_buffer("data_scale", torch.ones(d))
+        if self.n_classes_ is not None:
+            self.register_buffer("class_prior", torch.zeros(self.n_classes_))
+        self.to(self.device_)
+
+    def _fitted_meta(self) -> dict[str, Any]:
+        return super()._fitted_meta() | {
+            "likelihood": self.likelihood_,
+            "levels": self.levels_,
+            "n_classes": self.n_classes_,
+            "net": self.net_,
+            "kind": self.data_kind_,
+        }
+
+    # -- the networks -----------------------------------------------------------------------------
+    def _encode(self, x: Tensor, y: Tensor | None) -> Posterior:
+        """Flat model-space x (B, D) -> q(z | x)."""
+        if self.net_ == "conv":
+            c, side = image_geometry(self.event_shape)
+            x = x.view(len(x), c, side, side)
+        mu, log_var = self.encoder(x, y=y).float().chunk(2, dim=-1)  # float: under bf16 too
+        return Posterior(mu, log_var.clamp(*LOG_VAR_RANGE))
+
+    def _decode(self, z: Tensor, y: Tensor | None) -> tuple[Tensor, ...]:
+        """z (B, L) -> the likelihood's parameters theta, each (B, D) in model space."""
+        out = self.decoder(z, y=y).float()
+        d = int(np.prod(self.event_shape))
+        n_out = LIKELIHOOD_FNS[self.likelihood_].n_outputs
+        out = out.reshape(len(z), n_out, d)  # conv: channels (n_out * C) come first
+        if self.likelihood_ == "gaussian":
+            return out[:, 0], self.log_scale.clamp(min=LOG_SCALE_MIN).expand(len(z), d)
+        if self.likelihood_ == "discretized":
+            return out[:, 0], out[:, 1].clamp(min=LOG_SCALE_MIN)
+        return (out[:, 0],)
+
+    def _log_likelihood(self, x: Tensor, theta: tuple[Tensor, ...]) -> Tensor:
+        """log p(x | z) of flat model-space x (B, D), in nats of the *raw* data: (B,)."""
+        lik = LIKELIHOOD_FNS[self.likelihood_]
+        lp = lik.log_prob(x, theta, self.levels_).sum(-1)
+        if self.likelihood_ == "gaussian":
+            lp = lp - self.data_scale.log().sum()
+        return lp
+
+    def _to_model_space(self, x: Tensor) -> Tensor:
+        x = x.reshape(len(x), -1).to(self.device, torch.float32)
+        if self.likelihood_ == "gaussian":
+            x = (x - self.data_loc) / self.data_scale
+        return x
+
+    def _to_data_space(self, x: Tensor) -> Tensor:
+        if self.likelihood_ == "gaussian":
+            x = x * self.data_scale + self.data_loc
+        return x.reshape(len(x), *self.event_shape)
+
+    # -- training ---------------------------------------------------------------------------------
+    def fit(
+        self,
+        x: Any,
+        y: Any = None,
+        *,
+        out: str | os.PathLike | None = None,
+        checkpoint_every: int | None = None,
+        resume: bool = False,
+        progress: bool | None = None,
+        callback: Callable | None = None,
+        callback_every: int | None = None,
+    ) -> VAE:
+        """Build the nets for the data and train the ELBO with `genlab.train.fit`.
+
+        Args:
+            x: (n, *event_shape) Tensor, array or Dataset (its levels and kind guide
+                likelihood="auto"; its labels are ignored).
+            y: (n,) integer labels for a conditional VAE, or None.
+            out, checkpoint_every, resume, progress, callback, callback_every: passed to
+                `genlab.train.fit` (checkpoints and log.jsonl go to `out`).
+        """
+        levels, kind = (x.levels, x.kind) if isinstance(x, Dataset) else (None, None)
+        x = x.x if isinstance(x, Dataset) else x
+        x, y, event_shape = as_data(x, y)
+        x = _as_float_tensor(x)
+        check_finite(x)
+        kind = kind or ("image" if len(event_shape) >= 2 else "points")
+        likelihood, levels = resolve_likelihood(x, self.config.likelihood, kind, levels)
+        n_classes = _check_train_labels(y)
+        fitted = {"likelihood": likelihood, "levels": levels, "kind": kind,
+                  "n_classes": n_classes, "net": self._resolve_net(event_shape)}  # fmt: skip
+        with torch.random.fork_rng(devices=[]):  # the nets' init follows config.seed alone
+            torch.manual_seed(self.config.seed)
+            self._build(event_shape, fitted)
+        self.event_shape = event_shape
+        with torch.no_grad():
+            if likelihood == "gaussian":
+                flat = x.reshape(len(x), -1).double()
+                self.data_loc.copy_(flat.mean(0))
+                self.data_scale.copy_(flat.std(0, correction=0).clamp(min=1e-6))
+            if n_classes is not None:
+                counts = torch.bincount(y, minlength=n_classes).double()
+                self.class_prior.copy_(counts / counts.sum())
+        self.train_result_ = train.fit(
+            self, x, y, self.config, out=out, checkpoint_every=checkpoint_every, resume=resume,
+            callback=callback, callback_every=callback_every, progress=progress,
+            device=self.device_,
+        )  # fmt: skip
+        self.eval()
+        return self
+
+    def _resolve_net(self, event_shape: tuple[int, ...]) -> str:
+        image = image_geometry(event_shape)
+        if self.config.net == "conv" and image is None:
+            raise ValueError(
+                f'net="conv" needs square images (C, S, S) or (S, S) with S >= 4, got samples '
+                f'of shape {event_shape}; use net="mlp"'
+            )
+        if self.config.net == "auto":
+            return "conv" if image is not None else "mlp"
+        return self.config.net
+
+    def loss(self, batch: tuple[Tensor, ...], step: int) -> dict[str, Tensor]:
+        """The negative ELBO (one reparameterised draw, KL in closed form), beta-weighted.
+
+        loss = mean_b -(recon_b - beta_t KL_b); logs recon, kl and elbo (nats per sample).
+        """
+        x = self._to_model_space(batch[0])
+        y = batch[1] if len(batch) > 1 else None
+        post = self._encode(x, y)
+        z = post.mu + torch.exp(0.5 * post.log_var) * torch.randn_like(post.mu)
+        recon = self._log_likelihood(x, self._decode(z, y))
+        kl = gaussian_kl(*post)
+        beta_t = kl_weight(step, self.config.beta, self.config.kl_warmup_steps)
+        loss = -(recon - beta_t * kl).mean()
+        return {"loss": loss, "recon": recon.mean().detach(), "kl": kl.mean().detach(),
+                "elbo": (recon - kl).mean().detach()}  # fmt: skip
+
+    # -- inputs -----------------------------------------------------------------------------------
+    def _prepare(self, x: Any) -> Tensor:
+        """Validated flat model-space x (n, D) for inference."""
+        self.check_is_fitted()
+        x = x.x if isinstance(x, Dataset) else x
+        x, _, _ = as_data(x)
+        self.check_event_shape(x)
+        x = _as_float_tensor(x)
+        check_finite(x)
+        if self.likelihood_ == "bernoulli" and not bool((x >= 0).all() and (x <= 1).all()):
+            raise ValueError("this VAE's Bernoulli likelihood needs x in [0, 1] (binary data)")
+        if self.likelihood_ == "discretized" and not (
+            bool((x >= 0).all() and (x <= 1).all()) and _on_grid(x, self.levels_)
+        ):
+            raise ValueError(
+                f"this VAE's discretized likelihood needs x = k / {self.levels_ - 1} in [0, 1] "
+                f"({self.levels_} levels), like its training data"
+            )
+        return self._to_model_space(x)
+
+    def _labels(self, y: Any, n: int, required: bool = False) -> Tensor | None:
+        """(n,) long labels on the device from an int, a sequence or a tensor; None stays None."""
+        if y is None:
+            if required and self.conditional:
+                raise ValueError("this VAE is conditional: pass y (an int or (n,) labels)")
+            return None
+        if not self.conditional:
+            raise ValueError("this VAE was fitted without labels, so it takes no y")
+        if isinstance(y, int | np.integer) and not isinstance(y, bool):
+            y = torch.full((n,), int(y), dtype=torch.long)
+        y = y if isinstance(y, Tensor) else torch.as_tensor(np.asarray(y))
+        if y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool:
+            raise TypeError(f"y must hold integer class labels, got dtype {y.dtype}")
+        if y.shape != (n,):
+            raise ValueError(f"y must be an int or have shape ({n},), got shape {tuple(y.shape)}")
+        if n and (int(y.min()) < 0 or int(y.max()) >= self.n_classes_):
+            raise ValueError(
+                f"labels must lie in [0, {self.n_classes_}) (the classes seen in fit); got "
+                f"values in [{int(y.min())}, {int(y.max())}]"
+            )
+        return y.to(self.device, torch.long)
+
+    def _marginalise(self, fn: Callable[[Tensor | None], Tensor], y: Tensor | None) -> Tensor:
+        """fn(y) for given labels; for a conditional VAE without y, log sum_c p(c) exp fn(c)."""
+        if y is not None or not self.conditional:
+            return fn(y)
+        classes = (self.class_prior > 0).nonzero().flatten().tolist()
+        per_class = [self.class_prior[c].log() + fn(c) for c in classes]
+        return torch.logsumexp(torch.stack(per_class, -1), -1)
+
+    # -- the bounds -------------------------------------------------------------------------------
+    def _chunks(self, x: Tensor, y: Tensor | int | None, rows: int):
+        for start in range(0, len(x), rows):
+            xb = x[start : start + rows]
+            if isinstance(y, int):
+                yb = torch.full((len(xb),), y, dtype=torch.long, device=self.device)
+            else:
+                yb = None if y is None else y[start : start + rows]
+            yield xb, yb
+
+    def _draws(self, x: Tensor, y: Tensor | None, post: Posterior, k: int, g: torch.Generator):
+        """k draws z_i ~ q(z | x) per row: (log p(x | z_i), log p(z_i) - log q(z_i | x)), each
+        (B, k), decoded in chunks of at most EVAL_BATCH rows."""
+        std = torch.exp(0.5 * post.log_var)
+        per = max(1, min(k, EVAL_BATCH // max(len(x), 1)))
+        log_px, log_ratio = [], []
+        for s in range(0, k, per):
+            m = min(per, k - s)
+            eps = torch.randn(len(x), m, post.mu.shape[1], generator=g, device=self.device)
+            z = post.mu[:, None] + std[:, None] * eps  # (B, m, L)
+            y_rep = None if y is None else y.repeat_interleave(m)
+            theta = self._decode(z.reshape(-1, z.shape[-1]), y_rep)
+            log_px.append(self._log_likelihood(x.repeat_interleave(m, 0), theta).view(len(x), m))
+            log_ratio.append(
+                normal_log_prob(z) - normal_log_prob(z, post.mu[:, None], post.log_var[:, None])
+            )
+        return torch.cat(log_px, 1), torch.cat(log_ratio, 1)
+
+    @torch.no_grad()
+    def log_prob(
+        self, x: Any, y: Any = None, *, k: int | None = None, seed: int | None = 0
+    ) -> Tensor:
+        """IWAE estimate of log p(x) (or log p(x | y)), nats: (n,) for x (n, *event_shape).
+
+            log p(x) ~ log (1/k) sum_{i=1}^k p(x | z_i) p(z_i) / q(z_i | x),   z_i ~ q(z | x)
+
+        A stochastic lower bound of log p(x) in expectation, which tightens as k grows (k = 1
+        is the ELBO); hence `log_prob_kind = "estimate"`. For bernoulli/discretized
+        likelihoods it is a log-mass of the quantised x, for gaussian a log-density.
+
+        Args:
+            x: (n, *event_shape) Tensor, array or Dataset (whose labels are ignored).
+            y: labels (an int or (n,)) for log p(x | y) under a conditional VAE; without them a
+                conditional VAE returns log sum_y p(y) p(x | y).
+            k: importance samples per row (default: config.iwae_samples).
+            seed: seed of the draws z_i (a local generator; None: fresh draws).
+        """
+        x = self._prepare(x)
+        y = self._labels(y, len(x))
+        k = self.config.iwae_samples if k is None else _check_k(k)
+        g = self.generator(seed)
+        rows = max(1, EVAL_BATCH // k)
+
+        def bound(labels):
+            return torch.cat([iwae_bound(sum(self._draws(xb, yb, self._encode(xb, yb), k, g)))
+                              for xb, yb in self._chunks(x, labels, rows)])  # fmt: skip
+
+        return self._marginalise(bound, y)
+
+    @torch.no_grad()
+    def elbo(self, x: Any, y: Any = None, k: int = 1, *, seed: int | None = 0) -> Tensor:
+        """ELBO(x) = E_q[log p(x | z)] - KL(q(z | x) || N(0, I)), nats: (n,).
+
+        The expectation is averaged over k draws z ~ q(z | x); the KL is exact. A conditional
+        VAE without y returns log sum_y p(y) exp ELBO(x | y), also a lower bound of log p(x).
+        """
+        x = self._prepare(x)
+        y = self._labels(y, len(x))
+        k, g = _check_k(k), self.generator(seed)
+
+        def bound(labels):
+            out = []
+            for xb, yb in self._chunks(x, labels, max(1, EVAL_BATCH // k)):
+                post = self._encode(xb, yb)
+                log_px, _ = self._draws(xb, yb, post, k, g)
+                out.append(log_px.mean(1) - gaussian_kl(*post))
+            return torch.cat(out)
+
+        return self._marginalise(bound, y)
+
+    # -- sampling and the latent space ------------------------------------------------------------
+    @torch.no_grad()
+    def sample(
+        self, n: int, *, seed: int | None = None, y: Any = None, mean: bool = False
+    ) -> Tensor:
+        """n draws x ~ p(x) = E_{z ~ N(0, I)} p(x | z): (n, *event_shape).
+
+        Args:
+            n: number of samples.
+            seed: seed of a local generator (same seed, same samples).
+            y: for a conditional VAE, an int or (n,) labels; None draws y ~ p(y) (the training
+                label frequencies).
+            mean: return the decoder means E[x | z] instead of draws from p(x | z)
+                (probabilities for bernoulli, the location clipped to [0, 1] for discretized,
+                the mean for gaussian): the customary grid of smooth images.
+        """
+        self.check_is_fitted()
+        n = self.check_n(n)
+        g = self.generator(seed)
+        labels = self._labels(y, n)
+        if n == 0:
+            return torch.zeros(0, *self.event_shape, device=self.device)
+        if labels is None and self.conditional:
+            labels = torch.multinomial(self.class_prior, n, replacement=True, generator=g)
+        z = torch.randn(n, self.config.latent_dim, generator=g, device=self.device)
+        theta = self._decode(z, labels)
+        lik = LIKELIHOOD_FNS[self.likelihood_]
+        x = lik.mean(theta) if mean else lik.sample(theta, g, self.levels_)
+        return self._to_data_space(x)
+
+    @torch.no_grad()
+    def encode(self, x: Any, y: Any = None) -> Posterior:
+        """q(z | x) of each row: Posterior(mu, log_var), each (n, latent_dim)."""
+        x = self._prepare(x)
+        return self._encode(x, self._labels(y, len(x), required=True))
+
+    @torch.no_grad()
+    def decode(self, z: Any, y: Any = None) -> Tensor:
+        """Decoder means E[x | z] in data space: (n, latent_dim) -> (n, *event_shape)."""
+        self.check_is_fitted()
+        z = torch.as_tensor(np.asarray(z) if not isinstance(z, Tensor) else z)
+        if z.ndim != 2 or z.shape[1] != self.config.latent_dim:
+            raise ValueError(
+                f"z must have shape (n, {self.config.latent_dim}), got {tuple(z.shape)}"
+            )
+        z = z.to(self.device, torch.float32)
+        check_finite(z, "z")
+        theta = self._decode(z, self._labels(y, len(z), required=True))
+        return self._to_data_space(LIKELIHOOD_FNS[self.likelihood_].mean(theta))
+
+    def reconstruct(self, x: Any, y: Any = None) -> Tensor:
+        """decode(encode(x).mu): the decoder means at the posterior means, (n, *event_shape)."""
+        return self.decode(self.encode(x, y).mu, y)
+
+    def interpolate(self, x0: Any, x1: Any, steps: int = 8, y: int | None = None) -> Tensor:
+        """Decode the straight line between the posterior means of x0 and x1: (steps, *event_shape).
+
+        x0, x1: single samples of shape event_shape (or (1, *event_shape)); y: one label for
+        a conditional VAE.
+        """
+        self.check_is_fitted()
+        if isinstance(steps, bool) or not isinstance(steps, int | np.integer) or steps < 2:
+            raise ValueError(f"steps must be an integer >= 2, got {steps!r}")
+        ends = [
+            torch.as_tensor(np.asarray(e) if not isinstance(e, Tensor) else e) for e in (x0, x1)
+        ]
+        ends = [e[None] if tuple(e.shape) == self.event_shape else e for e in ends]
+        if any(tuple(e.shape) != (1, *self.event_shape) for e in ends):
+            raise ValueError(f"x0 and x1 must each have shape {self.event_shape}")
+        mu = self.encode(torch.cat(ends), None if y is None else [y, y]).mu
+        t = torch.linspace(0, 1, int(steps), device=self.device)[:, None]
+        return self.decode((1 - t) * mu[0] + t * mu[1], y)
+
+
+def _as_float_tensor(x: Any) -> Tensor:
+    x = x if isinstance(x, Tensor) else x[:]
+    return x.float() if x.dtype != torch.float32 else x
+
+
+def _check_k(k: Any) -> int:
+    if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
+        raise ValueError(f"k (importance samples) must be an integer >= 1, got {k!r}")
+    return int(k)
+
+
+def _check_train_labels(y: Tensor | None) -> int | None:
+    """n_classes = max(y) + 1 for integer labels >= 0; None without labels."""
+    if y is None:
+        return None
+    if y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool:
+        raise TypeError(f"y must hold integer class labels, got dtype {y.dtype}")
+    if int(y.min()) < 0:
+        raise ValueError(f"labels must be >= 0, got a minimum of {int(y.min())}")
+    return int(y.max()) + 1
