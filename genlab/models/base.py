@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -23,6 +22,7 @@ import torch
 from torch import nn
 
 from genlab.data.dataset import ArrayLike, Dataset, NpyArray
+from genlab.train import atomic_write
 
 LogProbKind = Literal["exact", "bound", "estimate"]
 FORMAT_VERSION = 1
@@ -212,8 +212,10 @@ class GenerativeModel(nn.Module):
             "config": dataclasses.asdict(self.config),
             "fitted": self._fitted_meta(),
         }
-        _atomic_write(folder / WEIGHTS_FILE, safetensors.torch.save(tensors))
-        _atomic_write(folder / CONFIG_FILE, (json.dumps(meta, indent=2) + "\n").encode())
+        weights = safetensors.torch.save(tensors)
+        atomic_write(folder / WEIGHTS_FILE, lambda f: f.write(weights))
+        config = (json.dumps(meta, indent=2) + "\n").encode()
+        atomic_write(folder / CONFIG_FILE, lambda f: f.write(config))
         return folder
 
     @classmethod
@@ -223,19 +225,6 @@ class GenerativeModel(nn.Module):
         if unknown:
             raise ValueError(f"unknown {cls.family} config keys {unknown}; known: {sorted(names)}")
         return cls(**config, device=device)
-
-
-def _atomic_write(target: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def load(path: str | os.PathLike, device: str | torch.device | None = None) -> GenerativeModel:

@@ -350,8 +350,8 @@ class GaussianMixture(GenerativeModel, family="gmm"):
             error of about 1e-7 * |mu_k - mean|^2 from float32 products). Chunk
             statistics are summed, and M-steps computed, in float64. Covariances from raw
             second moments lose ~eps * |mu|^2 / sigma^2 to cancellation: where float32
-            statistics give a covariance that is not positive definite, that iteration is
-            redone in float64.
+            statistics give a covariance that is not positive definite, that iteration and
+            the rest of the run use float64 statistics.
         chunk_size: rows per chunk of the E/M passes (peak memory ~ chunk_size * p elements,
             p = 1 + D + D(D+1)/2 for full); default 4096 rows, fewer when p is large.
         device: "cuda", "cpu" or None (cuda when present).
@@ -511,21 +511,22 @@ class GaussianMixture(GenerativeModel, family="gmm"):
             total += lp.sum(dtype=f64)
         return total, stats
 
-    def _em_step(self, x: ArrayLike, n: int, centre: torch.Tensor):
-        """E-step statistics and M-step parameters: (sum log p(x), stats, Params).
+    def _em_step(self, x: ArrayLike, n: int, centre: torch.Tensor, exact: bool):
+        """E-step statistics and M-step parameters: (sum log p(x), stats, Params, exact).
 
-        With dtype="float32" the statistics come from float32 products first; if they give
-        a covariance that is not positive definite (cancellation in S2/N - mu mu^T on a
-        near-degenerate component) the pass is redone with float64 statistics.
+        With exact=False the statistics come from float32 products first; if they give a
+        covariance that is not positive definite (cancellation in S2/N - mu mu^T on a
+        near-degenerate component) the pass is redone with float64 statistics, and the
+        returned `exact` is True so that the caller stays in float64 from then on.
         """
         cfg, theta = self.config, self._theta(centre)
-        for exact in dict.fromkeys([self.compute_dtype == torch.float64, True]):
-            total, stats = self._em_pass(x, centre, theta, exact)
+        for in_float64 in dict.fromkeys([exact, True]):
+            total, stats = self._em_pass(x, centre, theta, in_float64)
             _all_reduce(total), _all_reduce(stats)
             p = m_step(stats, cfg.covariance_type, cfg.reg_covar, self.n_dims)
-            if exact or positive_definite(p.covariances, cfg.covariance_type):
+            if in_float64 or positive_definite(p.covariances, cfg.covariance_type):
                 break
-        return total, stats, p
+        return total, stats, p, in_float64
 
     def _worst_rows(self, x: ArrayLike, centre: torch.Tensor, k: int):
         """The k rows with the lowest log-density (log p, centred rows), for re-seeding."""
@@ -652,6 +653,7 @@ class GaussianMixture(GenerativeModel, family="gmm"):
     def _run_em(self, x: ArrayLike, n: int, centre: torch.Tensor, progress, run: int) -> list:
         cfg = self.config
         history: list[float] = []
+        exact = self.compute_dtype == torch.float64  # float32 runs switch once they must
         self.converged_ = False
         show = progress if not _distributed() else bool(progress) and dist.get_rank() == 0
         bar = tqdm(
@@ -661,7 +663,7 @@ class GaussianMixture(GenerativeModel, family="gmm"):
             leave=False,
         )
         for _ in bar:
-            total, stats, p = self._em_step(x, n, centre)
+            total, stats, p, exact = self._em_step(x, n, centre, exact)
             history.append(float(total.item()) / n)
             if (stats[:, 0] < DEAD_MASS).any():
                 self._set_params(p, centre, check=False)

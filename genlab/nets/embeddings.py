@@ -69,6 +69,17 @@ class SinusoidalEmbedding(nn.Module):
         return f"dim={self.dim}, max_period={self.max_period:g}"
 
 
+def time_mlp(frequencies: int, out_dim: int) -> nn.Sequential:
+    """t (B,) -> (B, out_dim): a sinusoidal embedding of `frequencies` features, then
+    Linear-SiLU-Linear (the time conditioning shared by the MLP and the UNet)."""
+    return nn.Sequential(
+        SinusoidalEmbedding(frequencies),
+        nn.Linear(frequencies, out_dim),
+        nn.SiLU(),
+        nn.Linear(out_dim, out_dim),
+    )
+
+
 class LabelEmbedding(nn.Module):
     """A learned vector per class, plus one for the null label (index `n_classes`).
 

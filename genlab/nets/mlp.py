@@ -10,11 +10,11 @@ from torch import Tensor, nn
 
 from genlab.nets.embeddings import (
     LabelEmbedding,
-    SinusoidalEmbedding,
     check_labels,
     init_weights,
     null_labels,
     time_batch,
+    time_mlp,
 )
 
 
@@ -97,12 +97,7 @@ class MLP(nn.Module):
         cond_dim = hidden[0] if (time_dim is not None or n_classes is not None) else None
         self.time_embed = None
         if time_dim is not None:
-            self.time_embed = nn.Sequential(
-                SinusoidalEmbedding(time_dim),
-                nn.Linear(time_dim, cond_dim),
-                nn.SiLU(),
-                nn.Linear(cond_dim, cond_dim),
-            )
+            self.time_embed = time_mlp(time_dim, cond_dim)
         self.label_embed = LabelEmbedding(n_classes, cond_dim) if n_classes is not None else None
 
         self.input = nn.Linear(in_dim, hidden[0])

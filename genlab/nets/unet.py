@@ -29,11 +29,11 @@ from torch.nn import functional as F
 from genlab.nets.conv import halved_sizes
 from genlab.nets.embeddings import (
     LabelEmbedding,
-    SinusoidalEmbedding,
     check_labels,
     init_weights,
     null_labels,
     time_batch,
+    time_mlp,
     zero_module,
 )
 
@@ -223,12 +223,7 @@ class UNet(nn.Module):
         self.n_classes = n_classes
 
         emb_dim = 4 * base_channels
-        self.time_embed = nn.Sequential(
-            SinusoidalEmbedding(base_channels),
-            nn.Linear(base_channels, emb_dim),
-            nn.SiLU(),
-            nn.Linear(emb_dim, emb_dim),
-        )
+        self.time_embed = time_mlp(base_channels, emb_dim)
         self.label_embed = LabelEmbedding(n_classes, emb_dim) if n_classes is not None else None
 
         def stage(in_ch: int, out_ch: int, size: int) -> Stage:
