@@ -14,7 +14,6 @@ from pathlib import Path
 import matplotlib.image as mpimg
 import numpy as np
 import pytest
-import torch
 import typer
 
 import genlab
@@ -35,14 +34,7 @@ EVAL_KEYS = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small models run faster on one thread, and far steadier on a busy 2-core machine (two
-    OpenMP threads were measured 5-10x slower there when other jobs hold the cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def cli(capsys, *args: str) -> tuple[int, str, str]:

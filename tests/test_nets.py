@@ -19,14 +19,7 @@ from genlab.nets import (
 from genlab.nets.embeddings import TIME_SCALE
 from genlab.nets.unet import AttentionBlock, ResBlock
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These tensors are tiny: one intra-op thread is much faster than contended ones."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def unzero(module: nn.Module, seed: int = 0, std: float = 0.1) -> nn.Module:

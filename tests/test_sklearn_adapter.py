@@ -8,7 +8,6 @@ import warnings
 
 import numpy as np
 import pytest
-import torch
 from scipy.special import logsumexp
 from scipy.stats import multivariate_normal
 from sklearn.exceptions import ConvergenceWarning
@@ -23,14 +22,7 @@ from genlab.sklearn import GaussianMixture
 COV_TYPES = ["full", "tied", "diag", "spherical"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """EM on a few hundred rows is all tiny ops, where a second intra-op thread only adds
-    synchronisation: on a busy 2-core machine it makes these fits ~100x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def overlapping_clusters(seed: int = 0) -> np.ndarray:

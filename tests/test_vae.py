@@ -25,13 +25,7 @@ from genlab.models.vae import (
 TINY = {"hidden": 32, "warmup_steps": 10, "ema_decay": None}  # fast nets for the fitted tests
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small nets run faster (and steadier on a shared machine) on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def gaussian_points(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
