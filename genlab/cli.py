@@ -179,18 +179,6 @@ def _train_report(model: GenerativeModel) -> dict[str, Any]:
 
 
 # -- helpers --------------------------------------------------------------------------------------
-def _load_data(
-    name: str, split: Literal["train", "test"], n: int | None, seed: int, root: Path | None
-) -> Dataset:
-    """`load_dataset` with the CLI's arguments (a thin wrapper, so every command loads alike)."""
-    return load_dataset(name, split=split, n=n, seed=seed, root=root)
-
-
-def _load_model(folder: Path) -> GenerativeModel:
-    """`genlab.load`, on the CPU when no GPU is visible."""
-    return genlab.load(folder)
-
-
 def _as_tensor(x: Any) -> torch.Tensor:
     """All rows of a data set's x (a tensor, or a lazily read `NpyArray`) as a tensor."""
     return x if isinstance(x, torch.Tensor) else x[:]
@@ -366,7 +354,7 @@ def fit_gmm(
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Fit a Gaussian mixture by EM (exact log-likelihood)."""
-    train = _load_data(data, "train", n, seed, root)
+    train = load_dataset(data, split="train", n=n, seed=seed, root=root)
     if dequantize:
         train = _dequantized(train, seed)
     model = GaussianMixture(
@@ -431,7 +419,7 @@ def fit_vae(
     """Fit a variational autoencoder (log-likelihood: an importance-weighted estimate)."""
     flags = TrainFlags(max_steps, max_time, batch_size, lr, seed, checkpoint_every, resume,
                        progress)  # fmt: skip
-    train = _load_data(data, "train", n, seed, root)
+    train = load_dataset(data, split="train", n=n, seed=seed, root=root)
     if conditional and train.y is None:
         raise ValueError(f"--conditional needs labels, and {data!r} has none")
     if likelihood == "gaussian":  # a density: fit quantised images dequantised, as eval does
@@ -467,7 +455,7 @@ def sample(
     ] = None,
 ) -> None:
     """Draw samples from a saved model and write them as .npy or .png."""
-    model = _load_model(model_dir)
+    model = genlab.load(model_dir)
     samples = model.sample(n, seed=seed).detach().cpu()
     out = out or model_dir / "samples.npy"
     if out.suffix.lower() == ".npy":
@@ -532,8 +520,10 @@ def evaluate(
     density), log_prob_kind (exact, bound or estimate), and mmd, sliced_wasserstein and
     energy_distance between as many model samples as test points and the test data.
     """
-    model = _load_model(model_dir)
-    result = evaluate_model(model, _load_data(data, "test", n, seed, root), seed)
+    model = genlab.load(model_dir)
+    result = evaluate_model(
+        model, load_dataset(data, split="test", n=n, seed=seed, root=root), seed
+    )
     if as_json:
         typer.echo(json.dumps(result))
     else:
@@ -643,11 +633,11 @@ def plot(
     MODEL_DIR/history.png when the model kept its training curve (EM log-likelihoods, or
     the trainer's log.jsonl).
     """
-    model = _load_model(model_dir)
+    model = genlab.load(model_dir)
     out = out or model_dir / "plot.png"
     kind = _shape_kind(model.event_shape or ())
     title = model.family if data is None else f"{model.family} on {_data_name(data)}"
-    test = None if data is None else _load_data(data, "test", n, seed, root)
+    test = None if data is None else load_dataset(data, split="test", n=n, seed=seed, root=root)
     if kind == "points":
         written = [_plot_points(model, test, samples or PLOT_SAMPLES["points"], seed, out, title)]
     elif kind == "image":
