@@ -39,6 +39,7 @@ def main(out: str, init: str) -> None:
             means=model.means_.numpy(),
             covariances=model.covariances_.numpy(),
         )
+    dist.barrier()  # gloo aborts if one rank tears down while another still runs
     dist.destroy_process_group()
 
 

@@ -85,6 +85,7 @@ def main() -> None:
         if not dist.is_initialized() or dist.get_rank() == 0:
             torch.save(model.state_dict(), os.path.join(out, "final.pt"))
     if dist.is_initialized():
+        dist.barrier()  # gloo aborts if one rank tears down while another still runs
         dist.destroy_process_group()
 
 
