@@ -16,6 +16,7 @@ set GENLAB_DEBUG=1 to see the traceback instead.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import math
 import os
@@ -438,6 +439,31 @@ def fit_vae(
 
 
 # -- sample ---------------------------------------------------------------------------------------
+SAMPLER_FLAGS = {
+    "steps": "--steps", "method": "--method", "guidance": "--guidance", "y": "--label",
+    "eta": "--eta", "prompt": "--prompt", "max_new_tokens": "--max-new-tokens",
+    "temperature": "--temperature", "top_k": "--top-k", "top_p": "--top-p",
+}  # fmt: skip
+"""The keywords of a family's `sample` that `genlab sample` can pass, and their options."""
+
+
+def sampler_options(model: GenerativeModel, **given: Any) -> dict[str, Any]:
+    """The given (not None) sampler keywords, checked against the signature of `model.sample`.
+
+    Raises:
+        ValueError: the model's `sample` does not take one of them.
+    """
+    options = {k: v for k, v in given.items() if v is not None}
+    accepted = inspect.signature(model.sample).parameters
+    refused = [SAMPLER_FLAGS[k] for k in options if k not in accepted]
+    if refused:
+        raise ValueError(
+            f"a {model.family} model's sample takes no {', '.join(refused)}; "
+            f"see 'genlab sample --help'"
+        )
+    return options
+
+
 @app.command()
 def sample(
     model_dir: ModelDir,
@@ -453,10 +479,48 @@ def sample(
             "(default: MODEL_DIR/samples.npy).",
         ),
     ] = None,
+    steps: Annotated[
+        int | None, typer.Option(min=1, help="Iterative families: solver/sampler steps.")
+    ] = None,
+    method: Annotated[
+        str | None,
+        typer.Option(help="Iterative families: the solver or sampler (e.g. heun, dpm++)."),
+    ] = None,
+    guidance: Annotated[
+        float | None,
+        typer.Option(help="Classifier-free guidance weight w (conditional models; 0: none)."),
+    ] = None,
+    label: Annotated[
+        int | None, typer.Option("--label", min=0, help="Class label y of every sample.")
+    ] = None,
+    eta: Annotated[
+        float | None, typer.Option(min=0.0, help="DDIM noise (0: deterministic, 1: DDPM).")
+    ] = None,
+    prompt: Annotated[str | None, typer.Option(help="Text models: the prompt.")] = None,
+    max_new_tokens: Annotated[
+        int | None, typer.Option(min=1, help="Text models: tokens to generate.")
+    ] = None,
+    temperature: Annotated[
+        float | None, typer.Option(help="Autoregressive: softmax temperature (> 0).")
+    ] = None,
+    top_k: Annotated[
+        int | None, typer.Option(min=1, help="Autoregressive: keep the k likeliest tokens.")
+    ] = None,
+    top_p: Annotated[
+        float | None, typer.Option(help="Autoregressive: nucleus mass in (0, 1].")
+    ] = None,
 ) -> None:
-    """Draw samples from a saved model and write them as .npy or .png."""
+    """Draw samples from a saved model and write them as .npy or .png.
+
+    Sampler options (--steps, --method, --guidance, --label, --eta, --prompt, --max-new-tokens,
+    --temperature, --top-k, --top-p) are passed to the model's `sample` when given; a model
+    whose `sample` does not take one of them reports it.
+    """
     model = genlab.load(model_dir)
-    samples = model.sample(n, seed=seed).detach().cpu()
+    options = sampler_options(model, steps=steps, method=method, guidance=guidance, y=label,
+                              eta=eta, prompt=prompt, max_new_tokens=max_new_tokens,
+                              temperature=temperature, top_k=top_k, top_p=top_p)  # fmt: skip
+    samples = model.sample(n, seed=seed, **options).detach().cpu()
     out = out or model_dir / "samples.npy"
     if out.suffix.lower() == ".npy":
         out.parent.mkdir(parents=True, exist_ok=True)

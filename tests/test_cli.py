@@ -183,6 +183,13 @@ def test_sample_rejects_other_suffixes(moons_model, tmp_path, capsys):
     assert not (tmp_path / "x.txt").exists()
 
 
+def test_sample_refuses_options_the_family_does_not_take(moons_model, tmp_path, capsys):
+    out = tmp_path / "x.npy"
+    code, _, err = cli(capsys, "sample", moons_model, "--steps", "10", "--top-k", "3", "--out", out)
+    assert_one_line_error(code, err, "gmm model's sample takes no --steps, --top-k")
+    assert code == 1 and not out.exists()
+
+
 # -- eval -----------------------------------------------------------------------------------------
 def test_eval_json(moons_model, capsys):
     code, stdout, _ = cli(capsys, "eval", moons_model, "--data", "moons", "--n", "400", "--json")
