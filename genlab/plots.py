@@ -4,7 +4,8 @@ Matplotlib and NumPy only: nothing here knows about models. Every function takes
 (NumPy arrays, or anything with `.detach().cpu().numpy()` such as torch tensors), draws on a
 fresh `matplotlib.figure.Figure` (the Agg canvas; pyplot's global state is never touched, so
 nothing is left open), writes a PNG to `path` (parent folders are created) and returns it as a
-`Path`. Bad shapes or values raise `ValueError`.
+`Path`. Bad shapes or values raise `ValueError`. Sampler trajectories (S+1, n, ...) from noise
+to samples have `trajectories_2d`, `trajectory_grid` (PNG) and `animate` (an animated GIF).
 
     from genlab import plots
     plots.density_2d(model.log_prob, "density.png", samples=model.sample(500), data=x)
@@ -429,3 +430,228 @@ def curve(
         ax.set_title(title)
     fig.tight_layout()
     return _save(fig, path)
+
+
+# -- trajectories: from noise (index 0) to samples (index -1) -------------------------------------
+NOISE_COLOUR = "#3182bd"
+PATH_COLOUR = "#9e9ac8"
+GIF_DPI = 80
+MAX_ANIMATED_IMAGES = 64  # images per frame of an animated grid
+
+
+def _trajectory_points(trajectory: Any) -> np.ndarray:
+    """(S+1, n, 2) finite points with S+1 >= 2 time points and n >= 1."""
+    arr = _to_numpy(trajectory, "trajectory")
+    if arr.ndim != 3 or arr.shape[2] != 2:
+        raise ValueError(
+            f"trajectory of 2-D points must have shape (S+1, n, 2), got {arr.shape}; "
+            "image trajectories (S+1, n, C, H, W) go to trajectory_grid"
+        )
+    if arr.shape[0] < 2 or arr.shape[1] == 0:
+        raise ValueError(f"trajectory needs >= 2 time points and >= 1 path, got {arr.shape}")
+    if not np.isfinite(arr).all():
+        raise ValueError("trajectory contains NaN or infinity; drop those paths first")
+    return arr
+
+
+def _trajectory_images(trajectory: Any) -> np.ndarray:
+    """(S+1, n, C, H, W) images with C in {1, 3}, S+1 >= 2 time points and n >= 1, no NaN."""
+    arr = _to_numpy(trajectory, "trajectory")
+    if arr.ndim != 5 or arr.shape[2] not in (1, 3) or 0 in arr.shape[1:]:
+        raise ValueError(
+            "image trajectory must have shape (S+1, n, C, H, W) with C in {1, 3} and n >= 1, "
+            f"got {arr.shape}"
+        )
+    if arr.shape[0] < 2:
+        raise ValueError(f"trajectory needs >= 2 time points, got {arr.shape[0]}")
+    if np.isnan(arr).any():
+        raise ValueError("trajectory contains NaN")
+    return arr
+
+
+def _positive_int(value: Any, name: str, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _evenly(count: int, total: int) -> np.ndarray:
+    """min(count, total) distinct indices in [0, total), evenly spread, first and last included."""
+    return np.unique(np.round(np.linspace(0, total - 1, min(count, total))).astype(int))
+
+
+def trajectories_2d(
+    trajectory: Any,
+    path: PathLike,
+    *,
+    data: Any = None,
+    n_paths: int = 200,
+    title: str | None = None,
+) -> Path:
+    """Paths of 2-D points from noise to samples: thin lines, blue starts, orange ends.
+
+    Args:
+        trajectory: (S+1, n, 2) states of an ODE/SDE sampler, index 0 the noise and index -1
+            the samples (e.g. `SampleTrajectory.trajectory` of a flow or diffusion model).
+        path: the .png file.
+        data: optional (m, 2) data points, drawn in grey underneath.
+        n_paths: paths drawn as lines (evenly chosen among the n); every start and end point
+            is drawn.
+        title: optional axes title.
+    """
+    from matplotlib.collections import LineCollection
+
+    path = _png_path(path)
+    arr = _trajectory_points(trajectory)
+    n_paths = _positive_int(n_paths, "n_paths")
+    data = None if data is None else _points(data, "data")
+    chosen = arr[:, _evenly(n_paths, arr.shape[1])]  # (S+1, k, 2)
+    boxes = [chosen.reshape(-1, 2), arr[0], arr[-1]] + ([] if data is None else [data])
+    fig, ax = _figure_2d(_bounds(boxes))
+    if data is not None:
+        ax.scatter(*data.T, s=_marker_size(len(data)), c=DATA_COLOUR, alpha=0.4, lw=0, label="data")
+    width = float(np.clip(20.0 / chosen.shape[1], 0.3, 1.0))
+    lines = LineCollection(list(chosen.transpose(1, 0, 2)), colors=PATH_COLOUR, linewidths=width,
+                           alpha=0.6, label="paths")  # fmt: skip
+    ax.add_collection(lines)
+    size = _marker_size(arr.shape[1])
+    ax.scatter(*arr[0].T, s=size, c=NOISE_COLOUR, alpha=0.7, lw=0, label="start (noise)")
+    ax.scatter(*arr[-1].T, s=size, c=SAMPLE_COLOUR, alpha=0.8, lw=0, label="end (samples)")
+    ax.legend(loc="upper right", markerscale=3, fontsize="small")
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def trajectory_grid(
+    trajectory: Any,
+    path: PathLike,
+    *,
+    n_rows: int = 8,
+    n_cols: int = 10,
+    title: str | None = None,
+) -> Path:
+    """The denoising sequence: one row per sample, columns from noise (left) to sample (right).
+
+    Args:
+        trajectory: (S+1, n, C, H, W) images with C in {1, 3}, index 0 the noise; values are
+            clipped to [0, 1], so noise outside the data range shows saturated.
+        path: the .png file.
+        n_rows: samples shown (the first min(n_rows, n)).
+        n_cols: time points shown, min(n_cols, S+1) evenly chosen, first and last included;
+            the tick under each column is its index into the trajectory.
+        title: optional figure title.
+    """
+    path = _png_path(path)
+    arr = _trajectory_images(trajectory)
+    n_rows = _positive_int(n_rows, "n_rows")
+    n_cols = _positive_int(n_cols, "n_cols", minimum=2)
+    steps = _evenly(n_cols, arr.shape[0])
+    rows = min(n_rows, arr.shape[1])
+    frames = arr[steps][:, :rows].transpose(1, 0, 2, 3, 4)  # (rows, cols, C, H, W)
+    mosaic = tile_images(frames.reshape(-1, *arr.shape[2:]), nrow=len(steps))
+    height, width = mosaic.shape[:2]
+    scale = max(8.0 / max(height, width), 1.1 / DPI)
+    extra = 0.4 + 0.4 * bool(title)  # inches for the tick labels and the title
+    fig = Figure(figsize=(max(width * scale, 3.0), max(height * scale, 2.0) + extra))
+    ax = fig.add_subplot()
+    ax.imshow(mosaic, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+    w_cell = arr.shape[4] + 1
+    ax.set_xticks([1 + w_cell * i + (w_cell - 1) / 2 for i in range(len(steps))])
+    ax.set_xticklabels([str(int(s)) for s in steps], fontsize="small")
+    ax.set_yticks([])
+    ax.set_xlabel("step (0 = noise)")
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _gif_path(path: PathLike) -> Path:
+    path = Path(path)
+    if path.suffix.lower() != ".gif":
+        raise ValueError(f"path must end in .gif, got {str(path)!r}")
+    return path
+
+
+def animate(
+    trajectory: Any,
+    path: PathLike,
+    *,
+    fps: float = 12,
+    data: Any = None,
+    title: str | None = None,
+    max_frames: int = 120,
+) -> Path:
+    """An animated GIF of a sampler's trajectory: 2-D points moving, or an image grid changing.
+
+    Axis limits (points) and grey levels (images, clipped to [0, 1]) are fixed across frames.
+
+    Args:
+        trajectory: (S+1, n, 2) points or (S+1, n, C, H, W) images (C in {1, 3}; the first 64
+            are shown), index 0 the noise and index -1 the samples.
+        path: the .gif file.
+        fps: frames per second.
+        data: optional (m, 2) data points drawn in grey under moving points.
+        title: optional title; the frame's index into the trajectory is appended.
+        max_frames: frames written: min(max_frames, S+1), evenly chosen, first and last included.
+    """
+    from matplotlib.animation import FuncAnimation, PillowWriter
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    path = _gif_path(path)
+    if isinstance(fps, bool) or not isinstance(fps, int | float) or not 0 < fps <= 100:
+        raise ValueError(f"fps must be a number in (0, 100], got {fps!r}")
+    max_frames = _positive_int(max_frames, "max_frames", minimum=2)
+    ndim = _to_numpy(trajectory, "trajectory").ndim
+    if ndim == 3:
+        arr = _trajectory_points(trajectory)
+        data = None if data is None else _points(data, "data")
+    elif ndim == 5:
+        arr = _trajectory_images(trajectory)[:, :MAX_ANIMATED_IMAGES]
+        if data is not None:
+            raise ValueError("data overlays only 2-D point trajectories, not images")
+    else:
+        raise ValueError(
+            "trajectory must have shape (S+1, n, 2) (points) or (S+1, n, C, H, W) (images), "
+            f"got {ndim} dimensions"
+        )
+    frames = _evenly(max_frames, arr.shape[0])
+    last = arr.shape[0] - 1
+
+    if ndim == 3:
+        fig, ax = _figure_2d(_bounds([arr.reshape(-1, 2)] + ([] if data is None else [data])))
+        fig.set_size_inches(4.5, 4.5 * fig.get_figheight() / fig.get_figwidth())
+        if data is not None:
+            ax.scatter(*data.T, s=_marker_size(len(data)), c=DATA_COLOUR, alpha=0.4, lw=0)
+        artist = ax.scatter(*arr[0].T, s=_marker_size(arr.shape[1]), c=SAMPLE_COLOUR, lw=0)
+        fig.tight_layout()
+
+        def show(i: int) -> None:
+            artist.set_offsets(arr[i])
+    else:
+        mosaic = tile_images(arr[0])
+        fig = Figure(figsize=(4.5, 4.5 * mosaic.shape[0] / mosaic.shape[1] + 0.4))
+        ax = fig.add_axes((0.02, 0.02, 0.96, 0.88))
+        ax.set_axis_off()
+        artist = ax.imshow(mosaic, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+
+        def show(i: int) -> None:
+            artist.set_data(tile_images(arr[i]))
+
+    label = ax.set_title("")
+
+    def update(i: int) -> list[Any]:
+        show(i)
+        label.set_text(f"{title + ': ' if title else ''}step {i}/{last}")
+        return [artist, label]
+
+    FigureCanvasAgg(fig)  # an Agg canvas of its own: pyplot is never involved
+    path.parent.mkdir(parents=True, exist_ok=True)
+    animation = FuncAnimation(fig, update, frames=[int(i) for i in frames], blit=False)
+    animation.save(path, writer=PillowWriter(fps=fps), dpi=GIF_DPI)
+    fig.clear()
+    return path

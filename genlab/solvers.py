@@ -1,0 +1,467 @@
+"""ODE solvers for dx/dt = f(t, x) on batches: Euler, midpoint, Heun, RK4 and Dormand–Prince 5(4).
+
+Plain functions over a callable `f(t, x)`, never a model: `t` is a 0-d tensor of the state's
+dtype and device, and `x` is the state, a tensor or a tuple of tensors (so a sample and its
+log-density change integrate together); `f` returns the same structure with the same shapes.
+
+    sol = solve(f, x0, 1.0, 0.0, method="heun", steps=50, return_trajectory=True)
+    sol.x, sol.nfe, sol.times, sol.trajectory     # (n, d), 100, (51,), (51, n, d)
+    sol = solve(f, x0, 0.0, 1.0, method="dopri5", rtol=1e-6, atol=1e-6)
+
+Fixed-step methods take `steps` uniform steps from t0 to t1, or the explicit grid `times`
+(increasing, or decreasing to integrate backwards). Their explicit Runge–Kutta tableaux
+(Butcher: nodes c, weights b, stage matrix a) and orders, with evaluations of f per step:
+
+    euler     order 1, 1 NFE   c = (0),             b = (1)
+    midpoint  order 2, 2 NFE   c = (0, 1/2),        b = (0, 1),          a21 = 1/2
+    heun      order 2, 2 NFE   c = (0, 1),          b = (1/2, 1/2),      a21 = 1
+    rk4       order 4, 4 NFE   c = (0, 1/2, 1/2, 1), b = (1/6, 1/3, 1/3, 1/6),
+                               a21 = 1/2, a32 = 1/2, a43 = 1
+
+"dopri5" is Dormand & Prince's adaptive 5(4) pair (the tableau is `DOPRI5_A`, `DOPRI5_B`,
+`DOPRI5_E` below): 7 stages, of which the last is f at the new point and is reused as the first
+stage of the next step ("first same as last"), so 6 NFE per attempted step plus 2 at the start
+(f(t0, x0) and one probe for the initial step size). It advances with the 5th-order solution and
+controls the step with the embedded 4th-order one, as torchdiffeq's `dopri5` does.
+
+References: Hairer, Nørsett & Wanner, Solving ODEs I (2nd ed.), sections II.1, II.4 and II.5;
+Dormand & Prince (1980), "A family of embedded Runge-Kutta formulae".
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import numbers
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+State = Tensor | tuple[Tensor, ...]
+"""An ODE state: one tensor, or a tuple of tensors integrated together."""
+Field = Callable[[Tensor, State], State]
+"""f(t, x) -> dx/dt, with t a 0-d tensor and the output shaped like x."""
+Method = Literal["euler", "midpoint", "heun", "rk4", "dopri5"]
+METHODS: tuple[str, ...] = ("euler", "midpoint", "heun", "rk4", "dopri5")
+
+SAFETY = 0.9  # the step-size controller aims at 0.9 of the step that would just meet the tolerance
+MIN_FACTOR = 0.2  # the next step is at least 0.2 and at most 10 times the current one
+MAX_FACTOR = 10.0
+MAX_STEPS = 10_000  # attempted dopri5 steps before giving up
+
+
+@dataclass(frozen=True)
+class Solution:
+    """The result of `solve`.
+
+    Attributes:
+        x: the state at t1 (the last of `times`): a tensor, or a tuple of tensors if x0 was one.
+        nfe: number of evaluations of f.
+        times: (S+1,) times of the returned states, the state's dtype and device: the step grid
+            of a fixed-step method, the accepted steps of dopri5, or the `times` passed in.
+        trajectory: None unless asked for; else (S+1, *x.shape), the states at `times` (index 0
+            is x0), a tuple of such for a tuple state.
+    """
+
+    x: State
+    nfe: int
+    times: Tensor
+    trajectory: State | None = None
+
+
+# -- state arithmetic (a tensor or a tuple of tensors) ---------------------------------------------
+def _leaves(x: State) -> tuple[Tensor, ...]:
+    return x if isinstance(x, tuple) else (x,)
+
+
+def _map(fn: Callable[..., Tensor], *states: State) -> State:
+    """fn applied leaf by leaf, keeping the structure of the first state."""
+    if isinstance(states[0], tuple):
+        return tuple(fn(*leaves) for leaves in zip(*states, strict=True))
+    return fn(*states)
+
+
+def _combine(x: State, dt: float, terms: Sequence[tuple[float, State]]) -> State:
+    """x + dt * sum_i c_i k_i for terms [(c_i, k_i), ...], skipping zero coefficients."""
+    terms = [(c, k) for c, k in terms if c != 0]
+
+    def leaf(x_leaf: Tensor, *k_leaves: Tensor) -> Tensor:
+        out = x_leaf
+        for (c, _), k_leaf in zip(terms, k_leaves, strict=True):
+            out = out + (dt * c) * k_leaf
+        return out
+
+    return _map(leaf, x, *(k for _, k in terms))
+
+
+def _rms(x: State) -> float:
+    """Root mean square over every element of every leaf (computed in float64)."""
+    leaves = _leaves(x)
+    total = sum(float(leaf.double().square().sum()) for leaf in leaves)
+    return math.sqrt(total / sum(leaf.numel() for leaf in leaves))
+
+
+# -- fixed-step methods ----------------------------------------------------------------------------
+def euler_step(f: Field, t: Tensor, dt: float, x: State) -> State:
+    """One explicit Euler step, order 1, 1 NFE: x + dt f(t, x)."""
+    return _combine(x, dt, [(1.0, f(t, x))])
+
+
+def midpoint_step(f: Field, t: Tensor, dt: float, x: State) -> State:
+    """One explicit midpoint step, order 2, 2 NFE: x + dt f(t + dt/2, x + dt/2 f(t, x))."""
+    k1 = f(t, x)
+    k2 = f(t + dt / 2, _combine(x, dt, [(0.5, k1)]))
+    return _combine(x, dt, [(1.0, k2)])
+
+
+def heun_step(f: Field, t: Tensor, dt: float, x: State) -> State:
+    """One Heun step (explicit trapezoid), order 2, 2 NFE: x + dt/2 (k1 + k2), with
+    k1 = f(t, x) and k2 = f(t + dt, x + dt k1)."""
+    k1 = f(t, x)
+    k2 = f(t + dt, _combine(x, dt, [(1.0, k1)]))
+    return _combine(x, dt, [(0.5, k1), (0.5, k2)])
+
+
+def rk4_step(f: Field, t: Tensor, dt: float, x: State) -> State:
+    """One classical Runge–Kutta step, order 4, 4 NFE: x + dt/6 (k1 + 2 k2 + 2 k3 + k4)."""
+    k1 = f(t, x)
+    k2 = f(t + dt / 2, _combine(x, dt, [(0.5, k1)]))
+    k3 = f(t + dt / 2, _combine(x, dt, [(0.5, k2)]))
+    k4 = f(t + dt, _combine(x, dt, [(1.0, k3)]))
+    return _combine(x, dt, [(1 / 6, k1), (1 / 3, k2), (1 / 3, k3), (1 / 6, k4)])
+
+
+FIXED_STEPS: dict[str, Callable[[Field, Tensor, float, State], State]] = {
+    "euler": euler_step,
+    "midpoint": midpoint_step,
+    "heun": heun_step,
+    "rk4": rk4_step,
+}
+"""Fixed-step method name -> one step x(t) -> x(t + dt)."""
+NFE_PER_STEP: dict[str, int] = {"euler": 1, "midpoint": 2, "heun": 2, "rk4": 4, "dopri5": 6}
+"""Evaluations of f per step (dopri5: per attempted step, after the first)."""
+
+
+# -- Dormand–Prince 5(4) ---------------------------------------------------------------------------
+DOPRI5_C = (0.0, 1 / 5, 3 / 10, 4 / 5, 8 / 9, 1.0, 1.0)
+DOPRI5_A = (
+    (),
+    (1 / 5,),
+    (3 / 40, 9 / 40),
+    (44 / 45, -56 / 15, 32 / 9),
+    (19372 / 6561, -25360 / 2187, 64448 / 6561, -212 / 729),
+    (9017 / 3168, -355 / 33, 46732 / 5247, 49 / 176, -5103 / 18656),
+    (35 / 384, 0.0, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84),
+)
+"""Stage matrix: row i gives the weights of k_1..k_i in stage i+1. The last row equals the
+5th-order weights, so stage 7 is f at the new point (first same as last)."""
+DOPRI5_B = (35 / 384, 0.0, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84, 0.0)
+"""5th-order weights: the solution carried forward."""
+DOPRI5_B4 = (5179 / 57600, 0.0, 7571 / 16695, 393 / 640, -92097 / 339200, 187 / 2100, 1 / 40)
+"""Embedded 4th-order weights."""
+DOPRI5_E = tuple(b - b4 for b, b4 in zip(DOPRI5_B, DOPRI5_B4, strict=True))
+"""Error weights b - b4: the error estimate is dt * sum_i E_i k_i."""
+
+
+def dopri5_step(f: Field, t: Tensor, dt: float, x: State, k1: State) -> tuple[State, State, State]:
+    """One Dormand–Prince 5(4) step from (t, x), given k1 = f(t, x); 6 NFE.
+
+    Returns:
+        (x_new, error, k7): the 5th-order state at t + dt, the difference between the 5th- and
+        4th-order solutions, and k7 = f(t + dt, x_new), the next step's k1.
+    """
+    ks = [k1]
+    for c, row in zip(DOPRI5_C[1:], DOPRI5_A[1:], strict=True):
+        stage = _combine(x, dt, list(zip(row, ks, strict=False)))
+        ks.append(f(t + c * dt, stage))
+    x_new = _combine(x, dt, list(zip(DOPRI5_B, ks, strict=True)))
+    zero = _map(torch.zeros_like, x)
+    error = _combine(zero, dt, list(zip(DOPRI5_E, ks, strict=True)))
+    return x_new, error, ks[-1]
+
+
+def error_ratio(error: State, x_old: State, x_new: State, rtol: float, atol: float) -> float:
+    """RMS over all elements of error / (atol + rtol max(|x_old|, |x_new|)); <= 1 accepts."""
+    scaled = _map(
+        lambda e, a, b: e / (atol + rtol * torch.maximum(a.abs(), b.abs())), error, x_old, x_new
+    )
+    return _rms(scaled)
+
+
+def step_factor(ratio: float, accepted: bool) -> float:
+    """Next step / this step = 0.9 ratio^(-1/5), clipped to [0.2, 10] (to [0.2, 1] after a
+    rejection); the exponent 1/5 is 1/(q+1) for the 4th-order error estimate."""
+    if not math.isfinite(ratio):
+        return MIN_FACTOR
+    factor = MAX_FACTOR if ratio == 0 else SAFETY * ratio ** (-1 / 5)
+    return min(max(factor, MIN_FACTOR), MAX_FACTOR if accepted else 1.0)
+
+
+def initial_step(
+    f: Field, t0: float, x0: State, f0: State, direction: float, rtol: float, atol: float
+) -> float:
+    """Hairer's starting step size (Solving ODEs I, II.4), 1 NFE, as a positive number.
+
+    With sc = atol + rtol |x0| and d0 = rms(x0 / sc), d1 = rms(f0 / sc): h0 = 0.01 d0 / d1
+    (1e-6 if either is tiny); an Euler probe gives d2 = rms((f(t0 + h0, x0 + h0 f0) - f0) / sc) / h0
+    and h1 = (0.01 / max(d1, d2))^(1/5); the step is min(100 h0, h1).
+    """
+    scale = _map(lambda v: atol + rtol * v.abs(), x0)
+    d0 = _rms(_map(torch.div, x0, scale))
+    d1 = _rms(_map(torch.div, f0, scale))
+    h0 = 1e-6 if d0 < 1e-5 or d1 < 1e-5 else 0.01 * d0 / d1
+    like = _leaves(x0)[0]
+    t_probe = torch.tensor(t0 + direction * h0, dtype=like.dtype, device=like.device)
+    f1 = f(t_probe, _combine(x0, direction * h0, [(1.0, f0)]))
+    d2 = _rms(_map(lambda a, b, s: (a - b) / s, f1, f0, scale)) / h0
+    h1 = max(1e-06, h0 * 0.001) if max(d1, d2) <= 1e-15 else (0.01 / max(d1, d2)) ** (1 / 5)
+    return min(100 * h0, h1)
+
+
+def _solve_dopri5(
+    f: Field,
+    x0: State,
+    outputs: list[float],
+    rtol: float,
+    atol: float,
+    max_steps: int,
+    keep_steps: bool,
+    keep_states: bool,
+) -> tuple[State, list[float], list[State]]:
+    """Integrate through each time in `outputs`, never stepping past the next one.
+
+    Returns the final state, and the times kept (every accepted step when `keep_steps`, else
+    `outputs`) with the states there (only when `keep_states`, else an empty list).
+    """
+    like = _leaves(x0)[0]
+
+    def as_time(t: float) -> Tensor:
+        return torch.tensor(t, dtype=like.dtype, device=like.device)
+
+    t, x = outputs[0], x0
+    direction = 1.0 if outputs[-1] > outputs[0] else -1.0
+    k1 = f(as_time(t), x)
+    h = min(initial_step(f, t, x, k1, direction, rtol, atol), abs(outputs[-1] - t))
+    times = [t]
+    states = [x] if keep_states else []
+    attempts = 0
+    for target in outputs[1:]:
+        while (target - t) * direction > 0:
+            if attempts >= max_steps:
+                raise RuntimeError(
+                    f"dopri5 took more than max_steps={max_steps} steps and stopped at t={t:.6g} "
+                    f"before t1={outputs[-1]:.6g} at rtol={rtol:g}, atol={atol:g}; loosen "
+                    "rtol/atol, raise max_steps, or use a fixed-step method if f is stiff"
+                )
+            if h < 1e-12 * max(1.0, abs(t)):
+                raise RuntimeError(
+                    f"dopri5 step size underflow ({h:.3g}) at t={t:.6g} with rtol={rtol:g}, "
+                    f"atol={atol:g}: f may return NaN/inf or be stiff; loosen rtol/atol or "
+                    "check f"
+                )
+            attempts += 1
+            lands = h >= abs(target - t)
+            h_try = abs(target - t) if lands else h
+            x_new, error, k_new = dopri5_step(f, as_time(t), direction * h_try, x, k1)
+            ratio = error_ratio(error, x, x_new, rtol, atol)
+            accepted = ratio <= 1.0
+            if accepted:
+                t = target if lands else t + direction * h_try
+                x, k1 = x_new, k_new
+                if keep_steps:
+                    times.append(t)
+                    states.extend([x] if keep_states else [])
+            h = h_try * step_factor(ratio, accepted)
+        if not keep_steps:
+            times.append(target)
+            states.extend([x] if keep_states else [])
+    return x, times, states
+
+
+# -- checks ----------------------------------------------------------------------------------------
+def _check_state(x0: Any) -> tuple[Tensor, ...]:
+    if isinstance(x0, Tensor):
+        leaves: tuple[Any, ...] = (x0,)
+    elif isinstance(x0, tuple) and x0 and all(isinstance(v, Tensor) for v in x0):
+        leaves = x0
+    else:
+        raise TypeError(
+            f"x0 must be a tensor or a non-empty tuple of tensors, got {type(x0).__name__}"
+        )
+    for i, leaf in enumerate(leaves):
+        name = "x0" if isinstance(x0, Tensor) else f"x0[{i}]"
+        if not leaf.is_floating_point():
+            raise TypeError(f"{name} must be a floating tensor, got {leaf.dtype}; use .float()")
+        if leaf.numel() == 0:
+            raise ValueError(f"{name} is empty (shape {tuple(leaf.shape)})")
+        if not bool(torch.isfinite(leaf).all()):
+            raise ValueError(f"{name} contains NaN or infinity")
+    return leaves
+
+
+class _CountedField:
+    """f with a call counter, checking that each output has the structure and shapes of x."""
+
+    def __init__(self, f: Field, x0: State):
+        self.f, self.nfe = f, 0
+        self.is_tuple = isinstance(x0, tuple)
+        self.shapes = [leaf.shape for leaf in _leaves(x0)]
+
+    def __call__(self, t: Tensor, x: State) -> State:
+        self.nfe += 1
+        out = self.f(t, x)
+        ok = isinstance(out, tuple) == self.is_tuple and all(
+            isinstance(v, Tensor) for v in _leaves(out)
+        )
+        if not ok or [v.shape for v in _leaves(out)] != self.shapes:
+            got = (
+                [tuple(v.shape) if isinstance(v, Tensor) else type(v).__name__ for v in out]
+                if isinstance(out, tuple)
+                else (tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__)
+            )
+            want = [tuple(s) for s in self.shapes] if self.is_tuple else tuple(self.shapes[0])
+            raise ValueError(
+                f"f(t, x) must return the structure and shapes of x: {want}, got {got}"
+            )
+        return out
+
+
+def _check_times(times: Any) -> list[float]:
+    try:
+        grid = torch.as_tensor(
+            times.detach().cpu() if isinstance(times, Tensor) else times, dtype=torch.float64
+        )
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise ValueError(f"times must be a 1-D sequence of numbers: {err}") from None
+    if grid.ndim != 1 or len(grid) < 2:
+        raise ValueError(
+            f"times must be 1-D with at least 2 entries, got shape {tuple(grid.shape)}"
+        )
+    if not bool(torch.isfinite(grid).all()):
+        raise ValueError("times contains NaN or infinity")
+    gaps = grid.diff()
+    if not (bool((gaps > 0).all()) or bool((gaps < 0).all())):
+        raise ValueError("times must be strictly increasing or strictly decreasing")
+    return grid.tolist()
+
+
+def _check_endpoint(value: Any, name: str) -> float:
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a real number, got {value!r}") from None
+    if not math.isfinite(out):
+        raise ValueError(f"{name} must be finite, got {out}")
+    return out
+
+
+def _time_grid(t0: Any, t1: Any, method: str, steps: Any, times: Any) -> list[float]:
+    """The times to step through (fixed-step) or to stop at (dopri5), from t0 to t1."""
+    if times is not None:
+        if steps is not None:
+            raise ValueError("pass either steps or times, not both")
+        grid = _check_times(times)
+        for value, end, name in ((t0, grid[0], "t0"), (t1, grid[-1], "t1")):
+            if value is not None and abs(_check_endpoint(value, name) - end) > 1e-9 * max(
+                1.0, abs(end)
+            ):
+                raise ValueError(f"{name}={value} differs from the end of times ({end}); pass None")
+        return grid
+    start, end = _check_endpoint(t0, "t0"), _check_endpoint(t1, "t1")
+    if start == end:
+        raise ValueError(f"t0 and t1 must differ, got both {start}")
+    if method == "dopri5":
+        if steps is not None:
+            raise ValueError("dopri5 chooses its own steps: pass rtol/atol instead of steps")
+        return [start, end]
+    if steps is None:
+        raise ValueError(f"method {method!r} needs steps=<int >= 1> or an explicit times grid")
+    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
+        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    return torch.linspace(start, end, int(steps) + 1, dtype=torch.float64).tolist()
+
+
+def _check_tolerance(value: Any, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name} must be a positive number, got {value!r}")
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be finite and > 0, got {value!r}")
+    return float(value)
+
+
+# -- the entry point -------------------------------------------------------------------------------
+def solve(
+    f: Field,
+    x0: State,
+    t0: float | None,
+    t1: float | None,
+    *,
+    method: Method = "heun",
+    steps: int | None = None,
+    times: Sequence[float] | Tensor | None = None,
+    rtol: float = 1e-5,
+    atol: float = 1e-5,
+    return_trajectory: bool = False,
+    max_steps: int = MAX_STEPS,
+) -> Solution:
+    """Integrate dx/dt = f(t, x) from x(t0) = x0 to t1.
+
+    Args:
+        f: the field, f(t, x) with t a 0-d tensor of x's dtype and device; returns dx/dt with
+            the structure and shapes of x. Gradients flow as usual (no grad mode is set here).
+        x0: (B, ...) initial state, or a tuple of such (all finite, floating point).
+        t0, t1: start and end times; t0 > t1 integrates backwards. May be None when `times`
+            is given (else they must equal its ends).
+        method: "euler", "midpoint", "heun", "rk4" (fixed steps) or "dopri5" (adaptive).
+        steps: number of uniform steps for a fixed-step method (not for dopri5).
+        times: 1-D strictly monotone grid (>= 2 entries) instead of t0/t1/steps. Fixed-step
+            methods step along it; dopri5 adapts its steps between its entries, never stepping
+            over one, and returns the states there.
+        rtol, atol: dopri5's tolerances: a step is accepted when the RMS over all elements of
+            error / (atol + rtol max(|x_old|, |x_new|)) is <= 1. Ignored by fixed-step methods.
+        return_trajectory: also return the states at `Solution.times`.
+        max_steps: dopri5's limit on attempted steps (RuntimeError past it).
+
+    Returns:
+        A `Solution` (x, nfe, times, trajectory). NFE: steps * (1, 2, 2, 4) for euler, midpoint,
+        heun, rk4; 2 + 6 * attempted steps for dopri5.
+
+    Raises:
+        ValueError: unknown method, bad steps/times/tolerances, non-finite x0, or f returning
+            the wrong structure or shape. TypeError: x0 not a floating tensor (tuple).
+        RuntimeError: dopri5 exceeded max_steps or its step size underflowed.
+    """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    like = _check_state(x0)[0]
+    grid = _time_grid(t0, t1, method, steps, times)
+    field = _CountedField(f, x0)
+    if method == "dopri5":
+        rtol, atol = _check_tolerance(rtol, "rtol"), _check_tolerance(atol, "atol")
+        if isinstance(max_steps, bool) or not isinstance(max_steps, numbers.Integral):
+            raise ValueError(f"max_steps must be an integer >= 1, got {max_steps!r}")
+        if max_steps < 1:
+            raise ValueError(f"max_steps must be an integer >= 1, got {max_steps!r}")
+        x, kept_times, states = _solve_dopri5(
+            field, x0, grid, rtol, atol, int(max_steps), times is None, return_trajectory
+        )
+    else:
+        step = FIXED_STEPS[method]
+        x, kept_times, states = x0, grid, [x0]
+        for t_start, t_end in itertools.pairwise(grid):
+            t = torch.tensor(t_start, dtype=like.dtype, device=like.device)
+            x = step(field, t, t_end - t_start, x)
+            if return_trajectory:
+                states.append(x)
+    trajectory = None
+    if return_trajectory:
+        trajectory = _map(lambda *leaves: torch.stack(leaves), *states)
+    return Solution(
+        x=x,
+        nfe=field.nfe,
+        times=torch.tensor(kept_times, dtype=like.dtype, device=like.device),
+        trajectory=trajectory,
+    )
