@@ -101,6 +101,26 @@ def iter_chunks(x: ArrayLike, chunk_size: int) -> Iterator[tuple[int, torch.Tens
         yield start, x[start : start + chunk_size]
 
 
+def image_geometry(event_shape: tuple[int, ...]) -> tuple[int, int] | None:
+    """(channels, side) of a square image event shape (C, S, S) or (S, S), S >= 4; else None."""
+    if len(event_shape) == 2:
+        event_shape = (1, *event_shape)
+    if len(event_shape) == 3 and event_shape[1] == event_shape[2] >= 4:
+        return event_shape[0], event_shape[1]
+    return None
+
+
+def check_train_labels(y: torch.Tensor | None) -> int | None:
+    """n_classes = max(y) + 1 for integer labels >= 0; None without labels."""
+    if y is None:
+        return None
+    if y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool:
+        raise TypeError(f"y must hold integer class labels, got dtype {y.dtype}")
+    if int(y.min()) < 0:
+        raise ValueError(f"labels must be >= 0, got a minimum of {int(y.min())}")
+    return int(y.max()) + 1
+
+
 def check_finite(x: torch.Tensor, what: str = "x") -> None:
     if not torch.isfinite(x).all():
         bad = int((~torch.isfinite(x)).any(dim=tuple(range(1, x.ndim))).nonzero()[0, 0])

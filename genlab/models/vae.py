@@ -40,7 +40,13 @@ from torch import Tensor, nn
 
 from genlab import train
 from genlab.data.dataset import Dataset
-from genlab.models.base import GenerativeModel, as_data, check_finite
+from genlab.models.base import (
+    GenerativeModel,
+    as_data,
+    check_finite,
+    check_train_labels,
+    image_geometry,
+)
 from genlab.nets import MLP, ConvDecoder, ConvEncoder
 
 LikelihoodName = Literal["auto", "bernoulli", "gaussian", "discretized"]
@@ -210,15 +216,6 @@ def resolve_likelihood(
                 f"at most {MAX_LEVELS} levels; use likelihood='gaussian' for continuous data"
             )
     return "gaussian", None
-
-
-def image_geometry(event_shape: tuple[int, ...]) -> tuple[int, int] | None:
-    """(channels, side) of a square image event shape (C, S, S) or (S, S), S >= 4; else None."""
-    if len(event_shape) == 2:
-        event_shape = (1, *event_shape)
-    if len(event_shape) == 3 and event_shape[1] == event_shape[2] >= 4:
-        return event_shape[0], event_shape[1]
-    return None
 
 
 class Posterior(NamedTuple):
@@ -423,7 +420,7 @@ class VAE(GenerativeModel, family="vae"):
         check_finite(x)
         kind = kind or ("image" if len(event_shape) >= 2 else "points")
         likelihood, levels = resolve_likelihood(x, self.config.likelihood, kind, levels)
-        n_classes = _check_train_labels(y)
+        n_classes = check_train_labels(y)
         fitted = {"likelihood": likelihood, "levels": levels, "kind": kind,
                   "n_classes": n_classes, "net": self._resolve_net(event_shape)}  # fmt: skip
         with torch.random.fork_rng(devices=[]):  # the nets' init follows config.seed alone
@@ -686,14 +683,3 @@ def _check_k(k: Any) -> int:
     if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
         raise ValueError(f"k (importance samples) must be an integer >= 1, got {k!r}")
     return int(k)
-
-
-def _check_train_labels(y: Tensor | None) -> int | None:
-    """n_classes = max(y) + 1 for integer labels >= 0; None without labels."""
-    if y is None:
-        return None
-    if y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool:
-        raise TypeError(f"y must hold integer class labels, got dtype {y.dtype}")
-    if int(y.min()) < 0:
-        raise ValueError(f"labels must be >= 0, got a minimum of {int(y.min())}")
-    return int(y.max()) + 1
