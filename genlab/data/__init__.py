@@ -17,13 +17,14 @@ import numpy as np
 from genlab.data.dataset import Dataset, NpyArray
 from genlab.data.files import is_data_file, load_file
 from genlab.data.images import load_digits, load_mnist
+from genlab.data.text import TEXT_PREFIX, load_text
 from genlab.data.toys import TOY_SAMPLERS, TOYS, load_toy
 
 Split = Literal["train", "test", "all"]
 SPLITS: tuple[str, ...] = ("train", "test", "all")
 BUILTINS: tuple[str, ...] = (*TOYS, "digits", "mnist")
 
-__all__ = ["BUILTINS", "TOYS", "Dataset", "NpyArray", "load_dataset"]
+__all__ = ["BUILTINS", "TOYS", "Dataset", "NpyArray", "load_dataset", "load_text"]
 
 
 def load_dataset(
@@ -45,6 +46,8 @@ def load_dataset(
     - A path ending in .npy or .csv, or any existing file: train = the first 90% of its
       rows, test = the last 10%, all = every row (see `genlab.data.files`). A .npy file is
       returned lazily as an `NpyArray`.
+    - "text:PATH": a UTF-8 text corpus (`genlab.data.text.load_text`): train = the first 90%
+      of its characters, test = the last 10%; n keeps the first n characters.
 
     A built-in name wins over a file of the same name; pass "./moons" for the file.
 
@@ -77,6 +80,8 @@ def load_dataset(
         return _first_rows(load_digits(split), n, split)
     if name == "mnist":
         return _first_rows(load_mnist(split, root), n, split)
+    if isinstance(name, str) and name.startswith(TEXT_PREFIX):
+        return load_text(name, split, n)
     if is_data_file(name):
         return _first_rows(load_file(name, split), n, split)
     raise ValueError(

@@ -154,12 +154,14 @@ class Dataset:
 
     Attributes:
         x: (n, *event_shape) samples: float32 for points and images (images in [0, 1] as
-            k / (levels - 1)), int64 token ids for text; a `NpyArray` for lazily read files.
+            k / (levels - 1)), int32 code points for text; a `NpyArray` for lazily read files.
         y: (n,) int64 class labels, or None.
         event_shape: shape of one sample.
         kind: "points", "image" or "text".
         name: the data set's name (or file path).
         levels: number of grey levels of a quantised image data set (digits 17, MNIST 256).
+        text: the characters of a text data set (kind "text", whose x holds their (n,) int32
+            Unicode code points and event_shape is ()), else None.
     """
 
     x: ArrayLike
@@ -168,6 +170,7 @@ class Dataset:
     kind: DataKind
     name: str = ""
     levels: int | None = None
+    text: str | None = None
 
     def __len__(self) -> int:
         return len(self.x)

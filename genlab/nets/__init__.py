@@ -8,14 +8,17 @@ initialises itself; see each class for shapes.
 from genlab.nets.conv import ConvDecoder, ConvEncoder
 from genlab.nets.embeddings import LabelEmbedding, SinusoidalEmbedding, count_parameters
 from genlab.nets.mlp import MLP
+from genlab.nets.transformer import KVCache, Transformer
 from genlab.nets.unet import UNet
 
 __all__ = [
     "MLP",
     "ConvDecoder",
     "ConvEncoder",
+    "KVCache",
     "LabelEmbedding",
     "SinusoidalEmbedding",
+    "Transformer",
     "UNet",
     "count_parameters",
 ]

@@ -1,0 +1,600 @@
+"""Autoregressive transformers over token sequences: text, or images as pixel sequences.
+
+    log p(x) = log p(x_0) + sum_{t >= 1} log p(x_t | x_{s(t)}, ..., x_{t-1})          (nats)
+
+Each conditional is a softmax over the next token from a causal `genlab.nets.Transformer`,
+trained with next-token cross-entropy (nats per token).
+
+Text: the corpus is tokenised (characters, UTF-8 bytes or byte-level BPE learned on the
+training text) and the model is trained on random windows of block_size + 1 tokens, as
+nanoGPT does; it is a distribution over excerpts of the corpus. The first token of an excerpt
+has no context and takes the token frequencies of the training text, add-one smoothed (a
+buffer); every later token is predicted by the transformer.
+
+Images: pixels k / (levels - 1) become tokens k in raster order after one start token (a
+begin token, or the class label of a conditional model), so p(x_0) is the transformer's first
+prediction. Only the `levels` pixel tokens are ever predicted: the softmax runs over them.
+
+The context s(t) (`context_start`): a forward pass holds at most block_size positions. While
+t <= block_size the context is the whole prefix; beyond, the window moves forward by
+stride = block_size // 2 whenever it is full, so a context has between block_size - stride
+and block_size tokens. `log_prob`, the evaluation of long texts (windows of block_size with
+that stride), cached generation (a new cache when the window moves) and uncached generation
+follow this one rule, so `log_prob` is exact for the distribution sampled.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from genlab import train
+from genlab.data.dataset import Dataset
+from genlab.data.tokenizers import (
+    TOKENIZERS,
+    ImageTokenizer,
+    StreamDecoder,
+    Tokenizer,
+    TokenizerName,
+    requantise,
+    tokenizer_from_json,
+    train_tokenizer,
+)
+from genlab.models.base import GenerativeModel, as_data, check_finite, check_train_labels
+from genlab.nets.transformer import POSITIONS, Positions, Transformer
+
+TEXT_BLOCK_SIZE = 64  # block_size=None for text (nanoGPT's CPU recipe)
+DEFAULT_NEW_TOKENS = 256  # max_new_tokens of text `sample` / `generate` when not given
+EVAL_TOKENS = 1 << 16  # positions per forward pass when scoring
+
+
+# -- the maths, as pure functions ----------------------------------------------------------------
+def context_start(t: int, block_size: int, stride: int) -> int:
+    """s(t): the first position of the context that predicts token t (t >= 1).
+
+    0 while t <= block_size; then the window [s, t) moves by `stride` each time it would
+    exceed block_size tokens: s(t) = stride * (floor((t - block_size - 1) / stride) + 1).
+    """
+    return 0 if t <= block_size else stride * ((t - block_size - 1) // stride + 1)
+
+
+def scoring_windows(length: int, block_size: int, stride: int) -> list[tuple[int, int, int]]:
+    """The forward passes that give every next-token log-probability of a sequence.
+
+    Returns (start, size, skip) triples: inputs x[start : start + size] predict tokens
+    start + 1 .. start + size, of which the first `skip` belong to an earlier window and the
+    rest have context start s(t) = start. Together the windows score tokens 1..length-1 once.
+    """
+    last = length - 1  # the last target
+    windows, start = [], 0
+    while True:
+        size = min(block_size, last - start)
+        skip = 0 if start == 0 else block_size - stride
+        windows.append((start, size, skip))
+        if start + size >= last:
+            return windows
+        start += stride
+
+
+def filter_logits(
+    logits: Tensor, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None
+) -> Tensor:
+    """Log-probabilities of the sampling distribution: softmax(logits / temperature), keeping
+    only the top_k likeliest tokens and then the smallest set whose mass reaches top_p
+    (nucleus), renormalised; removed tokens get -inf.
+
+    Shapes: logits (n, V)  ->  (n, V) float32 log-probabilities.
+    """
+    logits = logits.float() / temperature
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, -math.inf)
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        probs = torch.softmax(sorted_logits, dim=-1)
+        before = torch.cumsum(probs, dim=-1) - probs  # mass of the likelier tokens
+        drop = torch.zeros_like(logits, dtype=torch.bool).scatter(-1, order, before >= top_p)
+        logits = logits.masked_fill(drop, -math.inf)
+    return torch.log_softmax(logits, dim=-1)
+
+
+def draw_categorical(probs: Tensor, generator: torch.Generator) -> Tensor:
+    """One draw per row of (unnormalised) probabilities (n, V) -> (n,): the first index whose
+    cumulative mass exceeds u * total, u ~ U[0, 1) (zero mass: never drawn; one rand a row)."""
+    cdf = probs.cumsum(-1)
+    u = torch.rand(len(probs), 1, generator=generator, device=probs.device) * cdf[:, -1:]
+    return torch.searchsorted(cdf, u, right=True)[:, 0].clamp_(max=probs.shape[-1] - 1)
+
+
+def check_sampling(temperature: float, top_k: int | None, top_p: float | None) -> None:
+    finite = isinstance(temperature, int | float) and math.isfinite(temperature)
+    if not (finite and temperature > 0):
+        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+        raise ValueError(f"top_k must be None or an integer >= 1, got {top_k!r}")
+    if top_p is not None and not (isinstance(top_p, int | float) and 0 < top_p <= 1):
+        raise ValueError(f"top_p must be None or a number in (0, 1], got {top_p!r}")
+
+
+# -- config ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class AutoregressiveConfig(train.TrainConfig):
+    tokenizer: TokenizerName = "char"
+    vocab_size: int = 512
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    block_size: int | None = None
+    dropout: float = 0.0
+    positions: Positions = "rope"
+    bias: bool = False
+    levels: int | None = None
+    batch_size: int = 32
+    lr: float = 2e-3
+
+    def __post_init__(self):
+        super().__post_init__()
+        for name, minimum in (("vocab_size", 257), ("n_layer", 1), ("n_head", 1), ("n_embd", 1)):
+            _check_int(name, getattr(self, name), minimum)
+        for name, minimum in (("block_size", 1), ("levels", 2)):
+            if getattr(self, name) is not None:
+                _check_int(name, getattr(self, name), minimum)
+        if self.tokenizer not in TOKENIZERS:
+            raise ValueError(f"tokenizer must be one of {TOKENIZERS}, got {self.tokenizer!r}")
+        if self.positions not in POSITIONS:
+            raise ValueError(f"positions must be one of {POSITIONS}, got {self.positions!r}")
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        if not (isinstance(self.dropout, int | float) and 0 <= self.dropout < 1):
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        if not isinstance(self.bias, bool):
+            raise ValueError(f"bias must be True or False, got {self.bias!r}")
+
+
+def _check_int(name: str, v: Any, minimum: int) -> None:
+    if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {v!r}")
+
+
+# -- the model ------------------------------------------------------------------------------------
+class Autoregressive(GenerativeModel, family="autoregressive"):
+    """A causal transformer over text or pixel tokens; `log_prob` is exact (module docstring).
+
+    Args:
+        tokenizer: text only: "char" (the training text's characters), "byte" (UTF-8 bytes)
+            or "bpe" (byte-level BPE learned on the training text).
+        vocab_size: the BPE vocabulary size (256 bytes + merges); ignored otherwise.
+        n_layer, n_head, n_embd: depth, attention heads and width of the transformer.
+        block_size: the most tokens one forward pass sees (None: 64 for text, the number of
+            pixels for images; images need at least that many).
+        dropout: dropout of the transformer (training only).
+        positions: "rope" (rotary) or "learned" position embeddings.
+        bias: biases in the transformer's Linear layers and LayerNorms.
+        levels: images: model pixels on this many grey levels (None: the data's; MNIST with
+            levels=2 is binarised at 1/2).
+        device: "cuda", "cpu" or None (cuda when present).
+        **train_options: the fields of `genlab.train.TrainConfig` (max_steps, max_time,
+            batch_size (default 32 windows), lr (default 2e-3), weight_decay, warmup_steps,
+            min_lr_ratio, grad_clip, ema_decay, seed, precision, compile). Measured on the
+            shared 2-core CPU at nanoGPT's CPU recipe size, the opt-in precision="bf16" and
+            compile=True each cut a step by ~15-35%; compile first costs ~30 s (noisy runs).
+
+    Text models: `sample` returns strings, `generate` streams one, `log_prob` takes strings
+    (or (n, T) token ids) and `evaluate_text` reports nats and bits per character. Image
+    models: `fit(x, y)` with labels trains p(x | y), the label being the start token;
+    `sample(n, y=...)` and `log_prob(x, y=...)` take labels, and without them draw or sum
+    over y with the training label frequencies.
+    """
+
+    log_prob_kind = "exact"
+    log_prob_space = "discrete"
+    config_class = AutoregressiveConfig
+
+    def __init__(
+        self,
+        tokenizer: TokenizerName = "char",
+        *,
+        vocab_size: int = 512,
+        n_layer: int = 4,
+        n_head: int = 4,
+        n_embd: int = 128,
+        block_size: int | None = None,
+        dropout: float = 0.0,
+        positions: Positions = "rope",
+        bias: bool = False,
+        levels: int | None = None,
+        device: str | torch.device | None = None,
+        **train_options: Any,
+    ):
+        try:
+            config = AutoregressiveConfig(
+                tokenizer=tokenizer, vocab_size=vocab_size, n_layer=n_layer, n_head=n_head,
+                n_embd=n_embd, block_size=block_size, dropout=dropout, positions=positions,
+                bias=bias, levels=levels, **train_options,
+            )  # fmt: skip
+        except TypeError as e:
+            names = sorted(AutoregressiveConfig.__dataclass_fields__)
+            raise TypeError(f"{e}; the autoregressive family's options are {names}") from None
+        super().__init__(config, device)
+        self.nfe_: int | None = None
+
+    # -- building ---------------------------------------------------------------------------------
+    def _build(self, event_shape: tuple[int, ...], fitted: dict[str, Any]) -> None:
+        cfg = self.config
+        self.kind_: Literal["text", "image"] = fitted["kind"]
+        self.tokenizer_: Tokenizer = tokenizer_from_json(fitted["tokenizer"])
+        self.block_size_: int = int(fitted["block_size"])
+        self.stride_ = max(1, self.block_size_ // 2)  # of the context rule (module docstring)
+        vocab = self.tokenizer_.vocab_size
+        #: tokens that can be predicted: the pixel tokens of an image model, all text tokens
+        self.n_out_ = self.tokenizer_.levels if self.kind_ == "image" else vocab
+        self.net = Transformer(vocab, self.block_size_, cfg.n_layer, cfg.n_head, cfg.n_embd,
+                               cfg.dropout, cfg.positions, cfg.bias)  # fmt: skip
+        if self.kind_ == "text":
+            self.register_buffer("first_token_log_probs", torch.zeros(vocab))
+        elif self.tokenizer_.n_classes is not None:
+            self.register_buffer("class_prior", torch.zeros(self.tokenizer_.n_classes))
+        self.to(self.device_)
+
+    def _fitted_meta(self) -> dict[str, Any]:
+        return super()._fitted_meta() | {"kind": self.kind_, "block_size": self.block_size_,
+                                         "tokenizer": self.tokenizer_.to_json()}  # fmt: skip
+
+    @property
+    def is_text(self) -> bool:
+        return self.is_fitted and self.kind_ == "text"
+
+    @property
+    def conditional(self) -> bool:
+        return self.is_fitted and self.kind_ == "image" and self.tokenizer_.n_classes is not None
+
+    # -- training ---------------------------------------------------------------------------------
+    def fit(
+        self,
+        x: Any,
+        y: Any = None,
+        *,
+        out: str | os.PathLike | None = None,
+        checkpoint_every: int | None = None,
+        resume: bool = False,
+        progress: bool | None = None,
+        callback: Callable | None = None,
+        callback_every: int | None = None,
+    ) -> Autoregressive:
+        """Tokenise the data, build the transformer and train next-token cross-entropy.
+
+        Args:
+            x: a text (a str, or a Dataset of kind "text" from `genlab.data.load_text`), or
+                quantised images (n, *event_shape) in [0, 1] (a Dataset carries its levels;
+                a tensor needs levels= in the constructor).
+            y: (n,) integer labels for a class-conditional image model, or None.
+            out, checkpoint_every, resume, progress, callback, callback_every: passed to
+                `genlab.train.fit` (checkpoints and log.jsonl go to `out`).
+
+        Text is trained on every window of block_size + 1 consecutive tokens (drawn at
+        random, batch_size per step); images on whole rows [start] + pixels.
+        """
+        with torch.random.fork_rng(devices=[]):  # the net's init follows config.seed alone
+            torch.manual_seed(self.config.seed)
+            if isinstance(x, str) or (isinstance(x, Dataset) and x.kind == "text"):
+                if y is not None:
+                    raise ValueError("text models take no labels y")
+                rows = self._setup_text(x if isinstance(x, str) else x.text)
+            else:
+                rows = self._setup_images(x, y)
+        self.train_result_ = train.fit(
+            self, rows, None, self.config, out=out, checkpoint_every=checkpoint_every,
+            resume=resume, callback=callback, callback_every=callback_every, progress=progress,
+            device=self.device_,
+        )  # fmt: skip
+        self.eval()
+        return self
+
+    def _setup_text(self, text: str) -> Tensor:
+        """Train the tokeniser, build the net, set p(x_0); return the (N - B, B + 1) windows."""
+        if not isinstance(text, str) or not text:
+            raise ValueError("the training text is empty")
+        cfg = self.config
+        tokenizer = train_tokenizer(cfg.tokenizer, text, cfg.vocab_size)
+        tokens = torch.tensor(tokenizer.encode(text), dtype=torch.long)
+        block = cfg.block_size or TEXT_BLOCK_SIZE
+        if len(tokens) < block + 2:
+            raise ValueError(f"the text has {len(tokens)} tokens, too few for windows of "
+                             f"block_size + 1 = {block + 1}; use a longer text or a smaller "
+                             "block_size")  # fmt: skip
+        fitted = {"kind": "text", "tokenizer": tokenizer.to_json(), "block_size": block}
+        self._build((), fitted)
+        self.event_shape = ()
+        counts = torch.bincount(tokens, minlength=tokenizer.vocab_size).double() + 1.0
+        self.first_token_log_probs.copy_((counts / counts.sum()).log())
+        return tokens.unfold(0, block + 1, 1)  # a view: every window, no copy
+
+    def _setup_images(self, x: Any, y: Any) -> Tensor:
+        """Quantise, build the net, set p(y); return the (n, 1 + D) token rows."""
+        levels = x.levels if isinstance(x, Dataset) else None
+        if isinstance(x, Dataset) and x.kind == "points":
+            raise ValueError(f"the autoregressive family models text and quantised images, not "
+                             f"the points of {x.name!r}; use another family")  # fmt: skip
+        x = x.x if isinstance(x, Dataset) else x
+        x, y, event_shape = as_data(x, y)
+        x = (x if isinstance(x, Tensor) else x[:]).float()
+        check_finite(x)
+        levels = self.config.levels or levels
+        if levels is None:
+            raise ValueError(
+                "the images' grey levels are unknown: pass levels= (e.g. 17 for digits, 256 "
+                "for 8-bit images), or a Dataset that carries them"
+            )
+        if self.config.levels is not None:  # requantise to the model's levels
+            x = requantise(x, levels)
+        n_classes = check_train_labels(y)
+        tokenizer = ImageTokenizer(levels, event_shape, n_classes)
+        rows = tokenizer.encode(x, y)
+        block = self.config.block_size or tokenizer.length - 1
+        if block < tokenizer.length - 1:
+            raise ValueError(
+                f"block_size={block} is shorter than the {tokenizer.length - 1} pixels of an "
+                f"image; use block_size={tokenizer.length - 1} (or None)"
+            )
+        fitted = {"kind": "image", "tokenizer": tokenizer.to_json(), "block_size": block}
+        self._build(event_shape, fitted)
+        self.event_shape = event_shape
+        if n_classes is not None:
+            counts = torch.bincount(y.long(), minlength=n_classes).double()
+            self.class_prior.copy_(counts / counts.sum())
+        return rows
+
+    def loss(self, batch: tuple[Tensor, ...], step: int) -> dict[str, Tensor]:
+        """Mean next-token cross-entropy of rows (B, L): -log p(x_t | x_<t), nats per token."""
+        rows = batch[0]
+        logits = self.net(rows[:, :-1])[..., : self.n_out_]
+        return {"loss": F.cross_entropy(logits.float().flatten(0, 1), rows[:, 1:].flatten())}
+
+    # -- exact log-probabilities ------------------------------------------------------------------
+    @torch.no_grad()
+    def token_log_probs(self, tokens: Tensor) -> Tensor:
+        """log p(x_t | x_{s(t)}, ..., x_{t-1}) for t = 1..T-1 of token rows (n, T): (n, T-1) nats.
+
+        The rows are scored in the windows of `scoring_windows` (a batch of windows of equal
+        size per forward pass, about EVAL_TOKENS positions each).
+        """
+        self.check_is_fitted()
+        self.eval()
+        tokens = tokens.to(self.device, torch.long)
+        n, length = tokens.shape
+        rows_per_pass = max(1, EVAL_TOKENS // min(length, self.block_size_ + 1))
+        if n > rows_per_pass:  # bounded memory: a few rows at a time
+            return torch.cat([self.token_log_probs(part) for part in tokens.split(rows_per_pass)])
+        out = torch.empty(n, max(length - 1, 0), device=self.device)
+        windows = scoring_windows(length, self.block_size_, self.stride_) if length > 1 else []
+        by_size: dict[int, list[tuple[int, int]]] = {}
+        for start, size, skip in windows:
+            by_size.setdefault(size, []).append((start, skip))
+        for size, group in by_size.items():
+            per_pass = max(1, EVAL_TOKENS // (size * n))
+            for i in range(0, len(group), per_pass):
+                part = group[i : i + per_pass]
+                idx = torch.cat([tokens[:, s : s + size + 1] for s, _ in part])  # (w n, size+1)
+                logits = self.net(idx[:, :-1])[..., : self.n_out_].float()
+                lp = torch.log_softmax(logits, -1).gather(-1, idx[:, 1:, None])[..., 0]
+                for j, (start, skip) in enumerate(part):
+                    out[:, start + skip : start + size] = lp[j * n : (j + 1) * n, skip:]
+        return out
+
+    def log_prob(self, x: Any, y: Any = None) -> Tensor:
+        """Exact log p(x), nats: (n,).
+
+        Text models: x is a str, a list of str, a text Dataset (its whole text: n = 1) or
+        (n, T) token ids; log p = log p(x_0) + sum of the next-token log-probabilities.
+        Image models: a log-mass of x (n, *event_shape) in [0, 1] on the grid (levels= set: x
+        rounded to it, as in fit); y labels if conditional (None: log sum_y p(y) p(x | y)).
+        """
+        self.check_is_fitted()
+        if self.kind_ == "text":
+            if y is not None:
+                raise ValueError("text models take no labels y")
+            return torch.cat([self._text_log_prob(t) for t in self._token_rows(x)])
+        pixels = self._pixel_tokens(x)
+        n, tok = len(pixels), self.tokenizer_
+
+        def image_log_prob(labels: Tensor | None) -> Tensor:
+            rows = torch.cat([tok.start_tokens(n, labels)[:, None], pixels], dim=1)
+            return self.token_log_probs(rows).sum(-1)
+
+        if y is not None:  # (refused by `_labels` when the model is unconditional)
+            return image_log_prob(self._labels(y, n))
+        if not self.conditional:
+            return image_log_prob(None)
+        per_class = [image_log_prob(torch.full((n,), c)) for c in range(tok.n_classes)]
+        log_prior = self.class_prior.log()[:, None]
+        return torch.logsumexp(torch.stack(per_class) + log_prior, dim=0)
+
+    def _text_log_prob(self, tokens: Tensor) -> Tensor:
+        first = self.first_token_log_probs[tokens[:, 0].to(self.device)]
+        return first + self.token_log_probs(tokens).sum(-1)
+
+    def _token_rows(self, x: Any) -> list[Tensor]:
+        """Text input as a list of (n_i, T_i) long token tensors."""
+        if isinstance(x, Dataset):
+            x = x.text
+        if isinstance(x, str):
+            x = [x]
+        if isinstance(x, Tensor):
+            if x.ndim != 2 or x.dtype.is_floating_point or x.shape[1] == 0:
+                raise ValueError(f"token ids must be an (n, T) integer tensor, got {x.shape}")
+            if len(x) and (int(x.min()) < 0 or int(x.max()) >= self.n_out_):
+                raise ValueError(f"token ids must lie in [0, {self.n_out_})")
+            return [x.long()]
+        if not isinstance(x, Sequence) or not all(isinstance(s, str) for s in x):
+            raise TypeError("a text model's log_prob takes a str, a list of str or token ids")
+        if any(not s for s in x):
+            raise ValueError("cannot score an empty string")
+        return [torch.tensor([self.tokenizer_.encode(s)]) for s in x]
+
+    def _pixel_tokens(self, x: Any) -> Tensor:
+        """Validated images (n, *event_shape) -> (n, D) pixel tokens."""
+        x = x.x if isinstance(x, Dataset) else x
+        x, _, _ = as_data(x)
+        self.check_event_shape(x)
+        x = (x if isinstance(x, Tensor) else x[:]).float()
+        check_finite(x)
+        if self.config.levels is not None:  # as in fit: on the model's grid
+            x = requantise(x, self.config.levels)
+        return self.tokenizer_.pixels_to_tokens(x)
+
+    def _labels(self, y: Any, n: int) -> Tensor:
+        if not self.conditional:
+            raise ValueError("this model was fitted without labels, so it takes no y")
+        if isinstance(y, int | np.integer) and not isinstance(y, bool):
+            y = torch.full((n,), int(y), dtype=torch.long)
+        y = y if isinstance(y, Tensor) else torch.as_tensor(np.asarray(y))
+        if y.dtype.is_floating_point or y.dtype == torch.bool or y.shape != (n,):
+            raise ValueError(f"y must be an int or (n,) = ({n},) integer labels")
+        if n and (int(y.min()) < 0 or int(y.max()) >= self.tokenizer_.n_classes):
+            raise ValueError(f"labels must lie in [0, {self.tokenizer_.n_classes})")
+        return y.long()
+
+    def evaluate_text(self, text: str | Dataset) -> dict[str, float]:
+        """Scores of a text (e.g. the validation split) under a text model.
+
+        Returns:
+            loss: -log p(text) / characters (nats/char, exact), bits_per_char = loss / ln 2,
+            nats_per_token, n_chars, n_tokens, and window_loss: the mean next-token loss
+            (nats/token) over consecutive windows of block_size + 1 tokens, each predicted
+            from its window's start only (nanoGPT's `estimate_loss`, on random windows).
+        """
+        self.check_is_fitted()
+        if not self.is_text:
+            raise ValueError("evaluate_text needs a text model")
+        text = text.text if isinstance(text, Dataset) else text
+        (tokens,) = self._token_rows(text)
+        nll = -float(self._text_log_prob(tokens).double().sum())
+        n_tokens, block = tokens.shape[1], self.block_size_
+        cut, window = (n_tokens - 1) // block * block, math.nan
+        if cut:  # rows i = tokens [i B, (i + 1) B]: B inputs and B targets, windows overlap by 1
+            rows = tokens[0, : cut + 1].unfold(0, block + 1, block)
+            window = -float(self.token_log_probs(rows).double().mean())
+        return {"loss": nll / len(text), "bits_per_char": nll / len(text) / math.log(2),
+                "nats_per_token": nll / n_tokens, "n_chars": len(text), "n_tokens": n_tokens,
+                "window_loss": window}  # fmt: skip
+
+    # -- sampling ---------------------------------------------------------------------------------
+    @torch.inference_mode()  # no_grad, and less bookkeeping per op
+    def _generate_tokens(
+        self, context: Tensor, max_new: int, g: torch.Generator, temperature: float,
+        top_k: int | None, top_p: float | None, use_cache: bool,
+    ) -> Iterator[Tensor]:  # fmt: skip
+        """Yield (n,) new tokens one step at a time after the (n, T0) context (T0 >= 0).
+
+        Each token is drawn from filter_logits(logits of its context [s(t), t)). With the
+        cache, only the newest position is computed per step; when s(t) moves, the cache is
+        refilled with the new window. A text without context starts from p(x_0).
+        """
+        self.eval()
+        n, t0 = context.shape
+        seq = torch.empty(n, t0 + max_new, dtype=torch.long, device=self.device)
+        seq[:, :t0] = context
+        cache, cache_start, self.nfe_ = None, -1, 0
+        for t in range(t0, t0 + max_new):
+            if t == 0:
+                logits = self.first_token_log_probs.expand(n, -1)
+            else:
+                s = context_start(t, self.block_size_, self.stride_)
+                if use_cache and s != cache_start:  # a new window: a new cache, filled below
+                    cache, cache_start = self.net.new_cache(n), s
+                first = s + cache.length if use_cache else s  # the positions not yet computed
+                logits = self.net(seq[:, first:t], cache if use_cache else None)[:, -1]
+                self.nfe_ += 1
+            probs = filter_logits(logits[:, : self.n_out_], temperature, top_k, top_p).exp()
+            seq[:, t] = draw_categorical(probs, g)
+            yield seq[:, t]
+
+    def sample(
+        self,
+        n: int,
+        *,
+        seed: int | None = None,
+        prompt: str | None = None,
+        max_new_tokens: int | None = None,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        y: Any = None,
+        use_cache: bool = True,
+    ) -> Tensor | list[str]:
+        """Draw n samples (a pure function of the model, n, the options and seed).
+
+        Text models: n strings, each the prompt followed by max_new_tokens (default 256)
+        generated tokens, decoded; without a prompt the first token is drawn from p(x_0).
+        Image models: (n, *event_shape) float32 images in [0, 1]; y (an int or (n,) labels)
+        for a conditional model, else labels drawn from the training frequencies.
+        temperature, top_k and top_p shape each next-token distribution (`filter_logits`);
+        top_k=1 is greedy decoding. use_cache=False recomputes every context in full (the same
+        draws, slower: for timing). Sets `nfe_`: transformer forward passes.
+        """
+        self.check_is_fitted()
+        n = self.check_n(n)
+        check_sampling(temperature, top_k, top_p)
+        g = self.generator(seed)
+        options = (g, temperature, top_k, top_p, use_cache)
+        if self.kind_ == "text":
+            if y is not None:
+                raise ValueError("text models take no labels y")
+            tokens = self._draw(*self._text_context(prompt, n, max_new_tokens), options)
+            return [self.tokenizer_.decode(row.tolist()) for row in tokens]
+        if prompt is not None or max_new_tokens is not None:
+            raise ValueError("image models take no prompt or max_new_tokens")
+        labels = None if y is None else self._labels(y, n)
+        if labels is None and self.conditional:  # y ~ the training label frequencies
+            labels = torch.multinomial(self.class_prior, max(n, 1), True, generator=g)[:n]
+        context = self.tokenizer_.start_tokens(n, labels)[:, None]
+        return self.tokenizer_.decode(self._draw(context, self.tokenizer_.length - 1, options))
+
+    def _draw(self, context: Tensor, new: int, options: tuple) -> Tensor:
+        """(n, T0) context -> (n, T0 + new) tokens on the CPU: `_generate_tokens` run out."""
+        drawn = [t[:, None].cpu() for t in self._generate_tokens(context, new, *options)]
+        return torch.cat([context.cpu(), *drawn], dim=1)
+
+    def _text_context(self, prompt: str | None, n: int, max_new: int | None):
+        max_new = DEFAULT_NEW_TOKENS if max_new is None else max_new
+        _check_int("max_new_tokens", max_new, 0)
+        ids = self.tokenizer_.encode(prompt) if prompt else []
+        return torch.tensor([ids] * n, dtype=torch.long).reshape(n, len(ids)), max_new
+
+    def generate(
+        self,
+        prompt: str = "",
+        *,
+        max_new_tokens: int = DEFAULT_NEW_TOKENS,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+        use_cache: bool = True,
+    ) -> Iterator[str]:
+        """Stream one text continuation of `prompt`: yields the new text piece by piece
+        (each complete character as soon as its tokens are drawn; the prompt not repeated).
+
+        Same distribution as `sample(1, prompt=...)` with the same seed.
+        """
+        self.check_is_fitted()
+        if not self.is_text:
+            raise ValueError("generate streams text: this is an image model; use sample")
+        check_sampling(temperature, top_k, top_p)
+        context, new = self._text_context(prompt, 1, max_new_tokens)
+        decoder = StreamDecoder(self.tokenizer_)
+        tokens = self._generate_tokens(context, new, self.generator(seed), temperature, top_k,
+                                       top_p, use_cache)  # fmt: skip
+        for token in tokens:
+            if piece := decoder.push(token.tolist()):
+                yield piece
+        if tail := decoder.flush():
+            yield tail
