@@ -469,3 +469,170 @@ def sample_metrics(samples: Tensor, reference: Tensor, seed: int = 0) -> dict[st
         "sliced_wasserstein": sliced_wasserstein(x, y, seed=seed),
         "energy_distance": energy_distance(x, y),
     }
+
+
+# --------------------------------------------------------------------------------------------
+# Image samples on the data's grid, and metrics in a feature space
+# --------------------------------------------------------------------------------------------
+
+
+def quantize(y: Tensor, levels: int) -> Tensor:
+    """Each entry's grid value k / (levels − 1), with k = clamp(floor(y · levels), 0, levels − 1).
+
+    The inverse of `dequantize` ((k + u) / levels ↦ k / (levels − 1) for u ∈ [0, 1)), which
+    also maps grid values k / (levels − 1) to themselves (k · levels / (levels − 1) lies in
+    [k, k + 1) for k < levels − 1; the top level, and anything above 1 or below 0, is
+    clamped). It puts samples of density models (fitted to dequantised data) and of discrete
+    models on one grid, as writing them to an image file would.
+
+    Args:
+        y: values of any shape (NaN is refused).
+        levels: number of quantisation levels (≥ 2).
+
+    Returns:
+        A tensor of y's shape and device: y's dtype if floating, else float32.
+    """
+    levels = _positive_int(levels, "levels", minimum=2)
+    if not isinstance(y, Tensor):
+        y = torch.as_tensor(np.asarray(y))
+    if torch.isnan(y).any():
+        raise ValueError("y contains NaN; drop those samples before quantising")
+    out_dtype = y.dtype if y.dtype.is_floating_point else torch.float32
+    k = torch.floor(y.to(torch.float64) * levels).clamp_(0, levels - 1)
+    return (k / (levels - 1)).to(out_dtype)
+
+
+def _distances(a: Tensor, b: Tensor) -> Tensor:
+    """(len(a), len(b)) Euclidean distances: direct differences up to `DIRECT_DISTANCE_MAX_DIM`
+    dimensions, the Gram expansion above it."""
+    if a.shape[1] <= DIRECT_DISTANCE_MAX_DIM:
+        return torch.cdist(a, b, compute_mode="donot_use_mm_for_euclid_dist")
+    d2 = torch.addmm((a * a).sum(1)[:, None] + (b * b).sum(1)[None, :], a, b.T, alpha=-2.0)
+    return d2.clamp_(min=0).sqrt_()
+
+
+def knn_radii(x: Tensor, k: int = 3, chunk_size: int = 2048) -> Tensor:
+    """Distance from each point to its k-th nearest neighbour among the *other* points.
+
+    Args:
+        x: (n, ...) points, n > k, each flattened to D numbers.
+        k: which neighbour (1: the nearest).
+        chunk_size: rows per block of the (n, n) distance matrix.
+
+    Returns:
+        (n,) float64 radii r_k(x_i) (0 when k other points coincide with x_i).
+    """
+    x = _as_samples(x, "x")
+    k = _positive_int(k, "k")
+    chunk_size = _positive_int(chunk_size, "chunk_size")
+    if len(x) <= k:
+        raise ValueError(f"k={k} nearest neighbours need more than {k} points, got {len(x)}")
+    radii = []
+    for i in range(0, len(x), chunk_size):
+        d = _distances(x[i : i + chunk_size], x)
+        rows = torch.arange(len(d), device=x.device)
+        d[rows, rows + i] = math.inf  # a point is not its own neighbour
+        radii.append(d.topk(k, dim=1, largest=False).values[:, -1])
+    return torch.cat(radii)
+
+
+def _fraction_inside(points: Tensor, centres: Tensor, radii: Tensor, chunk_size: int) -> float:
+    """Fraction of `points` within radii[j] of some centre j (closed balls)."""
+    inside = []
+    for i in range(0, len(points), chunk_size):
+        d = _distances(points[i : i + chunk_size], centres)
+        inside.append((d <= radii[None, :]).any(dim=1))
+    return float(torch.cat(inside).double().mean())
+
+
+def precision_recall(
+    real: Tensor, fake: Tensor, k: int = 3, chunk_size: int = 2048
+) -> dict[str, float]:
+    """Improved precision and recall of generated samples (Kynkäänniemi et al., 2019).
+
+    Each set's manifold is the union of balls around its points, of radius the distance to
+    the point's k-th nearest neighbour in the same set:
+
+        precision = (1/m) Σ_j 1[∃ i: |fake_j − real_i| ≤ r_k(real_i)]   (fakes on the real manifold)
+        recall    = (1/n) Σ_i 1[∃ j: |real_i − fake_j| ≤ r_k(fake_j)]   (reals on the fake manifold)
+
+    Precision measures fidelity, recall diversity; both lie in [0, 1]. Computed in a feature
+    space (a classifier's penultimate layer for images), in float64, by (chunk_size × ·) blocks.
+
+    Args:
+        real: (n, ...) reference points (features), n > k.
+        fake: (m, ...) generated points with the same flattened dimension D, m > k.
+        k: the neighbour that sets each ball's radius (the paper's default is 3).
+        chunk_size: rows per block of distances.
+
+    Returns:
+        {"precision": float, "recall": float}.
+    """
+    real, fake = _as_sample_pair(real, fake)
+    chunk_size = _positive_int(chunk_size, "chunk_size")
+    real_radii = knn_radii(real, k, chunk_size)
+    fake_radii = knn_radii(fake, k, chunk_size)
+    return {
+        "precision": _fraction_inside(fake, real, real_radii, chunk_size),
+        "recall": _fraction_inside(real, fake, fake_radii, chunk_size),
+    }
+
+
+def class_entropy(labels: Tensor, n_classes: int) -> float:
+    """Entropy of the label frequencies, in bits: H = −Σ_c p_c log2 p_c, p_c = #{labels = c} / n.
+
+    With the labels a classifier gives to samples, H measures class coverage: log2(n_classes)
+    when every class is equally frequent, 0 when all samples fall in one class.
+
+    Args:
+        labels: (n,) integer labels in [0, n_classes).
+        n_classes: number of classes C.
+
+    Returns:
+        H in bits, in [0, log2 C].
+    """
+    n_classes = _positive_int(n_classes, "n_classes")
+    labels = torch.as_tensor(labels if isinstance(labels, Tensor) else np.asarray(labels))
+    if labels.ndim != 1 or len(labels) == 0:
+        raise ValueError(f"labels must be a non-empty 1-D array, got shape {tuple(labels.shape)}")
+    if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
+        raise TypeError(f"labels must be integers, got dtype {labels.dtype}")
+    if int(labels.min()) < 0 or int(labels.max()) >= n_classes:
+        raise ValueError(
+            f"labels must lie in [0, {n_classes}), got values in "
+            f"[{int(labels.min())}, {int(labels.max())}]"
+        )
+    p = torch.bincount(labels.cpu().long(), minlength=n_classes).double() / len(labels)
+    p = p[p > 0]
+    entropy = float(-(p * p.log2()).sum())
+    return entropy if entropy > 0 else 0.0  # one class: 0.0, not -0.0
+
+
+def frechet_distance(feats_a: Tensor, feats_b: Tensor) -> float:
+    """Fréchet distance between Gaussians fitted to two sets of features (FID's formula).
+
+        FD = |μ_a − μ_b|² + tr(Σ_a + Σ_b − 2 (Σ_a^{1/2} Σ_b Σ_a^{1/2})^{1/2})
+
+    (Heusel et al., 2017; Dowson & Landau, 1982), with μ the means and Σ the unbiased
+    covariances (divisor n − 1). tr (Σ_a Σ_b)^{1/2} is computed as the sum of the square roots
+    of the eigenvalues of the symmetric PSD matrix Σ_a^{1/2} Σ_b Σ_a^{1/2}, in float64 (small
+    negative eigenvalues from round-off are clipped to 0). In Inception features it is the FID;
+    genlab uses a small classifier's features (see `genlab.compare`).
+
+    Args:
+        feats_a: (n, D) features, n ≥ 2.
+        feats_b: (m, D) features, m ≥ 2.
+
+    Returns:
+        FD ≥ 0, in squared feature units.
+    """
+    a, b = _as_sample_pair(feats_a, feats_b, min_n=2)
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    cov_a = (a - mu_a).T @ (a - mu_a) / (len(a) - 1)
+    cov_b = (b - mu_b).T @ (b - mu_b) / (len(b) - 1)
+    w, v = torch.linalg.eigh(cov_a)
+    sqrt_a = (v * w.clamp(min=0).sqrt()) @ v.T
+    middle = sqrt_a @ cov_b @ sqrt_a
+    tr_sqrt = torch.linalg.eigvalsh((middle + middle.T) / 2).clamp(min=0).sqrt().sum()
+    value = (mu_a - mu_b).square().sum() + cov_a.trace() + cov_b.trace() - 2.0 * tr_sqrt
+    return max(float(value), 0.0)

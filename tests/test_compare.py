@@ -1,0 +1,369 @@
+"""`genlab compare` and its report: records, labels, the floor row, missing and inapplicable
+families, the cached feature classifier, the CLI, and report.html in a real headless browser."""
+
+from __future__ import annotations
+
+import dataclasses
+import html
+import json
+import math
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from genlab import measures
+from genlab.cli import app
+from genlab.compare import RECORD_KEYS, Budget, Settings, compare, parse_budget
+from genlab.data import load_dataset
+from genlab.models import FAMILIES, GaussianMixture
+from genlab.nets.classifier import FeatureClassifier
+from genlab.report import FLOOR, write_report
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+TINY = Settings(n_samples=100, nfe_steps=(2, 4), nfe_samples=50, gmm_components=(1, 2),
+                gmm_study_dims=(2, 8), gmm_study_seconds=5.0, density_grid=12,
+                ode_tolerance=1e-2, classifier_epochs=30, classifier_seconds=10.0)  # fmt: skip
+TINY_NETS = {
+    "vae": {"hidden": 32},
+    "flow": {"hidden": 32, "depth": 1, "base_channels": 8},
+    "diffusion": {"hidden": 32, "base_channels": 8},
+    "autoregressive": {"n_layer": 1, "n_head": 2, "n_embd": 16},
+}
+IMAGE_FAMILIES = ["gmm", "vae", "flow", "diffusion", "autoregressive", "nope"]
+STEPS = 8
+CHROMIUM = "/usr/bin/chromium"
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    with pytest.MonkeyPatch.context() as mp:
+        folder = tmp_path_factory.mktemp("cache")
+        mp.setenv(measures.CACHE_ENV, str(folder))
+        yield folder
+
+
+@pytest.fixture(scope="module")
+def digits(cache, tmp_path_factory):
+    out = tmp_path_factory.mktemp("cmp-digits")
+    records = compare("digits", IMAGE_FAMILIES, budget_steps=STEPS, n_train=300, n_test=100,
+                      settings=TINY, options=TINY_NETS, out=out, progress=False)  # fmt: skip
+    return records, out
+
+
+@pytest.fixture(scope="module")
+def moons(cache, tmp_path_factory):
+    out = tmp_path_factory.mktemp("cmp-moons")
+    records = compare("moons", ["gmm", "flow", "autoregressive"], budget_steps=STEPS,
+                      n_train=300, n_test=100, settings=TINY, options=TINY_NETS, out=out,
+                      progress=False)  # fmt: skip
+    return records, out
+
+
+def by_family(records):
+    return {r["family"]: r for r in records}
+
+
+# -- records ---------------------------------------------------------------------------------------
+def test_records_are_plain_dicts_in_order_with_every_key(digits):
+    records, out = digits
+    assert [r["family"] for r in records] == [*IMAGE_FAMILIES, FLOOR]
+    assert all(type(r) is dict and tuple(r) == RECORD_KEYS for r in records)
+    assert all(r["data"] == "digits" for r in records)
+    assert json.loads((out / "records.json").read_text()) == json.loads(json.dumps(records))
+
+
+def test_every_registered_family_is_measured_and_labelled(digits):
+    rows = by_family(digits[0])
+    for family in ["gmm", "vae", "flow", "diffusion", "autoregressive"]:
+        r = rows[family]
+        assert r["status"] == "ok", (family, r["error"])
+        assert r["log_prob_kind"] in ("exact", "bound", "estimate")
+        assert 0 < r["bits_per_dim"] < 100 and math.isfinite(r["nll_nats"])  # 8 steps: poor
+        assert r["n_parameters"] > 0 and r["train_seconds"] > 0
+        assert r["sample_seconds_per_1000"] > 0 and r["n_samples"] == TINY.n_samples
+        for key in ("mmd", "sliced_wasserstein", "fid", "precision", "recall"):
+            assert r[key] is not None and math.isfinite(r[key]), (family, key)
+        assert 0 <= r["class_entropy_bits"] <= math.log2(10) + 1e-9
+    assert (
+        rows["gmm"]["log_prob_kind"] == "exact"
+        and rows["autoregressive"]["log_prob_kind"] == "exact"
+    )
+    assert rows["vae"]["log_prob_kind"] == "estimate"
+    assert rows["flow"]["log_prob_kind"] == "estimate"  # 64 dimensions > exact_trace_max_dim
+    assert rows["autoregressive"]["nll_space"] == "discrete (log-mass)"
+    assert rows["flow"]["nll_space"] == "discrete (dequantised density)"
+    assert all(rows[f]["train_steps"] == STEPS for f in ["vae", "flow", "diffusion"])
+
+
+def test_log_prob_kind_comes_from_the_model(moons):
+    rows = by_family(moons[0])
+    assert rows["flow"]["log_prob_kind"] == "exact"  # 2 dimensions: exact trace
+    assert rows["flow"]["nll_space"] == "continuous density"
+    assert rows["gmm"]["details"]["n_components"] in TINY.gmm_components
+
+
+def test_nfe_and_quality_vs_nfe_of_iterative_families(digits):
+    rows = by_family(digits[0])
+    assert rows["flow"]["nfe"] == 40  # compare's flow default: 20 Heun steps
+    assert rows["diffusion"]["nfe"] == 20  # DPM-Solver++ with 20 steps
+    for family in ("flow", "diffusion"):
+        curve = rows[family]["nfe_curve"]
+        assert curve["metric"] == "fid" and len(curve["points"]) == len(TINY.nfe_steps)
+        nfes = [p["nfe"] for p in curve["points"]]
+        assert nfes == sorted(nfes) and nfes[0] < nfes[-1]
+    assert rows["gmm"]["nfe_curve"] is None and rows["vae"]["nfe_curve"] is None
+
+
+def test_missing_family_is_reported_missing(digits, monkeypatch):
+    assert by_family(digits[0])["nope"]["status"] == "missing"
+    assert "not registered" in by_family(digits[0])["nope"]["error"]
+    monkeypatch.delitem(FAMILIES, "diffusion")  # as if the family had not landed yet
+    records = compare("moons", ["diffusion"], budget_steps=1, n_train=50, n_test=50,
+                      settings=TINY, progress=False)  # fmt: skip
+    assert records[0]["status"] == "missing" and records[0]["bits_per_dim"] is None
+    assert [r["family"] for r in records] == ["diffusion", FLOOR]
+
+
+def test_autoregressive_is_not_applicable_to_points(moons):
+    r = by_family(moons[0])["autoregressive"]
+    assert r["status"] == "not applicable"
+    assert "continuous points" in r["error"] and r["train_seconds"] is None
+
+
+def test_floor_row_is_real_train_data_against_test(digits):
+    rows = by_family(digits[0])
+    floor = rows[FLOOR]
+    assert floor["status"] == "ok" and floor["n_samples"] == TINY.n_samples
+    assert floor["train_seconds"] is None and floor["bits_per_dim"] is None
+    assert floor["details"]["n_train"] == 300 and floor["details"]["n_test"] == 100
+    assert floor["class_entropy_bits"] > 3.0  # real digits cover the 10 classes
+    models = [rows[f]["fid"] for f in ["vae", "flow", "diffusion", "autoregressive"]]
+    assert floor["fid"] < min(models)  # 8 training steps are far from the data
+    assert floor["details"]["classifier"]["test_accuracy"] > 0.5
+
+
+def test_gmm_nll_vs_components_study(digits):
+    study = by_family(digits[0])["gmm"]["details"]["nll_vs_components"]
+    assert study["dims"] == [2, 8] and study["components"] == list(TINY.gmm_components)
+    assert all(len(row) == 2 and all(v is None or math.isfinite(v) for v in row)
+               for row in study["test_bits_per_dim"])  # fmt: skip
+
+
+def test_gmm_study_matches_a_direct_fit():
+    """One cell of the study is the mean test NLL, in bits per projected dimension, of a GMM
+    fitted on the PCA projection, computed here with numpy's SVD and the GMM directly."""
+    g = torch.Generator().manual_seed(0)
+    train, test = torch.randn(200, 5, generator=g), torch.randn(50, 5, generator=g)
+    study = measures.gmm_nll_vs_components(train, test, [3], [2], seed=0)
+    mean = train.double().mean(0)
+    axes = torch.from_numpy(np.linalg.svd((train.double() - mean).numpy())[2][:3].T)
+    model = GaussianMixture(2, seed=0).fit((train.double() - mean) @ axes)
+    nll = -model.log_prob((test.double() - mean) @ axes).double().mean().item()
+    assert study["test_bits_per_dim"][0][0] == pytest.approx(nll / (3 * math.log(2)), rel=1e-4)
+
+
+def test_held_out_nll_is_discrete_bits_of_a_dequantised_density():
+    """A density of quantised data: bits/dim = (-mean log p(dequantised) + D ln L) / (D ln 2),
+    written out here; a log-mass model (log_prob_space "discrete") is scored at the grid."""
+    train = load_dataset("digits", split="train", n=300)
+    test = load_dataset("digits", split="test", n=80)
+    model = GaussianMixture(1, seed=0).fit(measures.dequantized(train, 1))
+    result = measures.held_out_nll(model, test, seed=5, rtol=0.1)  # rtol: not a GMM option
+    u = torch.rand(test.x.shape, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    assert torch.allclose(result.points.double(), (test.x.double() * 16 + u) / 17, atol=1e-6)
+    log_p = model.log_prob(result.points).double()
+    expected = (-log_p.mean().item() + 64 * math.log(17)) / (64 * math.log(2))
+    assert result.bits_per_dim == pytest.approx(expected, rel=1e-6)
+    assert result.space == "discrete (dequantised density)"
+
+
+# -- the feature classifier ------------------------------------------------------------------------
+def test_feature_classifier_is_cached_and_reloaded(cache):
+    train = load_dataset("digits", split="train", n=200)
+    test = load_dataset("digits", split="test", n=50)
+    first = measures.feature_classifier(train, test, epochs=1, seconds=5.0)
+    second = measures.feature_classifier(train, test, epochs=1, seconds=5.0)
+    assert not first.cached and second.cached and first.folder == second.folder
+    assert first.folder.parent == cache / "classifiers"
+    assert (first.folder / "config.json").is_file()
+    x = test.x[:20]
+    assert torch.equal(first.features_and_labels(x)[0], second.features_and_labels(x)[0])
+    other = measures.feature_classifier(load_dataset("digits", split="train", n=150), test,
+                                        epochs=1, seconds=5.0)  # fmt: skip
+    assert not other.cached and other.folder != first.folder
+
+
+@pytest.mark.parametrize("shape", [(1, 8, 8), (3, 16, 16), (2,), (4, 5)])
+def test_feature_classifier_net_shapes(shape):
+    net = FeatureClassifier(shape, n_classes=7, feature_dim=12, channels=(4, 8))
+    x = torch.randn(5, *shape)
+    assert net.features(x).shape == (5, 12) and net(x).shape == (5, 7)
+    with pytest.raises(ValueError, match="x must have shape"):
+        net(torch.randn(5, 9))
+    with pytest.raises(ValueError, match="n_classes"):
+        FeatureClassifier(shape, n_classes=0)
+
+
+def test_feature_classifier_needs_labels():
+    moons = load_dataset("moons", n=50)
+    no_labels = dataclasses.replace(load_dataset("digits", n=50), y=None)
+    with pytest.raises(ValueError, match="no labels"):
+        measures.feature_classifier(no_labels, moons)
+
+
+# -- budgets and bad input -------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "text, seconds, steps",
+    [("120s", 120.0, None), ("2m", 120.0, None), ("1.5h", 5400.0, None), ("90 sec", 90.0, None),
+     ("8steps", None, 8), ("500", None, 500)],
+)  # fmt: skip
+def test_parse_budget(text, seconds, steps):
+    assert parse_budget(text) == Budget(seconds=seconds, steps=steps)
+
+
+@pytest.mark.parametrize("text", ["", "fast", "-3s", "2.5steps", "0s", "10 parsecs"])
+def test_parse_budget_rejects_nonsense(text):
+    with pytest.raises(ValueError, match="budget"):
+        parse_budget(text)
+
+
+def test_compare_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="seconds or steps"):
+        compare("moons", ["gmm"], n_train=50, n_test=50)
+    with pytest.raises(ValueError, match="at least one family"):
+        compare("moons", [], budget_steps=1)
+    with pytest.raises(ValueError, match="n_samples"):
+        Settings(n_samples=1)
+
+
+# -- the report -----------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def report(digits, moons, tmp_path_factory):
+    """One report of both data sets, as `genlab compare --data digits,moons` writes it."""
+    out = tmp_path_factory.mktemp("report")
+    for _, folder in (digits, moons):
+        shutil.copytree(folder / "figures", out / "figures", dirs_exist_ok=True)
+    paths = write_report(digits[0] + moons[0], out)
+    return paths, digits[0] + moons[0], out
+
+
+def test_report_files_and_figures_exist(report):
+    paths, records, out = report
+    assert all(p.is_file() for p in paths.values())
+    figures = {key: rel for r in records for key, rel in r["figures"].items()}
+    assert {"samples", "density", "quality_vs_nfe", "nll_vs_components"} <= set(figures)
+    for r in records:
+        assert all((out / rel).is_file() for rel in r["figures"].values())
+    md = paths["md"].read_text()
+    assert "## digits" in md and "## moons" in md
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
+    assert links and all((out / rel).is_file() for rel in links)
+    assert "not applicable" in md and "missing" in md
+
+
+def test_report_html_is_self_contained(report):
+    page = report[0]["html"].read_text()
+    sources = re.findall(r'<img[^>]*\ssrc="([^"]*)"', page)
+    assert len(sources) >= 10 and all(s.startswith("data:image/png;base64,") for s in sources)
+    assert "<script" not in page and "http://" not in page and "https://" not in page
+    assert page.count("<table>") == 2  # one table per data set
+
+
+CHECK_SCRIPT = """<script>
+(function () {
+  var errors = [];
+  var original = console.error;
+  console.error = function () {
+    errors.push(Array.prototype.join.call(arguments, " "));
+    original.apply(console, arguments);
+  };
+  window.addEventListener("error", function (e) {
+    var t = e.target;
+    errors.push(e.message || ("failed to load " + (t && (t.currentSrc || t.src || t.tagName))));
+  }, true);
+  window.addEventListener("load", function () {
+    var images = Array.prototype.map.call(document.images, function (i) {
+      return {alt: i.alt, complete: i.complete, width: i.naturalWidth, height: i.naturalHeight};
+    });
+    var out = document.createElement("pre");
+    out.id = "genlab-check";
+    out.textContent = JSON.stringify({errors: errors, images: images});
+    document.body.appendChild(out);
+  });
+})();
+</script>"""
+"""Injected first into <head> of a copy of the page: records console errors and failed loads
+(capture phase), then on load writes every image's natural size into the DOM as JSON."""
+
+
+def open_in_chromium(page: Path, tmp_path: Path) -> tuple[dict, list[str]]:
+    """(the check script's JSON, the console lines chromium logged) for `page`."""
+    assert Path(CHROMIUM).is_file(), (
+        f"{CHROMIUM} is missing: install Debian's chromium (apt-get install chromium) to run "
+        "the browser test of report.html"
+    )
+    probe = tmp_path / "probe.html"
+    probe.write_text(page.read_text().replace("<head>", "<head>" + CHECK_SCRIPT, 1))
+    result = subprocess.run(
+        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+         f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=10000",
+         "--enable-logging=stderr", "--v=0", "--dump-dom", probe.as_uri()],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    found = re.search(r'<pre id="genlab-check">(.*?)</pre>', result.stdout, re.S)
+    assert found, f"the check script did not run; DOM tail: {result.stdout[-500:]}"
+    console = [line for line in result.stderr.splitlines() if ":CONSOLE" in line]
+    return json.loads(html.unescape(found.group(1))), console
+
+
+def test_report_opens_in_headless_chromium_without_errors(report, tmp_path):
+    paths, records, _ = report
+    check, console = open_in_chromium(paths["html"], tmp_path)
+    assert check["errors"] == [] and console == []
+    images = check["images"]
+    n_figures = sum(len(r["figures"]) for r in records)
+    assert len(images) == n_figures
+    assert all(i["complete"] and i["width"] > 0 and i["height"] > 0 for i in images), images
+
+
+def test_browser_check_catches_a_broken_figure(report, tmp_path):
+    """The check can fail: a figure whose data is not a PNG shows as not loaded."""
+    broken = tmp_path / "broken.html"
+    page = report[0]["html"].read_text()
+    broken.write_text(re.sub(r"base64,[A-Za-z0-9+/=]+", "base64,AAAA", page, count=1))
+    check, _ = open_in_chromium(broken, tmp_path)
+    assert sum(i["width"] == 0 for i in check["images"]) == 1 and len(check["errors"]) == 1
+
+
+# -- the CLI ---------------------------------------------------------------------------------------
+def test_cli_compare_prints_a_table_and_writes_the_report(tmp_path, cache):
+    out = tmp_path / "cmp"
+    result = CliRunner().invoke(
+        app,
+        ["compare", "--data", "moons,circles", "--families", "gmm,nope", "--budget", "5steps",
+         "--out", str(out), "--samples", "50", "--n", "200", "--n-test", "60", "--no-progress"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())  # rich wraps the table to the terminal
+    assert "moons: test split, budget 5 steps per family" in text
+    assert "circles: test split" in text and "MMD²" in text and "nope: missing" in text
+    records = json.loads((out / "records.json").read_text())
+    assert [(r["data"], r["family"]) for r in records] == [
+        ("moons", "gmm"), ("moons", "nope"), ("moons", FLOOR),
+        ("circles", "gmm"), ("circles", "nope"), ("circles", FLOOR),
+    ]  # fmt: skip
+    assert (out / "report.html").is_file() and (out / "report.md").is_file()
+    assert abs(records[2]["mmd"]) < 0.05  # the floor: train against test samples
+
+
+def test_cli_compare_rejects_a_bad_budget(tmp_path):
+    result = CliRunner().invoke(app, ["compare", "--budget", "soon", "--out", str(tmp_path)])
+    assert result.exit_code != 0 and "not understood" in result.output
