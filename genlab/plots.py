@@ -655,3 +655,69 @@ def animate(
     animation.save(path, writer=PillowWriter(fps=fps), dpi=GIF_DPI)
     fig.clear()
     return path
+
+
+# -- y against x, one line per name (quality vs NFE, NLL vs components) ---------------------------
+def xy_curves(
+    series: Mapping[str, tuple[Sequence[float], Sequence[float]]],
+    path: PathLike,
+    *,
+    xlabel: str = "",
+    ylabel: str = "",
+    title: str | None = None,
+    logx: bool = False,
+    ylim: tuple[float, float] | None = None,
+) -> Path:
+    """Lines of y against x, one per name, with a marker at each point.
+
+    Args:
+        series: name -> (xs, ys), two 1-D sequences of the same length >= 1 (finite xs, and
+            positive ones with logx; NaN ys leave gaps).
+        path: the .png file.
+        xlabel, ylabel: axis labels.
+        title: optional axes title.
+        logx: a logarithmic x axis (ticks at the xs when there are at most 12 of them).
+        ylim: optional (bottom, top) of the y axis; points beyond it are cut off.
+    """
+    path = _png_path(path)
+    if not isinstance(series, Mapping) or len(series) == 0:
+        raise ValueError("series must be a non-empty dict of name -> (xs, ys)")
+    if ylim is not None:
+        ylim = (float(ylim[0]), float(ylim[1]))
+        if not (math.isfinite(ylim[0]) and math.isfinite(ylim[1]) and ylim[0] < ylim[1]):
+            raise ValueError(f"ylim must be finite (bottom, top) with bottom < top, got {ylim}")
+    lines = {}
+    for name, pair in series.items():
+        if not isinstance(pair, tuple | list) or len(pair) != 2:
+            raise ValueError(f"series[{name!r}] must be a pair (xs, ys)")
+        xs, ys = _to_numpy(pair[0], f"xs of {name!r}"), _to_numpy(pair[1], f"ys of {name!r}")
+        if xs.ndim != 1 or xs.shape != ys.shape or len(xs) == 0:
+            raise ValueError(
+                f"series[{name!r}] needs 1-D xs and ys of one length >= 1, got shapes "
+                f"{xs.shape} and {ys.shape}"
+            )
+        if not np.isfinite(xs).all() or (logx and (xs <= 0).any()) or np.isinf(ys).any():
+            raise ValueError(
+                f"series[{name!r}] has non-finite values{' or xs <= 0 (logx)' if logx else ''}"
+            )
+        lines[str(name)] = (xs, ys)
+    fig = Figure(figsize=(6, 4))
+    ax = fig.add_subplot()
+    for name, (xs, ys) in lines.items():
+        ax.plot(xs, ys, marker="o", markersize=4, label=name)
+    if logx:
+        ax.set_xscale("log")
+        ticks = np.unique(np.concatenate([xs for xs, _ in lines.values()]))
+        if len(ticks) <= 12:
+            ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+            ax.minorticks_off()
+    if ylim is not None:
+        ax.set_ylim(*ylim)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize="small")
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    return _save(fig, path)
