@@ -226,3 +226,27 @@ def test_curve_writes_png(tmp_path):
 def test_curve_rejects_bad_input(tmp_path, ys, match):
     with pytest.raises(ValueError, match=match):
         plots.curve(ys, tmp_path / "c.png")
+
+
+# -- xy_curves ------------------------------------------------------------------------------------
+def test_xy_curves_draws_one_coloured_line_per_series(tmp_path):
+    series = {"euler": ([2, 5, 10, 100], [0.3, 0.1, 0.05, 0.04]), "heun": ([2, 10], [0.2, 0.04])}
+    image = read_png(plots.xy_curves(series, tmp_path / "q.png", xlabel="NFE", logx=True))
+    saturated = (image.max(-1) - image.min(-1)) > 0.3  # default colours: blue and orange lines
+    blue = saturated & (image[..., 2] > image[..., 0])
+    orange = saturated & (image[..., 0] > image[..., 2])
+    assert blue.sum() > 50 and orange.sum() > 50
+
+
+@pytest.mark.parametrize(
+    "series, match",
+    [
+        ({}, "non-empty"),
+        ({"a": ([1, 2], [1.0])}, "one length"),
+        ({"a": ([0, 1], [1.0, 2.0])}, "xs <= 0"),
+        ({"a": ([1, 2], [1.0, math.inf])}, "non-finite"),
+    ],
+)
+def test_xy_curves_rejects_bad_series(tmp_path, series, match):
+    with pytest.raises(ValueError, match=match):
+        plots.xy_curves(series, tmp_path / "q.png", logx=True)
