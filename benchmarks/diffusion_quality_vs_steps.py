@@ -1,0 +1,230 @@
+"""Diffusion: sample quality against network evaluations (NFE) for every sampler.
+
+    python benchmarks/diffusion_quality_vs_steps.py [--quick] [--data moons,digits] [--device cuda]
+
+For each data set a `Diffusion` (linear schedule, eps-prediction, T = 1000, EMA 0.999) trains
+for a fixed number of optimisation steps (--toy-steps / --digits-steps, so the budget does not
+depend on the machine's load). Then every sampler draws --n samples from the same noise seeds
+(0 .. --seeds - 1):
+
+    ddpm 1000 (the reference), ddim 10/20/50/100 (eta 0, uniform grid), dpm++ 5/10/15/20/50
+    (DPM-Solver++(2M), uniform log-SNR grid ending at t = 1/T), ode heun 10/25/50 steps
+    (20/50/100 NFE), and two grid variants: ddim 50 on the log-SNR grid, dpm++ 15 on the
+    uniform grid.
+
+Quality, averaged over the seeds, each seed's samples against one fixed reference:
+- 2-D toys (`genlab.data.TOYS`, all 8): MMD² (unbiased, `genlab.metrics.mmd`) against a fresh
+  draw of --n points (the toy's test split, seed 1000), Gaussian kernels at (0.25, 0.5, 1, 2, 4)
+  x the median distance of that reference, fixed per toy. "floor" is the MMD² of another fresh
+  draw of the data against the reference: the estimator's noise level.
+- digits: the Fréchet distance between features (penultimate layer) of a small
+  `genlab.nets.FeatureClassifier` trained here on the digits train split, of the samples and of
+  the 1,437 train digits (the data the model fits); "floor" is the FD of the 360 test digits.
+
+Target (issue 5): DPM++ at 15 NFE and DDIM at 50 NFE each within 10% of DDPM at 1000 steps
+(ratio <= 1.10 of the averaged MMD² / FD), on every data set. The reference set is never used
+to choose anything: samplers and grids were fixed before the run. A ratio of MMD² means
+something only when DDPM's value is clearly above the estimator's noise; where it is below
+3 x |floor| the verdict compares the difference instead (within 3 |floor|: "ref at noise").
+
+Cost on the shared 2-core CPU (one thread): about 75 s per toy and a few minutes for digits
+(the defaults). --from-json FILE re-prints the tables of a run saved with --json FILE.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from datetime import UTC, datetime
+
+import torch
+from torch import nn
+
+from genlab import metrics
+from genlab.data import TOYS, load_dataset
+from genlab.models import Diffusion
+from genlab.nets.classifier import FeatureClassifier
+
+SAMPLERS: list[tuple[str, str, dict]] = [
+    ("ddpm 1000", "ddpm", {"steps": 1000}),
+    *[(f"ddim {s}", "ddim", {"steps": s}) for s in (10, 20, 50, 100)],
+    *[(f"dpm++ {s}", "dpm++", {"steps": s}) for s in (5, 10, 15, 20, 50)],
+    *[(f"ode heun {s}", "ode", {"steps": s, "solver": "heun"}) for s in (10, 25, 50)],
+    ("ddim 50 logsnr", "ddim", {"steps": 50, "grid": "logsnr"}),
+    ("dpm++ 15 uniform", "dpm++", {"steps": 15, "grid": "uniform"}),
+]
+SCALES = (0.25, 0.5, 1.0, 2.0, 4.0)
+REFERENCE_SEED, FLOOR_SEED = 1000, 2000
+TARGET_RATIO = 1.10
+NOISE_UNITS = 3.0
+
+
+def train_model(train, args, image: bool) -> tuple[Diffusion, float]:
+    start = time.perf_counter()
+    if image:
+        model = Diffusion(base_channels=args.channels, max_steps=args.digits_steps,
+                          batch_size=args.batch_size, lr=args.lr_digits, warmup_steps=200,
+                          device=args.device, seed=0)  # fmt: skip
+    else:
+        model = Diffusion(hidden=args.hidden, max_steps=args.toy_steps, batch_size=args.batch_size,
+                          lr=args.lr, warmup_steps=200, device=args.device, seed=0)  # fmt: skip
+    model.fit(train, progress=False)
+    return model, time.perf_counter() - start
+
+
+def train_classifier(device: str, epochs: int) -> FeatureClassifier:
+    """A FeatureClassifier (conv, 128 features) trained on the digits train split (Adam)."""
+    train, test = load_dataset("digits", split="train"), load_dataset("digits", split="test")
+    torch.manual_seed(0)
+    net = FeatureClassifier((1, 8, 8), 10).to(device)
+    opt = torch.optim.Adam(net.parameters(), lr=2e-3)
+    x, y = train.x.to(device), train.y.to(device)
+    for _ in range(epochs):
+        for idx in torch.randperm(len(x), device=device).split(64):
+            opt.zero_grad()
+            nn.functional.cross_entropy(net(x[idx]), y[idx]).backward()
+            opt.step()
+    net.eval()
+    with torch.no_grad():
+        acc = (net(test.x.to(device)).argmax(1).cpu() == test.y).float().mean()
+    print(f"digits classifier: test accuracy {acc:.3f}", flush=True)
+    return net
+
+
+def scorer(name: str, args, classifier):
+    """(score(samples) -> float, floor): MMD² for toys, FD in classifier features for digits."""
+    if name == "digits":
+
+        @torch.no_grad()
+        def feats(x):
+            return classifier.features(x.to(args.device)).double().cpu()
+
+        reference = feats(load_dataset("digits", split="train").x)
+        floor = metrics.frechet_distance(feats(load_dataset("digits", split="test").x), reference)
+        return (lambda s: metrics.frechet_distance(feats(s), reference)), floor
+    reference = load_dataset(name, split="test", n=args.n, seed=REFERENCE_SEED).x
+    bandwidths = [s * metrics.median_distance(reference, reference) for s in SCALES]
+    fresh = load_dataset(name, split="test", n=args.n, seed=FLOOR_SEED).x
+    return (lambda s: metrics.mmd(s, reference, bandwidths)), metrics.mmd(fresh, reference,
+                                                                           bandwidths)  # fmt: skip
+
+
+def run_data_set(name: str, args, classifier) -> dict:
+    image = name == "digits"
+    train = load_dataset(name, split="train", n=None if image else 10_000, seed=0)
+    model, seconds = train_model(train, args, image)
+    score, floor = scorer(name, args, classifier)
+    n = args.n_digits if image else args.n
+    row = {"data": name, "train_s": round(seconds, 1), "floor": floor, "scores": {}, "nfe": {}}
+    start = time.perf_counter()
+    for label, method, options in SAMPLERS:
+        values = [score(model.sample(n, seed=s, method=method, **options).cpu())
+                  for s in range(args.seeds)]  # fmt: skip
+        row["scores"][label], row["nfe"][label] = sum(values) / len(values), model.nfe_
+    row["sample_s"] = round(time.perf_counter() - start, 1)
+    ref = row["scores"]["ddpm 1000"]
+    row["ratio dpm++15"] = row["scores"]["dpm++ 15"] / ref
+    row["ratio ddim50"] = row["scores"]["ddim 50"] / ref
+    return row
+
+
+def print_table(rows: list[dict], metric_note: str) -> None:
+    labels = [label for label, _, _ in SAMPLERS]
+    print(f"\n{metric_note}")
+    print("| sampler | NFE | " + " | ".join(r["data"] for r in rows) + " |")
+    print("|---|---|" + "---|" * len(rows))
+    for label in labels:
+        cells = " | ".join(f"{r['scores'][label]:.5f}" if r["data"] != "digits"
+                           else f"{r['scores'][label]:.3f}" for r in rows)  # fmt: skip
+        print(f"| {label} | {rows[0]['nfe'][label]} | {cells} |")
+    print("| floor (data vs data) | - | " + " | ".join(
+        f"{r['floor']:.5f}" if r["data"] != "digits" else f"{r['floor']:.3f}" for r in rows
+    ) + " |")  # fmt: skip
+    print(
+        "\n| data | DDPM1000 | floor | DPM++15 / DDPM1000 | target | DDIM50 / DDPM1000 | target |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        ref, floor = r["scores"]["ddpm 1000"], r["floor"]
+        cells = [f"{verdict(r['scores'][k], ref, floor)}" for k in ("dpm++ 15", "ddim 50")]
+        print(f"| {r['data']} | {ref:.5g} | {floor:.3g} | {r['ratio dpm++15']:.3f} | {cells[0]} | "
+              f"{r['ratio ddim50']:.3f} | {cells[1]} |")  # fmt: skip
+
+
+def verdict(score: float, ref: float, floor: float) -> str:
+    """Whether score is within 10% of the reference. A ratio means something only when the
+    reference is clearly above the metric's noise (floor: data against data); below
+    NOISE_UNITS x |floor| the two are compared by their difference in units of |floor|."""
+    if ref > NOISE_UNITS * abs(floor):
+        return "yes" if score <= TARGET_RATIO * ref else "NO"
+    units = (score - ref) / abs(floor)
+    ok = units <= NOISE_UNITS
+    return f"{'yes' if ok else 'NO'} (ref at noise; diff {units:+.1f} floor units)"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="moons and digits, tiny budgets")
+    parser.add_argument("--data", default=",".join((*TOYS, "digits")))
+    parser.add_argument("--toy-steps", type=int, default=4000)
+    parser.add_argument("--digits-steps", type=int, default=1500)
+    parser.add_argument("--hidden", type=int, default=128)
+    parser.add_argument("--channels", type=int, default=16)
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--lr-digits", type=float, default=5e-4)
+    parser.add_argument("--n", type=int, default=2000, help="samples per toy and seed")
+    parser.add_argument("--n-digits", type=int, default=500, help="digit samples per seed")
+    parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--classifier-epochs", type=int, default=15)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--json", default=None, help="also write the rows to this file")
+    parser.add_argument("--from-json", default=None, help="only print the tables of a --json")
+    args = parser.parse_args()
+    if args.from_json:
+        with open(args.from_json) as f:
+            print_tables(json.load(f), args)
+        return
+    if args.quick:
+        args.data, args.toy_steps, args.digits_steps = "moons,digits", 300, 40
+        args.hidden, args.channels, args.batch_size = 64, 8, 128
+        args.n, args.n_digits, args.seeds, args.classifier_epochs = 1000, 100, 1, 3
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    names = args.data.split(",")
+    print(f"# diffusion_quality_vs_steps {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, "
+          f"device {args.device}, {vars(args)}", flush=True)  # fmt: skip
+    classifier = (
+        train_classifier(args.device, args.classifier_epochs) if "digits" in names else None
+    )
+    rows = []
+    for name in names:
+        rows.append(run_data_set(name, args, classifier))
+        r = rows[-1]
+        print(
+            f"{name}: train {r['train_s']} s, sampling {r['sample_s']} s, DPM++15/DDPM1000 "
+            f"{r['ratio dpm++15']:.3f}, DDIM50/DDPM1000 {r['ratio ddim50']:.3f}",
+            flush=True,
+        )
+        print_table([r], f"{name} (mean of {args.seeds} seeds)")
+        if args.json:  # after every data set, so an interrupted run keeps what it measured
+            with open(args.json, "w") as f:
+                json.dump(rows, f, indent=1)
+    print_tables(rows, args)
+
+
+def print_tables(rows: list[dict], args) -> None:
+    toys = [r for r in rows if r["data"] != "digits"]
+    if toys:
+        print_table(toys, f"MMD² vs a fresh draw of {args.n} points (mean of {args.seeds} seeds)")
+    if len(toys) < len(rows):
+        print_table(
+            [r for r in rows if r["data"] == "digits"],
+            f"Fréchet distance in classifier features (mean of {args.seeds} seeds)",
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,344 @@
+"""Diffusion: the optimal Gaussian denoiser through every sampler and the PF-ODE likelihood,
+schedule identities against direct Gaussian conditioning, the bound, errors, save/load, the CLI."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+from torch import nn
+
+import genlab
+from genlab.cli import run
+from genlab.data import load_dataset
+from genlab.models import Diffusion
+from genlab.models.diffusion import (
+    ddim_step,
+    ddpm_step,
+    from_x0_eps,
+    posterior,
+    sampling_times,
+    to_x0_eps,
+)
+from genlab.schedules import SCHEDULES, Schedule
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+MEAN = np.array([1.0, -2.0])
+COV = np.array([[1.0, 0.6], [0.6, 0.5]])
+LOC, SCALE = torch.tensor([0.7, -1.8]), torch.tensor([1.3, 0.6])  # a non-trivial standardisation
+N = 6000
+
+
+# -- the closed-form optimal denoiser of Gaussian data --------------------------------------------
+class GaussianDenoiser(nn.Module):
+    """The optimal prediction for model-space data z0 ~ N(m, S), computed in float64:
+
+    x_t ~ N(alpha m, C),  C = alpha^2 S + sigma^2 I,  E[eps | x_t] = sigma C^{-1} (x_t - alpha m),
+    E[z0 | x_t] = m + alpha S C^{-1} (x_t - alpha m),  v = alpha eps - sigma z0.
+    """
+
+    def __init__(self, mean, cov, schedule: Schedule, prediction: str):
+        super().__init__()
+        self.m = torch.as_tensor(mean, dtype=torch.float64)
+        self.S = torch.as_tensor(cov, dtype=torch.float64)
+        self.schedule, self.prediction = schedule, prediction
+
+    def forward(self, x, t, y=None):
+        t = t.double()
+        a, s = self.schedule.alpha(t)[:, None, None], self.schedule.sigma(t)[:, None, None]
+        cov_t = a**2 * self.S + s**2 * torch.eye(len(self.m), dtype=torch.float64)
+        r = torch.linalg.solve(cov_t, (x.double() - a[:, :, 0] * self.m)[:, :, None])
+        eps = (s * r)[:, :, 0]
+        x0 = self.m + (a * self.S @ r)[:, :, 0]
+        out = {"eps": eps, "x0": x0, "v": a[:, :, 0] * eps - s[:, :, 0] * x0}[self.prediction]
+        return out.to(x.dtype)
+
+
+def gaussian_diffusion(prediction="eps", schedule="linear", **options) -> Diffusion:
+    """A Diffusion on 2-D points whose net is the exact denoiser of N(MEAN, COV) (data space)."""
+    model = Diffusion(schedule, prediction, **options)
+    fitted = {"kind": "points", "net": "mlp", "levels": None, "n_classes": None}
+    model._build((2,), fitted)
+    model.event_shape = (2,)
+    model.data_loc.copy_(LOC)
+    model.data_scale.copy_(SCALE)
+    m = (MEAN - LOC.numpy()) / SCALE.numpy()
+    S = COV / np.outer(SCALE.numpy(), SCALE.numpy())
+    model.net = GaussianDenoiser(m, S, model.schedule, prediction)
+    return model.eval()
+
+
+def assert_gaussian_moments(x: torch.Tensor, n_sigma: float = 5.0):
+    """Sample mean and covariance of x (n, 2) against MEAN and COV, within n_sigma standard
+    errors (mean: sqrt(S_ii / n); covariance: sqrt((S_ii S_jj + S_ij^2) / n))."""
+    x = x.double().numpy()
+    n = len(x)
+    se_mean = np.sqrt(np.diag(COV) / n)
+    np.testing.assert_array_less(np.abs(x.mean(0) - MEAN), n_sigma * se_mean)
+    se_cov = np.sqrt((np.outer(np.diag(COV), np.diag(COV)) + COV**2) / n)
+    np.testing.assert_array_less(np.abs(np.cov(x.T) - COV), n_sigma * se_cov)
+
+
+@pytest.mark.parametrize(
+    "method, options",
+    [
+        ("ddpm", {"steps": 1000}),
+        ("ddpm", {"steps": 100}),
+        ("ddim", {"steps": 100}),
+        ("ddim", {"steps": 100, "eta": 1.0}),
+        ("dpm++", {"steps": 25}),
+        ("dpm++", {"steps": 50, "grid": "uniform"}),
+        ("ode", {"steps": 50, "solver": "heun"}),
+        ("ode", {"steps": 20, "solver": "rk4"}),
+        ("ode", {}),
+    ],
+)
+def test_every_sampler_draws_the_gaussian(method, options):
+    model = gaussian_diffusion()
+    x = model.sample(N, seed=1, method=method, **options)
+    assert x.shape == (N, 2)
+    assert_gaussian_moments(x)
+    expected_nfe = options.get("steps", 1000)
+    if method == "ode" and options:
+        expected_nfe = options["steps"] * {"heun": 2, "rk4": 4}[options["solver"]]
+    if options:
+        assert model.nfe_ == expected_nfe
+    else:
+        assert model.nfe_ > 10  # dopri5: adaptive
+
+
+@pytest.mark.parametrize("prediction", ["x0", "v"])
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+def test_parameterisations_and_schedules_draw_the_gaussian(prediction, schedule):
+    model = gaussian_diffusion(prediction, schedule)
+    assert_gaussian_moments(model.sample(N, seed=2, method="dpm++", steps=30))
+    assert_gaussian_moments(model.sample(N, seed=3, method="ddim", steps=100))
+
+
+def test_too_few_deterministic_steps_are_detectably_wrong():
+    """The moment check can fail: DDIM with 2 uniform steps misses the covariance."""
+    x = gaussian_diffusion().sample(N, seed=1, method="ddim", steps=2)
+    with pytest.raises(AssertionError):
+        assert_gaussian_moments(x)
+
+
+def test_pf_ode_log_prob_is_the_gaussian_log_density():
+    model = gaussian_diffusion()
+    x = torch.from_numpy(stats.multivariate_normal(MEAN, COV).rvs(50, random_state=0)).float()
+    expected = stats.multivariate_normal(MEAN, COV).logpdf(x.double().numpy())
+    assert model.log_prob_kind == "exact"
+    got = model.log_prob(x).double().numpy()
+    # 1e-2: the ODE starts at t = 1 / T (a blur of sigma = 0.01) and ends at N(0, I) rather
+    # than N(alpha_1 m, ...) with alpha_1 = 7e-3; both shift log p by a few 1e-3 here.
+    np.testing.assert_allclose(got, expected, atol=1e-2)
+    fixed = model.log_prob(x, method="rk4", steps=40).double().numpy()
+    np.testing.assert_allclose(fixed, expected, atol=1e-2)
+
+
+def test_hutchinson_log_prob_is_unbiased_around_the_exact_value():
+    """Each row draws its own probe: 400 copies of a point average to its exact log p."""
+    exact = gaussian_diffusion()
+    estimate = gaussian_diffusion(exact_trace_max_dim=1, hutchinson_probes=1)
+    assert estimate.log_prob_kind == "estimate"
+    x = torch.tensor([[0.0, -2.5]])
+    lp = float(exact.log_prob(x, method="rk4", steps=10))
+    est = estimate.log_prob(x.expand(400, 2), method="rk4", steps=10, seed=0).double()
+    assert est.std() > 0.05  # a genuine estimate ...
+    assert abs(float(est.mean()) - lp) < 4 * float(est.std()) / 20 + 0.01  # ... unbiased
+
+
+def test_vlb_lies_below_the_exact_log_density():
+    """vlb <= log p in expectation (bits: the bound's NLL >= the exact NLL), and close to it."""
+    model = gaussian_diffusion()
+    x = torch.from_numpy(stats.multivariate_normal(MEAN, COV).rvs(200, random_state=1)).float()
+    exact = stats.multivariate_normal(MEAN, COV).logpdf(x.double().numpy()).mean()
+    vlb = float(model.vlb(x, seed=0).mean())
+    assert vlb <= exact + 0.01
+    assert exact - vlb < 0.1
+
+
+# -- schedule identities, conversions, steps -----------------------------------------------------
+@pytest.mark.parametrize("name", sorted(SCHEDULES))
+def test_alpha_bar_is_monotone(name):
+    ab = SCHEDULES[name]().discrete_alpha_bars(1000)
+    assert ab[0] == pytest.approx(1.0) and 0 < ab[-1] < 1e-3
+    assert (ab[1:] < ab[:-1]).all()
+
+
+@pytest.mark.parametrize("ab_t, ab_s", [(0.5, 0.9), (0.01, 0.02), (0.98, 0.999)])
+def test_posterior_matches_gaussian_conditioning(ab_t, ab_s):
+    """q(x_s | x_t, x0) from the joint Gaussian of (x_s, x_t) given x0:
+    Var x_s = 1 - ab_s, Var x_t = 1 - ab_t, Cov = sqrt(ab_t / ab_s) (1 - ab_s)."""
+    c0, ct, var = posterior(ab_t, ab_s)
+    cov = math.sqrt(ab_t / ab_s) * (1 - ab_s)
+    gain = cov / (1 - ab_t)  # mean = sqrt(ab_s) x0 + gain (x_t - sqrt(ab_t) x0)
+    assert ct == pytest.approx(gain)
+    assert c0 == pytest.approx(math.sqrt(ab_s) - gain * math.sqrt(ab_t))
+    assert var == pytest.approx(1 - ab_s - cov**2 / (1 - ab_t))
+
+
+def test_ddim_with_eta_one_is_the_ddpm_step():
+    g = torch.Generator().manual_seed(0)
+    x_t, x0, noise = (torch.randn(5, 3, generator=g) for _ in range(3))
+    ab_t, ab_s = 0.3, 0.7
+    eps = (x_t - math.sqrt(ab_t) * x0) / math.sqrt(1 - ab_t)
+    torch.testing.assert_close(ddim_step(x0, eps, ab_t, ab_s, 1.0, noise),
+                               ddpm_step(x_t, x0, ab_t, ab_s, noise))  # fmt: skip
+    assert not torch.allclose(ddim_step(x0, eps, ab_t, ab_s, 0.0, noise),
+                              ddpm_step(x_t, x0, ab_t, ab_s, noise))  # fmt: skip
+
+
+def test_ddim_eta_one_and_ddpm_share_their_marginals():
+    """Same seed, same noise: the two samplers take the same steps, so the same samples."""
+    model = gaussian_diffusion()
+    a = model.sample(500, seed=4, method="ddim", steps=10, eta=1.0, return_trajectory=True)
+    b = model.sample(500, seed=4, method="ddpm", steps=10, return_trajectory=True)
+    torch.testing.assert_close(a.trajectory, b.trajectory, atol=1e-4, rtol=1e-4)
+    assert a.trajectory.shape == (11, 500, 2) and a.times[0] == 1 and a.times[-1] == 0
+
+
+@pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
+def test_prediction_conversions_round_trip(prediction):
+    g = torch.Generator().manual_seed(1)
+    x0, eps = torch.randn(4, 3, generator=g), torch.randn(4, 3, generator=g)
+    t = torch.rand(4, 1, generator=g).double() * 0.98 + 0.01
+    alpha, sigma = torch.cos(t * math.pi / 2).float(), torch.sin(t * math.pi / 2).float()
+    x_t = alpha * x0 + sigma * eps
+    out = from_x0_eps(x0, eps, alpha, sigma, prediction)
+    got_x0, got_eps = to_x0_eps(out, x_t, alpha, sigma, prediction)
+    torch.testing.assert_close(got_x0, x0, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(got_eps, eps, atol=1e-4, rtol=1e-4)
+
+
+def test_sampling_grids():
+    schedule = SCHEDULES["linear"]()
+    uniform = sampling_times(schedule, 1000, 4, "uniform")
+    torch.testing.assert_close(
+        uniform, torch.tensor([1.0, 0.75, 0.5, 0.25, 0.0], dtype=torch.float64)
+    )
+    logsnr = sampling_times(schedule, 1000, 5, "logsnr")
+    assert logsnr[0] == 1 and logsnr[-1] == pytest.approx(1e-3)
+    steps = schedule.log_snr(logsnr).diff()
+    torch.testing.assert_close(steps, steps.mean().expand(5), atol=1e-6, rtol=1e-6)
+
+
+def test_guidance_combines_cond_and_null_in_one_batch():
+    model = gaussian_diffusion()
+    model.n_classes_ = 3
+    calls = []
+
+    class Fake(nn.Module):
+        def forward(self, x, t, y):
+            calls.append(len(x))
+            return y[:, None].float().expand(len(x), 2)  # the label as the output
+
+    model.net = Fake()
+    y = torch.tensor([0, 2])
+    out = model.denoiser(torch.zeros(2, 2), torch.ones(2), y, guidance=0.5)
+    torch.testing.assert_close(out, torch.tensor([[-1.5, -1.5], [1.5, 1.5]]))  # 3 + 1.5 (y - 3)
+    assert calls == [4]
+
+
+# -- training, images, save / load, errors ---------------------------------------------------------
+def test_fit_sample_save_load(tmp_path):
+    model = Diffusion(hidden=32, max_steps=40, warmup_steps=5, batch_size=64)
+    model.fit(load_dataset("moons", n=300))
+    assert model.kind_ == "points" and model.net_ == "mlp"
+    s = model.sample(50, seed=0, method="dpm++", steps=15)
+    assert s.shape == (50, 2) and model.nfe_ == 15
+    run_ = model.sample(8, seed=0, method="ode", steps=5, solver="euler", return_trajectory=True)
+    assert run_.trajectory.shape == (6, 8, 2) and model.nfe_ == 5
+    model.save(tmp_path / "m")
+    loaded = genlab.load(tmp_path / "m")
+    torch.testing.assert_close(loaded.sample(50, seed=0, method="dpm++", steps=15), s)
+    x = torch.randn(5, 2)
+    torch.testing.assert_close(loaded.log_prob(x, method="rk4", steps=4),
+                               model.log_prob(x, method="rk4", steps=4))  # fmt: skip
+
+
+def test_conditional_images_with_guidance():
+    digits = load_dataset("digits", n=64)
+    model = Diffusion(timesteps=50, base_channels=8, max_steps=2, warmup_steps=0, batch_size=16)
+    model.fit(digits, y=digits.y)
+    assert model.net_ == "unet" and model.kind_ == "image" and model.log_prob_kind == "estimate"
+    s = model.sample(4, seed=0, method="ddim", steps=3, y=7, guidance=2.0)
+    assert s.shape == (4, 1, 8, 8) and s.min() >= 0 and s.max() <= 1 and model.nfe_ == 3
+    assert torch.isfinite(model.log_prob(digits.x[:3], method="euler", steps=2)).all()
+    assert torch.isfinite(model.vlb(digits.x[:2], decoder="discretized")).all()
+
+
+@pytest.mark.parametrize(
+    "options, fragment",
+    [
+        ({"prediction": "score"}, "prediction must be one of"),
+        ({"schedule": "sigmoid"}, "schedule must be one of"),
+        ({"timesteps": 1}, "timesteps"),
+        ({"label_dropout": 1.0}, "label_dropout"),
+        ({"loss_weight": "snr"}, "loss_weight"),
+    ],
+)
+def test_bad_options_are_refused(options, fragment):
+    with pytest.raises(ValueError, match=fragment):
+        Diffusion(**options)
+
+
+@pytest.mark.parametrize(
+    "options, fragment",
+    [
+        ({"method": "euler"}, "method must be one of"),
+        ({"steps": 0}, "steps must be"),
+        ({"method": "ddpm", "steps": 1001}, "at most"),
+        ({"method": "ddim", "eta": 1.5}, "eta must be"),
+        ({"method": "dpm++", "eta": 0.5}, "eta applies"),
+        ({"method": "ode", "grid": "logsnr"}, "grid must be"),
+        ({"method": "ddim", "solver": "rk4"}, "solver must be"),
+        ({"method": "ode", "solver": "dopri5", "steps": 3}, "pass steps"),
+        ({"y": 1}, "without labels"),
+        ({"guidance": 1.0}, "needs labels"),
+    ],
+)
+def test_bad_sampler_calls_are_refused(options, fragment):
+    with pytest.raises(ValueError, match=fragment):
+        gaussian_diffusion().sample(3, **options)
+
+
+def test_bad_calls_are_refused():
+    with pytest.raises(TypeError, match="options are"):
+        Diffusion(hiden=3)
+    with pytest.raises(ValueError, match="square images"):
+        Diffusion(net="unet", max_steps=1).fit(torch.randn(10, 2))
+    with pytest.raises(ValueError, match="not fitted"):
+        Diffusion().sample(2)
+    model = gaussian_diffusion()
+    with pytest.raises(ValueError, match="NaN"):
+        model.log_prob(torch.tensor([[0.0, float("nan")]]))
+    with pytest.raises(ValueError, match="shape"):
+        model.log_prob(torch.zeros(3, 3))
+    with pytest.raises(ValueError, match="decoder"):
+        model.vlb(torch.zeros(2, 2), decoder="bernoulli")
+    with pytest.raises(ValueError, match="quantised images"):
+        model.vlb(torch.zeros(2, 2), decoder="discretized")
+    assert model.sample(0).shape == (0, 2)
+
+
+# -- the command line ----------------------------------------------------------------------------
+def test_cli_fit_sample_eval_plot(tmp_path, capsys):
+    out = tmp_path / "moons-diff"
+    assert run(["fit", "diffusion", "--data", "moons", "--n", "300", "--max-steps", "20",
+                "--hidden", "16", "--out", str(out), "--no-progress"]) == 0  # fmt: skip
+    assert "saved" in capsys.readouterr().out
+    npy = tmp_path / "s.npy"
+    assert run(["sample", str(out), "-n", "9", "--method", "dpm++", "--steps", "15",
+                "--out", str(npy)]) == 0  # fmt: skip
+    assert np.load(npy).shape == (9, 2)
+    capsys.readouterr()
+    assert run(["eval", str(out), "--data", "moons", "--n", "50", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["family"] == "diffusion" and result["log_prob_kind"] == "exact"
+    assert math.isfinite(result["bits_per_dim"])
+    assert run(["plot", str(out), "--data", "moons", "--n", "100"]) == 0
+    assert (out / "denoising.png").is_file() and (out / "plot.png").is_file()
+    assert run(["sample", str(out), "-n", "3", "--method", "ode", "--eta", "0.5"]) == 1
