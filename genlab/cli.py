@@ -36,9 +36,15 @@ from rich.markup import escape
 from rich.table import Table
 
 import genlab
-from genlab import metrics, plots
+from genlab import compare as comparison
+from genlab import measures, metrics, plots
+from genlab import report as reporting
 from genlab.data import BUILTINS, Dataset, load_dataset
 from genlab.models import VAE, GaussianMixture, GenerativeModel
+from genlab.models.autoregressive import Autoregressive, Positions, TokenizerName
+from genlab.models.diffusion import Diffusion, LossWeightName, PredictionName, ScheduleName
+from genlab.models.diffusion import NetName as DiffusionNetName
+from genlab.models.flow import CouplingName, FlowMatching, FlowNetName, PathName, SolverName
 from genlab.models.gmm import CovarianceType, InitMethod
 from genlab.models.vae import LikelihoodName, NetName
 from genlab.train import LOG_FILE, read_log
@@ -58,6 +64,20 @@ VAE_ELBO_ROWS = 2000
 VAE_PLOT = {"iwae_k": 16, "grid": 100, "reconstructions": 12, "latent_points": 2000}
 """`genlab plot` of a VAE: importance samples and grid side of the 2-D density, test images
 in the reconstructions grid, test points in the latent map."""
+
+FLOW_PLOT = {"grid": 50, "steps": 4, "method": "rk4", "paths": 500, "images": 64}
+"""`genlab plot` of a flow: grid side and fixed-step solver of the 2-D density (every grid point
+is an ODE solve with an exact trace), and the samples drawn as trajectories (points, images)."""
+
+FLOW_SCORE = {"rows": 500, "steps": 10, "method": "rk4"}
+"""`genlab fit flow` reports the log-likelihood of at most this many training samples."""
+
+DIFFUSION_PLOT = {"grid": 50, "steps": 4, "method": "rk4", "paths": 300, "images": 8}
+"""`genlab plot` of a diffusion model: grid side and fixed-step solver of the 2-D density (an
+ODE solve per grid point), and the samples whose denoising sequence is drawn (points, images)."""
+
+DIFFUSION_SAMPLER = {"method": "dpm++", "steps": 20}
+"""The sampler of `genlab plot`'s denoising sequence of a diffusion model."""
 
 console = Console(highlight=False)
 
@@ -80,7 +100,8 @@ DataOption = Annotated[
     typer.Option(
         "--data",
         "-d",
-        help=f"Data set: one of {', '.join(BUILTINS)}, or a .npy/.csv file.",
+        help=f"Data set: one of {', '.join(BUILTINS)}, a .npy/.csv file, or text:FILE.txt "
+        "(a UTF-8 corpus for the autoregressive family).",
         show_default=True,
     ),
 ]
@@ -277,11 +298,7 @@ def _echo_err(message: str) -> None:
 # -- fit ------------------------------------------------------------------------------------------
 def _dequantized(data: Dataset, seed: int) -> Dataset:
     """Quantised data (levels set) with uniform noise: (k + u) / levels; other data unchanged."""
-    if data.levels is None:
-        return data
-    g = torch.Generator().manual_seed(seed)
-    x = metrics.dequantize(_as_tensor(data.x), data.levels, generator=g)
-    return dataclasses.replace(data, x=x)
+    return measures.dequantized(data, seed)
 
 
 def _fit(model: GenerativeModel, data: Dataset, progress: bool, **kwargs: Any) -> float:
@@ -438,6 +455,246 @@ def fit_vae(
     _report_fit(model, train, out, seconds, details, score=(label, elbo))
 
 
+@fit_app.command("flow")
+def fit_flow(
+    data: DataOption = "moons",
+    path: Annotated[
+        PathName, typer.Option(help="Probability path: linear (conditional OT) or vp (cosine).")
+    ] = "linear",
+    coupling: Annotated[
+        CouplingName,
+        typer.Option(help="Noise-data pairs: independent, or ot (exact minibatch transport)."),
+    ] = "independent",
+    sigma_min: Annotated[
+        float, typer.Option(min=0.0, max=0.999, help="Width of the linear path at the data.")
+    ] = 0.0,
+    hidden: Annotated[int, typer.Option(min=1, help="MLP width.")] = 128,
+    depth: Annotated[int, typer.Option(min=1, help="MLP residual blocks.")] = 3,
+    base_channels: Annotated[int, typer.Option(min=4, help="UNet width (images).")] = 32,
+    net: Annotated[
+        FlowNetName, typer.Option(help="auto: unet for square images, else mlp.")
+    ] = "auto",
+    conditional: Annotated[
+        bool,
+        typer.Option("--conditional", help="Condition on the labels (classifier-free guidance)."),
+    ] = False,
+    label_dropout: Annotated[
+        float, typer.Option(min=0.0, max=0.999, help="Null-label rate of conditional training.")
+    ] = 0.1,
+    sample_steps: Annotated[
+        int, typer.Option(min=1, help="Default solver steps of sample, eval and plot.")
+    ] = 50,
+    sample_method: Annotated[
+        SolverName, typer.Option(help="Default solver of sample, eval and plot.")
+    ] = "heun",
+    max_steps: MaxStepsOption = None,
+    max_time: MaxTimeOption = None,
+    batch_size: BatchSizeOption = 256,
+    lr: LrOption = 1e-3,
+    seed: SeedOption = 0,
+    checkpoint_every: CheckpointEveryOption = None,
+    resume: ResumeOption = False,
+    n: NOption = None,
+    root: RootOption = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            "-o",
+            help="Model folder, with checkpoint.pt and log.jsonl (default: runs/DATA-flow).",
+        ),
+    ] = None,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Fit a flow-matching model (exact log-likelihood along the ODE; quantised images are
+    dequantised afresh in every batch)."""
+    flags = TrainFlags(max_steps, max_time, batch_size, lr, seed, checkpoint_every, resume,
+                       progress)  # fmt: skip
+    train = load_dataset(data, split="train", n=n, seed=seed, root=root)
+    if conditional and train.y is None:
+        raise ValueError(f"--conditional needs labels, and {data!r} has none")
+    model = FlowMatching(path, coupling=coupling, sigma_min=sigma_min, net=net, hidden=hidden,
+                         depth=depth, base_channels=base_channels, label_dropout=label_dropout,
+                         sample_steps=sample_steps, sample_method=sample_method,
+                         **flags.config())  # fmt: skip
+    out = out or Path("runs") / f"{_data_name(data)}-flow"
+    y = train.y if conditional else None
+    seconds = _fit(model, train, flags.progress, y=y, **flags.fit_kwargs(out))
+    rows = _as_tensor(train.x[: FLOW_SCORE["rows"]])
+    if train.levels is not None:  # a density of the dequantised data, as eval measures it
+        rows = metrics.dequantize(rows, train.levels, generator=torch.Generator().manual_seed(seed))
+    log_p = model.log_prob(rows, steps=FLOW_SCORE["steps"], method=FLOW_SCORE["method"])
+    label = "train log-likelihood" + ("" if len(rows) == len(train) else f" (first {len(rows)})")
+    details = {**_train_report(model), "path": path, "coupling": coupling, "net": model.net_name_,
+               "log_prob": model.log_prob_estimator_, "conditional": conditional}  # fmt: skip
+    _report_fit(model, train, out, seconds, details, score=(label, -metrics.nll(log_p)))
+
+
+@fit_app.command("diffusion")
+def fit_diffusion(
+    data: DataOption = "moons",
+    schedule: Annotated[
+        ScheduleName, typer.Option(help="Noise schedule: linear (DDPM's betas) or cosine.")
+    ] = "linear",
+    prediction: Annotated[
+        PredictionName, typer.Option(help="What the net predicts: eps, x0 or v.")
+    ] = "eps",
+    timesteps: Annotated[int, typer.Option(min=2, help="T, the length of the chain.")] = 1000,
+    loss_weight: Annotated[
+        LossWeightName, typer.Option(help="Loss weighting: simple, min_snr or truncated_snr.")
+    ] = "simple",
+    hidden: Annotated[int, typer.Option(min=8, help="MLP width (points).")] = 256,
+    base_channels: Annotated[int, typer.Option(min=4, help="UNet width (images).")] = 32,
+    net: Annotated[
+        DiffusionNetName, typer.Option(help="auto: unet for square images, else mlp.")
+    ] = "auto",
+    conditional: Annotated[
+        bool,
+        typer.Option("--conditional", help="Condition on the labels (classifier-free guidance)."),
+    ] = False,
+    label_dropout: Annotated[
+        float, typer.Option(min=0.0, max=0.999, help="Null-label rate of conditional training.")
+    ] = 0.1,
+    max_steps: MaxStepsOption = None,
+    max_time: MaxTimeOption = None,
+    batch_size: BatchSizeOption = 256,
+    lr: LrOption = 1e-3,
+    seed: SeedOption = 0,
+    checkpoint_every: CheckpointEveryOption = None,
+    resume: ResumeOption = False,
+    n: NOption = None,
+    root: RootOption = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            "-o",
+            help="Model folder, with checkpoint.pt and log.jsonl (default: runs/DATA-diffusion).",
+        ),
+    ] = None,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Fit a denoising diffusion model (log-likelihood exact along the probability-flow ODE;
+    quantised images are dequantised afresh in every batch). Sample with
+    `genlab sample DIR --method ddpm|ddim|dpm++|ode --steps N`."""
+    flags = TrainFlags(max_steps, max_time, batch_size, lr, seed, checkpoint_every, resume,
+                       progress)  # fmt: skip
+    train = load_dataset(data, split="train", n=n, seed=seed, root=root)
+    if conditional and train.y is None:
+        raise ValueError(f"--conditional needs labels, and {data!r} has none")
+    model = Diffusion(schedule, prediction, timesteps, net, hidden=hidden,
+                      base_channels=base_channels, loss_weight=loss_weight,
+                      label_dropout=label_dropout, **flags.config())  # fmt: skip
+    out = out or Path("runs") / f"{_data_name(data)}-diffusion"
+    y = train.y if conditional else None
+    seconds = _fit(model, train, flags.progress, y=y, **flags.fit_kwargs(out))
+    rows = _as_tensor(train.x[: FLOW_SCORE["rows"]])
+    if train.levels is not None:  # a density of the dequantised data, as eval measures it
+        rows = metrics.dequantize(rows, train.levels, generator=torch.Generator().manual_seed(seed))
+    log_p = model.log_prob(rows, steps=FLOW_SCORE["steps"], method=FLOW_SCORE["method"])
+    label = "train log-likelihood" + ("" if len(rows) == len(train) else f" (first {len(rows)})")
+    details = {**_train_report(model), "schedule": schedule, "prediction": prediction,
+               "net": model.net_, "log_prob": model.log_prob_kind,
+               "conditional": conditional}  # fmt: skip
+    _report_fit(model, train, out, seconds, details, score=(label, -metrics.nll(log_p)))
+
+
+AR_SCORE_ROWS = 1000
+"""`genlab fit autoregressive` on images reports the log-likelihood of at most this many rows."""
+
+
+@fit_app.command("autoregressive")
+def fit_autoregressive(
+    data: DataOption = "digits",
+    tokenizer: Annotated[
+        TokenizerName,
+        typer.Option(
+            help="Text: char (the corpus's characters), byte (UTF-8 bytes) or bpe (byte-level "
+            "BPE learned on the corpus)."
+        ),
+    ] = "char",
+    vocab_size: Annotated[
+        int, typer.Option(min=257, help="BPE vocabulary size (256 bytes + merges).")
+    ] = 512,
+    n_layer: Annotated[int, typer.Option(min=1, help="Transformer blocks.")] = 4,
+    n_head: Annotated[int, typer.Option(min=1, help="Attention heads.")] = 4,
+    n_embd: Annotated[int, typer.Option(min=1, help="Width (divisible by --n-head).")] = 128,
+    block_size: Annotated[
+        int | None,
+        typer.Option(
+            min=1, help="Context window in tokens (default: 64 for text, the pixels of an image)."
+        ),
+    ] = None,
+    dropout: Annotated[float, typer.Option(min=0.0, max=0.999, help="Dropout rate.")] = 0.0,
+    positions: Annotated[
+        Positions, typer.Option(help="rope (rotary) or learned position embeddings.")
+    ] = "rope",
+    levels: Annotated[
+        int | None,
+        typer.Option(min=2, help="Images: grey levels (default: the data's; 2 binarises)."),
+    ] = None,
+    conditional: Annotated[
+        bool, typer.Option("--conditional", help="Images: a class-label start token.")
+    ] = False,
+    precision: Annotated[
+        Literal["fp32", "bf16"], typer.Option(help="bf16: bfloat16 autocast in training.")
+    ] = "fp32",
+    compile_loss: Annotated[
+        bool, typer.Option("--compile", help="torch.compile the loss (slow first step).")
+    ] = False,
+    max_steps: MaxStepsOption = None,
+    max_time: MaxTimeOption = None,
+    batch_size: BatchSizeOption = 32,
+    lr: LrOption = 2e-3,
+    seed: SeedOption = 0,
+    checkpoint_every: CheckpointEveryOption = None,
+    resume: ResumeOption = False,
+    n: NOption = None,
+    root: RootOption = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            "-o",
+            help="Model folder, with checkpoint.pt and log.jsonl "
+            "(default: runs/DATA-autoregressive).",
+        ),
+    ] = None,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Fit an autoregressive transformer to text (--data text:FILE.txt) or to images as pixel
+    sequences (exact log-likelihood); a text model reports its validation loss per character."""
+    flags = TrainFlags(max_steps, max_time, batch_size, lr, seed, checkpoint_every, resume,
+                       progress)  # fmt: skip
+    train = load_dataset(data, split="train", n=n, seed=seed, root=root)
+    if conditional and train.y is None:
+        raise ValueError(f"--conditional needs labels, and {data!r} has none")
+    model = Autoregressive(tokenizer, vocab_size=vocab_size, n_layer=n_layer, n_head=n_head,
+                           n_embd=n_embd, block_size=block_size, dropout=dropout,
+                           positions=positions, levels=levels, precision=precision,
+                           compile=compile_loss, **flags.config())  # fmt: skip
+    out = out or Path("runs") / f"{_data_name(data)}-autoregressive"
+    y = train.y if conditional else None
+    seconds = _fit(model, train, flags.progress, y=y, **flags.fit_kwargs(out))
+    details = {**_train_report(model), "vocabulary": model.tokenizer_.vocab_size,
+               "block size": model.block_size_}  # fmt: skip
+    if train.kind != "text":
+        rows = _as_tensor(train.x[:AR_SCORE_ROWS])
+        part = "" if len(rows) == len(train) else f" (first {len(rows)})"
+        label = f"train log-likelihood{part}"
+        score = float(model.log_prob(rows, y=None if y is None else y[: len(rows)]).mean())
+        _report_fit(model, train, out, seconds, details, score=(label, score))
+        return
+    scores = model.evaluate_text(load_dataset(data, split="test", root=root))
+    model.save(out)
+    rows = {"validation loss": f"{scores['loss']:.4f} nats/char "
+                               f"({scores['bits_per_char']:.4f} bits/char)",
+            **details, "tokenizer": model.config.tokenizer, "parameters": _n_parameters(model),
+            "time": f"{seconds:.2f} s"}  # fmt: skip
+    _print_table(f"autoregressive on {_data_name(data)} ({len(train)} train characters)", rows)
+    typer.echo(f"saved {out}")
+
+
 # -- sample ---------------------------------------------------------------------------------------
 SAMPLER_FLAGS = {
     "steps": "--steps", "method": "--method", "guidance": "--guidance", "y": "--label",
@@ -464,10 +721,33 @@ def sampler_options(model: GenerativeModel, **given: Any) -> dict[str, Any]:
     return options
 
 
+def _sample_text(
+    model: Autoregressive, n: int, seed: int, out: Path | None, options: dict[str, Any]
+) -> None:
+    """Print n continuations of the prompt, streaming each token's text as it is drawn; the
+    i-th (0-based) uses seed + i, a blank line separates them."""
+    if out is not None:
+        raise ValueError("text models print their samples; redirect the output (> FILE.txt)")
+    if "y" in options:
+        raise ValueError("text models take no --label")
+    prompt = options.pop("prompt", "")
+    # one position per step is too little work to share: on the busy 2-core machine two
+    # threads streamed 17 tokens/s against 408 for one (Shakespeare model, 200 tokens)
+    torch.set_num_threads(1)
+    for i in range(n):
+        print(("\n" if i else "") + prompt, end="", flush=True)
+        for piece in model.generate(prompt, seed=seed + i, **options):
+            print(piece, end="", flush=True)
+        print(flush=True)
+
+
 @app.command()
 def sample(
     model_dir: ModelDir,
-    n: Annotated[int, typer.Option("-n", "--n", min=1, help="Number of samples.")] = 1000,
+    n: Annotated[
+        int | None,
+        typer.Option("-n", "--n", min=1, help="Number of samples [default: 1000; text: 1]."),
+    ] = None,
     seed: Annotated[int, typer.Option(min=0, help="Seed of the sampler.")] = 0,
     out: Annotated[
         Path | None,
@@ -520,6 +800,10 @@ def sample(
     options = sampler_options(model, steps=steps, method=method, guidance=guidance, y=label,
                               eta=eta, prompt=prompt, max_new_tokens=max_new_tokens,
                               temperature=temperature, top_k=top_k, top_p=top_p)  # fmt: skip
+    if getattr(model, "is_text", False):
+        _sample_text(model, n or 1, seed, out, options)
+        return
+    n = 1000 if n is None else n
     samples = model.sample(n, seed=seed, **options).detach().cpu()
     out = out or model_dir / "samples.npy"
     if out.suffix.lower() == ".npy":
@@ -531,6 +815,19 @@ def sample(
 
 
 # -- eval -----------------------------------------------------------------------------------------
+def _evaluate_text(model: GenerativeModel, test: Dataset) -> dict[str, Any]:
+    """A text model on a text: loss (nats/char, exact), bits_per_char, window_loss (nats per
+    token over consecutive block_size windows, nanoGPT's validation loss) and counts."""
+    if test.kind != "text" or not getattr(model, "is_text", False):
+        raise ValueError(
+            f"a text model needs text data (--data text:FILE.txt) and text data a text model; "
+            f"got a {model.family} model and {test.kind} data"
+        )
+    scores = model.evaluate_text(test)
+    return {"family": model.family, "data": test.name, "n_test": len(test),
+            "log_prob_kind": model.log_prob_kind, **scores}  # fmt: skip
+
+
 def evaluate_model(model: GenerativeModel, test: Dataset, seed: int) -> dict[str, Any]:
     """Test-set NLL (nats/sample), bits/dim, and sample metrics.
 
@@ -540,24 +837,18 @@ def evaluate_model(model: GenerativeModel, test: Dataset, seed: int) -> dict[str
     otherwise bits_per_dim is the continuous density's. The sample metrics compare
     `len(test)` model samples (drawn with `seed`) with the test data.
     """
-    x = _as_tensor(test.x)
-    discrete = model.log_prob_space == "discrete"
-    at = x if discrete else _as_tensor(_dequantized(test, seed).x)
-    log_p = model.log_prob(at)
-    nll = metrics.nll(log_p)
-    if test.levels is None or discrete:
-        bpd = metrics.bits_per_dim(nll, test.dim)
-    else:
-        bpd = metrics.discrete_bits_per_dim(log_p, test.dim, test.levels)
-    samples = model.sample(len(x), seed=seed).detach().cpu()
+    if test.kind == "text" or getattr(model, "is_text", False):
+        return _evaluate_text(model, test)
+    held_out = measures.held_out_nll(model, test, seed)  # the one NLL scale, shared
+    samples = model.sample(len(test), seed=seed).detach().cpu()
     return {
         "family": model.family,
         "data": test.name,
-        "n_test": len(x),
+        "n_test": len(test),
         "log_prob_kind": model.log_prob_kind,
-        "nll": nll,
-        "bits_per_dim": bpd,
-        **metrics.sample_metrics(samples, at.cpu(), seed=seed),
+        "nll": held_out.nll,
+        "bits_per_dim": held_out.bits_per_dim,
+        **metrics.sample_metrics(samples, held_out.points.cpu(), seed=seed),
     }
 
 
@@ -567,7 +858,9 @@ def evaluate(
     data: Annotated[
         str,
         typer.Option(
-            "--data", "-d", help=f"Data set: one of {', '.join(BUILTINS)}, or a .npy/.csv file."
+            "--data",
+            "-d",
+            help=f"Data set: one of {', '.join(BUILTINS)}, a .npy/.csv file, or text:FILE.txt.",
         ),
     ],
     n: NOption = None,
@@ -583,6 +876,9 @@ def evaluate(
     data for quantised images, evaluated at dequantised pixels; else of the continuous
     density), log_prob_kind (exact, bound or estimate), and mmd, sliced_wasserstein and
     energy_distance between as many model samples as test points and the test data.
+    A text model on text (--data text:FILE.txt, whose test split is the last 10% of the
+    characters) reports loss (nats/char, exact), bits_per_char, nats_per_token, window_loss
+    (nanoGPT's validation loss: nats/token over consecutive block_size windows) and counts.
     """
     model = genlab.load(model_dir)
     result = evaluate_model(
@@ -603,6 +899,12 @@ def _plot_points(
     kwargs, grid = {}, 200
     if isinstance(model, VAE):  # an IWAE estimate per grid point: fewer points and draws
         kwargs, grid = {"k": VAE_PLOT["iwae_k"]}, VAE_PLOT["grid"]
+    if isinstance(model, FlowMatching):  # an ODE solve per grid point: fewer, fixed steps
+        kwargs = {"steps": FLOW_PLOT["steps"], "method": FLOW_PLOT["method"]}
+        grid = FLOW_PLOT["grid"]
+    if isinstance(model, Diffusion):  # an ODE solve per grid point: fewer, fixed steps
+        kwargs = {"steps": DIFFUSION_PLOT["steps"], "method": DIFFUSION_PLOT["method"]}
+        grid = DIFFUSION_PLOT["grid"]
     return plots.density_2d(
         lambda points: model.log_prob(torch.from_numpy(points), **kwargs).cpu(),
         out,
@@ -640,6 +942,37 @@ def _plot_vae_latents(model: VAE, test: Dataset, path: Path) -> Path:
     labels = None if test.y is None else test.y[:m]
     mu = model.encode(test.x[:m], labels if model.conditional else None).mu.detach().cpu()
     return plots.scatter_2d(mu, path, title="posterior means of test data", labels=labels)
+
+
+def _plot_flow(model: FlowMatching, test: Dataset | None, seed: int, model_dir: Path) -> list[Path]:
+    """MODEL_DIR/trajectories.png (paths of 2-D points, or image rows from noise to sample) and
+    MODEL_DIR/samples.gif (the samples moving), from one `sample(..., return_trajectory=True)`."""
+    kind = _shape_kind(model.event_shape or ())
+    n = FLOW_PLOT["paths"] if kind == "points" else FLOW_PLOT["images"]
+    run = model.sample(n, seed=seed, return_trajectory=True)
+    title = f"flow ({model.config.sample_method}, {model.nfe_} NFE)"
+    data = None if test is None or kind != "points" else _as_tensor(test.x)
+    if kind == "points":
+        picture = plots.trajectories_2d(run.trajectory, model_dir / "trajectories.png", data=data,
+                                        title=title)  # fmt: skip
+    else:
+        picture = plots.trajectory_grid(run.trajectory, model_dir / "trajectories.png", title=title)
+    gif = plots.animate(run.trajectory, model_dir / "samples.gif", data=data, title="flow")
+    return [picture, gif]
+
+
+def _plot_diffusion(model: Diffusion, test: Dataset | None, seed: int, model_dir: Path) -> Path:
+    """MODEL_DIR/denoising.png: the denoising sequence of a few samples (paths of 2-D points,
+    or image rows from noise to sample), from one `sample(..., return_trajectory=True)`."""
+    kind = _shape_kind(model.event_shape or ())
+    n = DIFFUSION_PLOT["paths"] if kind == "points" else DIFFUSION_PLOT["images"]
+    run = model.sample(n, seed=seed, return_trajectory=True, **DIFFUSION_SAMPLER)
+    title = f"diffusion denoising ({DIFFUSION_SAMPLER['method']}, {model.nfe_} NFE)"
+    path = model_dir / "denoising.png"
+    if kind == "points":
+        data = None if test is None else _as_tensor(test.x)
+        return plots.trajectories_2d(run.trajectory, path, data=data, title=title)
+    return plots.trajectory_grid(run.trajectory, path, n_rows=n, title=title)
 
 
 def _plot_history(model: GenerativeModel, model_dir: Path) -> list[Path]:
@@ -693,7 +1026,10 @@ def plot(
     For 2-D point models: filled density contours, model samples, the test points of --data
     and, for a Gaussian mixture, each component's 1- and 2-sigma ellipses. For a VAE with
     --data, also MODEL_DIR/reconstructions.png (images) and, with a 2-D latent space,
-    MODEL_DIR/latent.png (posterior means coloured by label). Also writes
+    MODEL_DIR/latent.png (posterior means coloured by label). For a flow, also
+    MODEL_DIR/trajectories.png (generation step by step, from noise to samples) and
+    MODEL_DIR/samples.gif (the samples moving). For a diffusion model, also
+    MODEL_DIR/denoising.png (the denoising sequence of a few samples). Also writes
     MODEL_DIR/history.png when the model kept its training curve (EM log-likelihoods, or
     the trainer's log.jsonl).
     """
@@ -708,6 +1044,8 @@ def plot(
         if data is not None and not isinstance(model, VAE):
             _echo_err("genlab: note: --data is only drawn for 2-D point models; ignoring it")
         written = [_plot_images(model, samples or PLOT_SAMPLES["image"], seed, out, title)]
+    elif getattr(model, "is_text", False):  # text: the training curve only (genlab sample)
+        written = []
     else:
         raise ValueError(
             f"genlab plot draws 2-D point and image models; this model's samples have shape "
@@ -720,9 +1058,105 @@ def plot(
             )
         if model.config.latent_dim == 2:
             written.append(_plot_vae_latents(model, test, model_dir / "latent.png"))
+    if isinstance(model, FlowMatching):
+        written += _plot_flow(model, test, seed, model_dir)
+    if isinstance(model, Diffusion):
+        written.append(_plot_diffusion(model, test, seed, model_dir))
     written += _plot_history(model, model_dir)
     for path in written:
         typer.echo(f"wrote {path}")
+
+
+# -- compare --------------------------------------------------------------------------------------
+def _parse_budget_option(text: str) -> comparison.Budget:
+    try:
+        return comparison.parse_budget(text)
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
+
+
+def _print_comparison(records: list[dict[str, Any]], title: str) -> None:
+    """One column per family (and the floor row), one row per measure: fits 80 columns."""
+    columns = reporting.table_columns(records)
+    table = Table(title=escape(title), title_justify="left", box=None, padding=(0, 1))
+    table.add_column("", style="bold")
+    for r in records:
+        table.add_column(escape(r["family"]), justify="right")
+    cells = reporting.summary_rows(records, columns)
+    for i, (key, heading) in enumerate(columns):
+        if key != "family":
+            table.add_row(escape(heading), *(escape(row[i]) for row in cells))
+    console.print(table)
+    for r in records:
+        if r["status"] != "ok":
+            console.print(escape(f"  {r['family']}: {r['status']}: {r['error']}"))
+
+
+@app.command("compare")
+def compare_families(
+    data: Annotated[
+        str,
+        typer.Option(
+            "--data",
+            "-d",
+            help="Data set(s), comma-separated (one report section each): "
+            f"{', '.join(BUILTINS)}, or .npy/.csv files.",
+        ),
+    ] = "digits",
+    families: Annotated[
+        str, typer.Option("--families", "-f", help="Families to compare, comma-separated.")
+    ] = ",".join(comparison.DEFAULT_FAMILIES),
+    budget: Annotated[
+        str,
+        typer.Option(
+            "--budget",
+            "-b",
+            help="Training budget of each family: seconds ('120s', '2m', '1h') or optimisation "
+            "steps ('500steps', or a plain 500).",
+        ),
+    ] = "120s",
+    out: Annotated[
+        Path,
+        typer.Option("--out", "-o", help="Folder of report.html, report.md, records.json."),
+    ] = Path("runs/compare"),
+    samples: Annotated[
+        int, typer.Option("--samples", min=2, help="Model samples measured per family.")
+    ] = 1000,
+    n: NOption = None,
+    n_test: Annotated[
+        int | None,
+        typer.Option("--n-test", min=2, help="Test samples (default: the whole test split)."),
+    ] = None,
+    seed: SeedOption = 0,
+    root: RootOption = None,
+    progress: Annotated[bool, typer.Option(help="Show progress and training bars.")] = True,
+) -> None:
+    """Fit families on the same data with the same budget; compare NLL, samples and cost.
+
+    Each family trains on the train split (neural families for --budget; the GMM picks its
+    components by BIC within it) and is measured on the test split: NLL in bits/dim on one
+    scale (labelled exact, bound or estimate), MMD and sliced W2 of samples, and for labelled
+    images the Fréchet distance, precision/recall and class entropy in the features of a small
+    classifier (cached in $GENLAB_CACHE or ~/.cache/genlab); training and sampling time, NFE
+    and parameters. A family that is not available is reported as missing, one that fails
+    with its error. Writes OUT/report.html (self-contained), OUT/report.md and the figures.
+    """
+    parsed = _parse_budget_option(budget)
+    names = [d.strip() for d in data.split(",") if d.strip()]
+    wanted = [f.strip() for f in families.split(",") if f.strip()]
+    if not names or not wanted:
+        raise typer.BadParameter("--data and --families must each name at least one")
+    settings = comparison.Settings(n_samples=samples)
+    records: list[dict[str, Any]] = []
+    for name in names:
+        found = comparison.compare(name, wanted, budget_seconds=parsed.seconds,
+                                   budget_steps=parsed.steps, out=out, seed=seed, n_train=n,
+                                   n_test=n_test, root=root, settings=settings,
+                                   progress=progress, report=False)  # fmt: skip
+        _print_comparison(found, f"{_data_name(name)}: test split, budget {parsed} per family")
+        records += found
+    paths = reporting.write_report(records, out)
+    typer.echo(f"wrote {paths['html']}, {paths['md']} and {paths['json']}")
 
 
 # -- entry point ----------------------------------------------------------------------------------

@@ -8,13 +8,32 @@ import torch
 
 import genlab
 from genlab.data import load_dataset
-from genlab.models import FAMILIES, VAE, GaussianMixture, NotFittedError
+from genlab.models import (
+    FAMILIES,
+    VAE,
+    Autoregressive,
+    Diffusion,
+    FlowMatching,
+    GaussianMixture,
+    NotFittedError,
+)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 # One tiny, fast configuration per family, and the data it is fitted on. A new family must add
 # itself here (test_every_family_is_covered fails otherwise).
 FACTORIES = {
     "gmm": (lambda: GaussianMixture(3, covariance_type="full", max_iter=20), "moons"),
+    "autoregressive": (  # text or quantised images, not points: 8 x 8 digits as pixel sequences
+        lambda: Autoregressive(n_layer=1, n_head=2, n_embd=16, max_steps=20, batch_size=32),
+        "digits",
+    ),
     "vae": (lambda: VAE(latent_dim=2, hidden=32, max_steps=30, warmup_steps=5), "moons"),
+    "flow": (
+        lambda: FlowMatching(hidden=32, depth=2, max_steps=30, warmup_steps=5, sample_steps=8),
+        "moons",
+    ),
+    "diffusion": (lambda: Diffusion(hidden=32, max_steps=30, warmup_steps=5), "moons"),
 }
 
 

@@ -1,5 +1,6 @@
 """Model families behind one protocol: fit, sample, log_prob, save (see `base.py`)."""
 
+from genlab.models.autoregressive import Autoregressive
 from genlab.models.base import (
     FAMILIES,
     ConvergenceWarning,
@@ -7,13 +8,18 @@ from genlab.models.base import (
     NotFittedError,
     load,
 )
+from genlab.models.diffusion import Diffusion
+from genlab.models.flow import FlowMatching
 from genlab.models.gmm import GaussianMixture
 from genlab.models.vae import VAE
 
 __all__ = [
     "FAMILIES",
     "VAE",
+    "Autoregressive",
     "ConvergenceWarning",
+    "Diffusion",
+    "FlowMatching",
     "GaussianMixture",
     "GenerativeModel",
     "NotFittedError",
