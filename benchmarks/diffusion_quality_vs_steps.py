@@ -201,7 +201,7 @@ def main() -> None:
     )
     rows = []
     for name in names:
-        rows.append(run_data_set(name, args, classifier))
+        rows.append({**run_data_set(name, args, classifier), "n": args.n, "seeds": args.seeds})
         r = rows[-1]
         print(
             f"{name}: train {r['train_s']} s, sampling {r['sample_s']} s, DPM++15/DDPM1000 "
@@ -216,13 +216,16 @@ def main() -> None:
 
 
 def print_tables(rows: list[dict], args) -> None:
+    """The MMD² table of the toys and the Fréchet table of digits; n and seeds as the rows
+    were measured (a --from-json file keeps them), else as given now."""
+    n, seeds = rows[0].get("n", args.n), rows[0].get("seeds", args.seeds)
     toys = [r for r in rows if r["data"] != "digits"]
     if toys:
-        print_table(toys, f"MMD² vs a fresh draw of {args.n} points (mean of {args.seeds} seeds)")
+        print_table(toys, f"MMD² vs a fresh draw of {n} points (mean of {seeds} seeds)")
     if len(toys) < len(rows):
         print_table(
             [r for r in rows if r["data"] == "digits"],
-            f"Fréchet distance in classifier features (mean of {args.seeds} seeds)",
+            f"Fréchet distance in classifier features (mean of {seeds} seeds)",
         )
 
 
