@@ -223,6 +223,10 @@ def test_sampling_grids():
     assert logsnr[0] == 1 and logsnr[-1] == pytest.approx(1e-3)
     steps = schedule.log_snr(logsnr).diff()
     torch.testing.assert_close(steps, steps.mean().expand(5), atol=1e-6, rtol=1e-6)
+    quadratic = sampling_times(schedule, 1000, 4, "quadratic")
+    assert quadratic[0] == 1 and quadratic[-1] == pytest.approx(1e-3)
+    roots = quadratic.sqrt().diff()
+    torch.testing.assert_close(roots, roots.mean().expand(4))
 
 
 def test_guidance_combines_cond_and_null_in_one_batch():
