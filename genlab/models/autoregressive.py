@@ -48,7 +48,13 @@ from genlab.data.tokenizers import (
     tokenizer_from_json,
     train_tokenizer,
 )
-from genlab.models.base import GenerativeModel, as_data, check_finite, check_train_labels
+from genlab.models.base import (
+    GenerativeModel,
+    as_data,
+    as_labels,
+    check_finite,
+    check_train_labels,
+)
 from genlab.nets.transformer import POSITIONS, Positions, Transformer
 
 TEXT_BLOCK_SIZE = 64  # block_size=None for text (nanoGPT's CPU recipe)
@@ -453,14 +459,7 @@ class Autoregressive(GenerativeModel, family="autoregressive"):
     def _labels(self, y: Any, n: int) -> Tensor:
         if not self.conditional:
             raise ValueError("this model was fitted without labels, so it takes no y")
-        if isinstance(y, int | np.integer) and not isinstance(y, bool):
-            y = torch.full((n,), int(y), dtype=torch.long)
-        y = y if isinstance(y, Tensor) else torch.as_tensor(np.asarray(y))
-        if y.dtype.is_floating_point or y.dtype == torch.bool or y.shape != (n,):
-            raise ValueError(f"y must be an int or (n,) = ({n},) integer labels")
-        if n and (int(y.min()) < 0 or int(y.max()) >= self.tokenizer_.n_classes):
-            raise ValueError(f"labels must lie in [0, {self.tokenizer_.n_classes})")
-        return y.long()
+        return as_labels(y, n, self.tokenizer_.n_classes)
 
     def evaluate_text(self, text: str | Dataset) -> dict[str, float]:
         """Scores of a text (e.g. the validation split) under a text model.

@@ -121,6 +121,24 @@ def check_train_labels(y: torch.Tensor | None) -> int | None:
     return int(y.max()) + 1
 
 
+def as_labels(y: Any, n: int, n_classes: int) -> torch.Tensor:
+    """(n,) int64 labels from an int (every sample that class), a sequence or a tensor,
+    checked to be integers in [0, n_classes), the classes seen in fit."""
+    if isinstance(y, int | np.integer) and not isinstance(y, bool):
+        y = torch.full((n,), int(y), dtype=torch.long)
+    y = y if isinstance(y, torch.Tensor) else torch.as_tensor(np.asarray(y))
+    if y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool:
+        raise TypeError(f"y must hold integer class labels, got dtype {y.dtype}")
+    if y.shape != (n,):
+        raise ValueError(f"y must be an int or have shape ({n},), got shape {tuple(y.shape)}")
+    if n and (int(y.min()) < 0 or int(y.max()) >= n_classes):
+        raise ValueError(
+            f"labels must lie in [0, {n_classes}) (the classes seen in fit); got values in "
+            f"[{int(y.min())}, {int(y.max())}]"
+        )
+    return y.long()
+
+
 def check_finite(x: torch.Tensor, what: str = "x") -> None:
     if not torch.isfinite(x).all():
         bad = int((~torch.isfinite(x)).any(dim=tuple(range(1, x.ndim))).nonzero()[0, 0])

@@ -49,6 +49,7 @@ from genlab.data.dataset import Dataset
 from genlab.models.base import (
     GenerativeModel,
     as_data,
+    as_labels,
     check_finite,
     check_train_labels,
     image_geometry,
@@ -357,19 +358,7 @@ class FlowMatching(GenerativeModel, family="flow"):
             return None
         if not self.conditional:
             raise ValueError("this flow was fitted without labels, so it takes no y")
-        if isinstance(y, int | np.integer) and not isinstance(y, bool):
-            y = torch.full((n,), int(y), dtype=torch.long)
-        y = y if isinstance(y, Tensor) else torch.as_tensor(np.asarray(y))
-        if y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool:
-            raise TypeError(f"y must hold integer class labels, got dtype {y.dtype}")
-        if y.shape != (n,):
-            raise ValueError(f"y must be an int or have shape ({n},), got shape {tuple(y.shape)}")
-        if n and (int(y.min()) < 0 or int(y.max()) >= self.n_classes_):
-            raise ValueError(
-                f"labels must lie in [0, {self.n_classes_}) (the classes seen in fit); got "
-                f"values in [{int(y.min())}, {int(y.max())}]"
-            )
-        return y.to(self.device, torch.long)
+        return as_labels(y, n, self.n_classes_).to(self.device)
 
     def velocity(self, z: Tensor, t: Tensor | float, y: Tensor | None = None) -> Tensor:
         """The learned dz/dt at schedule time t: z (B, *net_shape), t () or (B,) -> like z."""
