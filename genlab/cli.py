@@ -698,7 +698,8 @@ def fit_autoregressive(
 # -- sample ---------------------------------------------------------------------------------------
 SAMPLER_FLAGS = {
     "steps": "--steps", "method": "--method", "guidance": "--guidance", "y": "--label",
-    "eta": "--eta", "prompt": "--prompt", "max_new_tokens": "--max-new-tokens",
+    "eta": "--eta", "order": "--order", "grid": "--grid", "prompt": "--prompt",
+    "max_new_tokens": "--max-new-tokens",
     "temperature": "--temperature", "top_k": "--top-k", "top_p": "--top-p",
 }  # fmt: skip
 """The keywords of a family's `sample` that `genlab sample` can pass, and their options."""
@@ -776,6 +777,13 @@ def sample(
     eta: Annotated[
         float | None, typer.Option(min=0.0, help="DDIM noise (0: deterministic, 1: DDPM).")
     ] = None,
+    order: Annotated[
+        int | None, typer.Option(min=1, max=3, help="Diffusion dpm++: multistep order (1-3).")
+    ] = None,
+    grid: Annotated[
+        str | None,
+        typer.Option(help="Diffusion ddpm/ddim/dpm++: time grid (uniform, quadratic, logsnr)."),
+    ] = None,
     prompt: Annotated[str | None, typer.Option(help="Text models: the prompt.")] = None,
     max_new_tokens: Annotated[
         int | None, typer.Option(min=1, help="Text models: tokens to generate.")
@@ -792,13 +800,14 @@ def sample(
 ) -> None:
     """Draw samples from a saved model and write them as .npy or .png.
 
-    Sampler options (--steps, --method, --guidance, --label, --eta, --prompt, --max-new-tokens,
-    --temperature, --top-k, --top-p) are passed to the model's `sample` when given; a model
-    whose `sample` does not take one of them reports it.
+    Sampler options (--steps, --method, --guidance, --label, --eta, --order, --grid, --prompt,
+    --max-new-tokens, --temperature, --top-k, --top-p) are passed to the model's `sample` when
+    given; a model whose `sample` does not take one of them reports it.
     """
     model = genlab.load(model_dir)
     options = sampler_options(model, steps=steps, method=method, guidance=guidance, y=label,
-                              eta=eta, prompt=prompt, max_new_tokens=max_new_tokens,
+                              eta=eta, order=order, grid=grid, prompt=prompt,
+                              max_new_tokens=max_new_tokens,
                               temperature=temperature, top_k=top_k, top_p=top_p)  # fmt: skip
     if getattr(model, "is_text", False):
         _sample_text(model, n or 1, seed, out, options)

@@ -22,8 +22,8 @@ eps-MSE units; x0-MSE = eps-MSE / snr, v-MSE = eps-MSE (1 + 1 / snr)):
 
 Samplers (`sample(method=...)`) on a grid of `steps + 1` times from 1 down (`sampling_times`):
 "ddpm" (ancestral, Ho et al. eq. 6-7, on the respaced alpha_bar), "ddim" (Song et al. 2021a
-eq. 12, eta=0 deterministic, eta=1 the DDPM posterior), "dpm++" (DPM-Solver++(2M), Lu et al.
-2022, multistep, one evaluation per step) and "ode" (the probability-flow ODE
+eq. 12, eta=0 deterministic, eta=1 the DDPM posterior), "dpm++" (DPM-Solver++ 3M or 2M, Lu et
+al. 2022, multistep, one evaluation per step) and "ode" (the probability-flow ODE
 dx/dt = alpha' x0_hat + sigma' eps_hat through `genlab.solvers.solve`). `log_prob` integrates
 the same ODE with the instantaneous change of variables; `vlb` is DDPM's discrete bound.
 """
@@ -75,7 +75,7 @@ SAMPLERS = ("ddpm", "ddim", "dpm++", "ode")
 GRIDS = ("uniform", "logsnr", "quadratic")
 NETS = ("auto", "mlp", "unet")
 DEFAULT_STEPS = {"ddim": 50, "dpm++": 20}  # ddpm: all T steps; ode: dopri5 (adaptive)
-DEFAULT_GRID = {"ddpm": "uniform", "ddim": "uniform", "dpm++": "logsnr", "ode": "uniform"}
+DEFAULT_GRID = {"ddpm": "uniform", "ddim": "uniform", "dpm++": "quadratic", "ode": "uniform"}
 MIN_SNR_GAMMA = 5.0
 EVAL_ROWS = 8192  # network rows per forward pass in vlb / log_prob
 
@@ -176,24 +176,52 @@ def half_log_snr(ab: float) -> float:
     return math.inf if ab >= 1.0 else 0.5 * math.log(ab / (1.0 - ab))
 
 
-def dpm_solver_pp_2m_step(
-    x: Tensor, d_now: Tensor, d_prev: Tensor | None, ab_t: float, ab_s: float, r: float | None
+def dpm_solver_pp_orders(steps: int, order: int) -> list[int]:
+    """The order of each of `steps` multistep updates: min(order, k + 1, steps - k) at step k,
+    so the first steps warm up on the history they have and the last ones step down to
+    first order ("lower order final" of Lu et al. 2022: it stabilises few-step sampling;
+    the last step, to t_min or sigma = 0, is the longest in log-SNR)."""
+    return [min(order, k + 1, steps - k) for k in range(steps)]
+
+
+def dpm_solver_pp_step(
+    x: Tensor, history: list[Tensor], lams: list[float], ab_t: float, ab_s: float, order: int
 ) -> Tensor:
-    """DPM-Solver++(2M) from t to s < t (Lu et al. 2022, Algorithm 2) with the data
-    predictions D (x0_hat) and h = lambda_s - lambda_t (`half_log_snr`):
+    """One DPM-Solver++ multistep update (Lu et al. 2022, data prediction) from t to s < t.
 
-        x_s = (sigma_s / sigma_t) x - alpha_s (exp(-h) - 1) D,
-        D = (1 + 1 / (2 r)) d_now - 1 / (2 r) d_prev,   r = h_prev / h,
+    history: the data predictions D_0, D_1, D_2 (x0_hat, newest first) at the half log-SNRs
+    lams[0] > lams[1] > lams[2] (`half_log_snr`; lams[0] is t's); order 1, 2 or 3 uses that
+    many of them. With h = lambda_s - lambda_t, r_i = (lams[i] - lams[i+1]) / h and
+    phi_1 = exp(-h) - 1, phi_2 = phi_1 / h + 1, phi_3 = phi_2 / h - 1 / 2:
 
-    first order (D = d_now) when r or d_prev is None. exp(-h) = (sigma_s / alpha_s) /
-    (sigma_t / alpha_t), so a step to sigma_s = 0 is exact: x_s = D.
+        1: x_s = (sigma_s / sigma_t) x - alpha_s phi_1 D_0                      (= DDIM)
+        2: ... - alpha_s phi_1 (D_0 - D_1) / (2 r_0)                            (2M)
+        3: ... + alpha_s phi_2 E_1 - alpha_s phi_3 E_2                          (3M)
+
+    with the divided differences F_0 = (D_0 - D_1) / r_0, F_1 = (D_1 - D_2) / r_1,
+    E_1 = F_0 + r_0 (F_0 - F_1) / (r_0 + r_1), E_2 = (F_0 - F_1) / (r_0 + r_1): the published
+    3M coefficients (Lu et al.'s code, and diffusers). A step to sigma_s = 0 (h = inf) is
+    taken at first order: x_s = D_0.
     """
-    a_s, s_s, a_t, s_t = math.sqrt(ab_s), math.sqrt(1 - ab_s), math.sqrt(ab_t), math.sqrt(1 - ab_t)
-    exp_neg_h = (s_s / a_s) / (s_t / a_t)
-    d = d_now
-    if d_prev is not None and r is not None:
-        d = (1 + 1 / (2 * r)) * d_now - 1 / (2 * r) * d_prev
-    return (s_s / s_t) * x - a_s * (exp_neg_h - 1.0) * d
+    a_s, s_s, s_t = math.sqrt(ab_s), math.sqrt(1 - ab_s), math.sqrt(1 - ab_t)
+    h = half_log_snr(ab_s) - lams[0]
+    if not math.isfinite(h):
+        return history[0]
+    phi_1 = math.expm1(-h)
+    x_s = (s_s / s_t) * x - a_s * phi_1 * history[0]
+    if order == 1:
+        return x_s
+    r_0 = (lams[0] - lams[1]) / h
+    f_0 = (history[0] - history[1]) / r_0
+    if order == 2:
+        return x_s - 0.5 * a_s * phi_1 * f_0
+    r_1 = (lams[1] - lams[2]) / h
+    f_1 = (history[1] - history[2]) / r_1
+    phi_2 = phi_1 / h + 1.0
+    phi_3 = phi_2 / h - 0.5
+    e_1 = f_0 + r_0 / (r_0 + r_1) * (f_0 - f_1)
+    e_2 = (f_0 - f_1) / (r_0 + r_1)
+    return x_s + a_s * phi_2 * e_1 - a_s * phi_3 * e_2
 
 
 def gaussian_log_prob(x: Tensor, mean: Tensor | float, var: float) -> Tensor:
@@ -530,6 +558,7 @@ class Diffusion(GenerativeModel, family="diffusion"):
         guidance: float = 0.0,
         return_trajectory: bool = False,
         grid: GridName | None = None,
+        order: int | None = None,
         solver: solvers.Method | None = None,
         rtol: float = 1e-5,
         atol: float = 1e-5,
@@ -548,7 +577,10 @@ class Diffusion(GenerativeModel, family="diffusion"):
             guidance: classifier-free guidance weight w (needs y), see `denoiser`.
             return_trajectory: return a `SampleTrajectory` instead of the samples.
             grid: the times of ddpm, ddim and dpm++ (`sampling_times`): "uniform" (default
-                of ddpm and ddim), "logsnr" (default of dpm++) or "quadratic".
+                of ddpm and ddim), "quadratic" (default of dpm++) or "logsnr".
+            order: DPM-Solver++'s multistep order, 1, 2 (2M) or 3 (3M); default 3, and 2
+                with guidance (higher orders are unstable with large guidance weights, Lu et
+                al. 2022). The last steps step down in order (`dpm_solver_pp_orders`).
             solver: the ODE solver of method="ode" (default dopri5 without steps, else heun).
             rtol, atol: dopri5's tolerances.
 
@@ -565,6 +597,7 @@ class Diffusion(GenerativeModel, family="diffusion"):
         labels = self._labels(y, n)
         guidance = check_guidance(guidance, labels)
         method, steps, grid, solver = self._check_sampler(method, steps, eta, grid, solver)
+        order = self._check_order(order, method, guidance)
         g = self.generator(seed)
         x = torch.randn(n, *self.model_shape_, generator=g, device=self.device)
         if n == 0:
@@ -575,7 +608,7 @@ class Diffusion(GenerativeModel, family="diffusion"):
                                              return_trajectory)  # fmt: skip
         else:
             times = sampling_times(self.schedule, self.config.timesteps, steps, grid)
-            states = self._sample_discrete(x, method, times, eta, labels, guidance, g,
+            states = self._sample_discrete(x, method, times, eta, order, labels, guidance, g,
                                            return_trajectory)  # fmt: skip
         samples = self._to_data_space(states[-1])
         if self.kind_ == "image":
@@ -611,22 +644,20 @@ class Diffusion(GenerativeModel, family="diffusion"):
         grid = grid or DEFAULT_GRID[method]
         return method, None if steps is None else int(steps), grid, solver
 
-    def _sample_discrete(self, x, method, times, eta, y, guidance, g, keep) -> list[Tensor]:
+    def _sample_discrete(self, x, method, times, eta, order, y, guidance, g, keep) -> list[Tensor]:
         """ddpm / ddim / dpm++ through `times` (float64, decreasing); the states at every time
         (only the last unless `keep`)."""
         clip = self.config.clip_denoised and self.kind_ == "image"
         ab = self.schedule.alpha_bar(times).tolist()
-        lam = [half_log_snr(a) for a in ab]
-        states, d_prev = [x], None
+        orders = dpm_solver_pp_orders(len(times) - 1, order)
+        states, history, lams = [x], [], []
         for k, (t, ab_t, ab_s) in enumerate(zip(times.tolist(), ab, ab[1:], strict=False)):
             x0, eps = self._predict(x, t, y, guidance)
             if clip:
                 x0, eps = self._clip(x0, x, ab_t)
             if method == "dpm++":
-                h, h_prev = lam[k + 1] - lam[k], lam[k] - lam[k - 1] if k else None
-                r = h_prev / h if h_prev is not None and math.isfinite(h) else None
-                x = dpm_solver_pp_2m_step(x, x0, d_prev, ab_t, ab_s, r)
-                d_prev = x0
+                history, lams = [x0, *history[:2]], [half_log_snr(ab_t), *lams[:2]]
+                x = dpm_solver_pp_step(x, history, lams, ab_t, ab_s, orders[k])
             else:
                 noise = torch.randn(x.shape, generator=g, device=x.device)
                 x = (ddpm_step(x, x0, ab_t, ab_s, noise) if method == "ddpm"
@@ -644,6 +675,16 @@ class Diffusion(GenerativeModel, family="diffusion"):
         self.nfe_ = sol.nfe
         states = list(sol.trajectory.unbind(0)) if keep else [sol.x]
         return states, sol.times.double().cpu()
+
+    @staticmethod
+    def _check_order(order: Any, method: str, guidance: float) -> int:
+        if order is None:
+            return 2 if guidance else 3
+        if method != "dpm++":
+            raise ValueError(f"order applies to method='dpm++' only, not {method!r}")
+        if isinstance(order, bool) or order not in (1, 2, 3):
+            raise ValueError(f"order must be 1, 2 or 3, got {order!r}")
+        return int(order)
 
     def _clip(self, x0: Tensor, x: Tensor, ab: float) -> tuple[Tensor, Tensor]:
         """Clip x0_hat to [-1, 1] (images, clip_denoised) and re-derive eps_hat from it."""
