@@ -212,6 +212,17 @@ class GenerativeModel(nn.Module):
                 f"samples of shape {self.event_shape}"
             )
 
+    def checked_rows(self, x: Any) -> torch.Tensor:
+        """x (a Dataset, tensor or array) as float32 (n, *event_shape) on the model's device,
+        after checking that the model is fitted, the event shape matches and x is finite."""
+        self.check_is_fitted()
+        x, _, _ = as_data(x.x if isinstance(x, Dataset) else x)
+        self.check_event_shape(x)
+        x = (x if isinstance(x, torch.Tensor) else x[:]).to(self.device)
+        x = x.float() if x.dtype != torch.float32 else x
+        check_finite(x)
+        return x
+
     @staticmethod
     def check_n(n: int) -> int:
         if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 0:

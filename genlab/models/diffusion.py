@@ -490,13 +490,8 @@ class Diffusion(GenerativeModel, family="diffusion"):
         return -float(self.data_scale.log().sum())
 
     def _prepare(self, x: Any) -> Tensor:
-        self.check_is_fitted()
-        x, _, _ = as_data(x.x if isinstance(x, Dataset) else x)
-        self.check_event_shape(x)
-        x = (x if isinstance(x, Tensor) else x[:]).to(self.device)
-        x = x.float() if x.dtype != torch.float32 else x
-        check_finite(x)
-        return self._to_model_space(x)
+        """Validated model-space z (n, *model_shape) of data x."""
+        return self._to_model_space(self.checked_rows(x))
 
     def _labels(self, y: Any, n: int) -> Tensor | None:
         """(n,) long labels from an int or a sequence; None stays None (the null label)."""

@@ -339,13 +339,7 @@ class FlowMatching(GenerativeModel, family="flow"):
 
     def _prepare(self, x: Any) -> Tensor:
         """Validated model-space z (n, *net_shape) of data x."""
-        self.check_is_fitted()
-        x, _, _ = as_data(x.x if isinstance(x, Dataset) else x)
-        self.check_event_shape(x)
-        x = (x if isinstance(x, Tensor) else x[:]).to(self.device)
-        x = x.float() if not x.is_floating_point() else x
-        check_finite(x)
-        return self._to_model_space(x)
+        return self._to_model_space(self.checked_rows(x))
 
     def _labels(self, y: Any, n: int) -> Tensor | None:
         """(n,) long labels on the device from an int, a sequence or a tensor; None stays None."""

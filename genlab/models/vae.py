@@ -474,12 +474,7 @@ class VAE(GenerativeModel, family="vae"):
     # -- inputs -----------------------------------------------------------------------------------
     def _prepare(self, x: Any) -> Tensor:
         """Validated flat model-space x (n, D) for inference."""
-        self.check_is_fitted()
-        x = x.x if isinstance(x, Dataset) else x
-        x, _, _ = as_data(x)
-        self.check_event_shape(x)
-        x = _as_float_tensor(x)
-        check_finite(x)
+        x = self.checked_rows(x)
         if self.likelihood_ == "bernoulli" and not bool((x >= 0).all() and (x <= 1).all()):
             raise ValueError("this VAE's Bernoulli likelihood needs x in [0, 1] (binary data)")
         if self.likelihood_ == "discretized" and not (
