@@ -154,6 +154,16 @@ CheckpointEveryOption = Annotated[
         help="Steps between checkpoints in the --out folder (one is always written at the end).",
     ),
 ]
+FitOutOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--out",
+        "-o",
+        help="Model folder: config.json, model.safetensors and, for trained networks, "
+        "checkpoint.pt and log.jsonl (default: runs/DATA-FAMILY).",
+    ),
+]
+ProgressOption = Annotated[bool, typer.Option(help="Show a progress bar.")]
 ResumeOption = Annotated[
     bool,
     typer.Option(
@@ -366,10 +376,8 @@ def fit_gmm(
         ),
     ] = True,
     root: RootOption = None,
-    out: Annotated[
-        Path | None, typer.Option("--out", "-o", help="Model folder (default: runs/DATA-gmm).")
-    ] = None,
-    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    out: FitOutOption = None,
+    progress: ProgressOption = True,
 ) -> None:
     """Fit a Gaussian mixture by EM (exact log-likelihood)."""
     train = load_dataset(data, split="train", n=n, seed=seed, root=root)
@@ -424,15 +432,8 @@ def fit_vae(
     resume: ResumeOption = False,
     n: NOption = None,
     root: RootOption = None,
-    out: Annotated[
-        Path | None,
-        typer.Option(
-            "--out",
-            "-o",
-            help="Model folder, with checkpoint.pt and log.jsonl (default: runs/DATA-vae).",
-        ),
-    ] = None,
-    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    out: FitOutOption = None,
+    progress: ProgressOption = True,
 ) -> None:
     """Fit a variational autoencoder (log-likelihood: an importance-weighted estimate)."""
     flags = TrainFlags(max_steps, max_time, batch_size, lr, seed, checkpoint_every, resume,
@@ -496,15 +497,8 @@ def fit_flow(
     resume: ResumeOption = False,
     n: NOption = None,
     root: RootOption = None,
-    out: Annotated[
-        Path | None,
-        typer.Option(
-            "--out",
-            "-o",
-            help="Model folder, with checkpoint.pt and log.jsonl (default: runs/DATA-flow).",
-        ),
-    ] = None,
-    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    out: FitOutOption = None,
+    progress: ProgressOption = True,
 ) -> None:
     """Fit a flow-matching model (exact log-likelihood along the ODE; quantised images are
     dequantised afresh in every batch)."""
@@ -564,15 +558,8 @@ def fit_diffusion(
     resume: ResumeOption = False,
     n: NOption = None,
     root: RootOption = None,
-    out: Annotated[
-        Path | None,
-        typer.Option(
-            "--out",
-            "-o",
-            help="Model folder, with checkpoint.pt and log.jsonl (default: runs/DATA-diffusion).",
-        ),
-    ] = None,
-    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    out: FitOutOption = None,
+    progress: ProgressOption = True,
 ) -> None:
     """Fit a denoising diffusion model (log-likelihood exact along the probability-flow ODE;
     quantised images are dequantised afresh in every batch). Sample with
@@ -651,16 +638,8 @@ def fit_autoregressive(
     resume: ResumeOption = False,
     n: NOption = None,
     root: RootOption = None,
-    out: Annotated[
-        Path | None,
-        typer.Option(
-            "--out",
-            "-o",
-            help="Model folder, with checkpoint.pt and log.jsonl "
-            "(default: runs/DATA-autoregressive).",
-        ),
-    ] = None,
-    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    out: FitOutOption = None,
+    progress: ProgressOption = True,
 ) -> None:
     """Fit an autoregressive transformer to text (--data text:FILE.txt) or to images as pixel
     sequences (exact log-likelihood); a text model reports its validation loss per character."""
