@@ -326,6 +326,11 @@ def test_conditional_images_with_guidance():
     assert model.net_ == "unet" and model.kind_ == "image" and model.log_prob_kind == "estimate"
     s = model.sample(4, seed=0, method="ddim", steps=3, y=7, guidance=2.0)
     assert s.shape == (4, 1, 8, 8) and s.min() >= 0 and s.max() <= 1 and model.nfe_ == 3
+    guided = {"method": "dpm++", "steps": 6, "y": 7, "guidance": 2.0}  # guided: 2M by default
+    torch.testing.assert_close(model.sample(4, seed=0, **guided),
+                               model.sample(4, seed=0, order=2, **guided))  # fmt: skip
+    assert not torch.equal(model.sample(4, seed=0, **guided),
+                           model.sample(4, seed=0, order=3, **guided))  # fmt: skip
     assert torch.isfinite(model.log_prob(digits.x[:3], method="euler", steps=2)).all()
     assert torch.isfinite(model.vlb(digits.x[:2], decoder="discretized")).all()
 
