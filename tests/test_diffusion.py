@@ -200,7 +200,9 @@ def test_ddim_with_eta_one_is_the_ddpm_step():
 def test_ddim_eta_one_and_ddpm_share_their_marginals():
     """Same seed, same noise: the two samplers take the same steps, so the same samples."""
     model = gaussian_diffusion()
-    a = model.sample(500, seed=4, method="ddim", steps=10, eta=1.0, return_trajectory=True)
+    a = model.sample(
+        500, seed=4, method="ddim", steps=10, eta=1.0, grid="uniform", return_trajectory=True
+    )
     b = model.sample(500, seed=4, method="ddpm", steps=10, return_trajectory=True)
     torch.testing.assert_close(a.trajectory, b.trajectory, atol=1e-4, rtol=1e-4)
     assert a.trajectory.shape == (11, 500, 2) and a.times[0] == 1 and a.times[-1] == 0

@@ -75,7 +75,7 @@ SAMPLERS = ("ddpm", "ddim", "dpm++", "ode")
 GRIDS = ("uniform", "logsnr", "quadratic")
 NETS = ("auto", "mlp", "unet")
 DEFAULT_STEPS = {"ddim": 50, "dpm++": 20}  # ddpm: all T steps; ode: dopri5 (adaptive)
-DEFAULT_GRID = {"ddpm": "uniform", "ddim": "uniform", "dpm++": "quadratic", "ode": "uniform"}
+DEFAULT_GRID = {"ddpm": "uniform", "ddim": "quadratic", "dpm++": "quadratic", "ode": "uniform"}
 MIN_SNR_GAMMA = 5.0
 EVAL_ROWS = 8192  # network rows per forward pass in vlb / log_prob
 
@@ -572,7 +572,8 @@ class Diffusion(GenerativeModel, family="diffusion"):
             guidance: classifier-free guidance weight w (needs y), see `denoiser`.
             return_trajectory: return a `SampleTrajectory` instead of the samples.
             grid: the times of ddpm, ddim and dpm++ (`sampling_times`): "uniform" (default
-                of ddpm and ddim), "quadratic" (default of dpm++) or "logsnr".
+                of ddpm), "quadratic" (default of ddim and dpm++; DDIM's choice for CIFAR-10,
+                Song et al. 2021a) or "logsnr".
             order: DPM-Solver++'s multistep order, 1, 2 (2M) or 3 (3M); default 3, and 2
                 with guidance (higher orders are unstable with large guidance weights, Lu et
                 al. 2022). The last steps step down in order (`dpm_solver_pp_orders`).
