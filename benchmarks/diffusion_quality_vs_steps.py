@@ -18,8 +18,7 @@ Quality, averaged over the seeds, each seed's samples against one fixed referenc
   draw of --n points (the toy's test split), Gaussian kernels at (0.25, 0.5, 1, 2, 4) x the
   median distance of that reference, fixed per toy. "floor" is the mean and standard deviation
   of the MMD² of --floor-draws further fresh draws of the data against the same reference:
-  what a perfect sampler scores (not 0: the reference is one fixed draw) and the noise of one
-  seed's value.
+  what a perfect sampler scores (not 0: the reference is one fixed draw), and its spread.
 - digits: the Fréchet distance between features (penultimate layer) of a small
   `genlab.nets.FeatureClassifier` trained here on the digits train split, of the samples and of
   the 1,437 train digits (the data the model fits); "floor" is the FD of the 360 test digits.
@@ -29,15 +28,15 @@ every data set. For the toys "within 10%" is read on the excess over the floor (
 the model's MMD² to the data): score - ref <= 0.10 (ref - floor). With se the standard error
 of score - ref (Welch: sqrt((var_sampler + var_ddpm) / seeds), each variance over the seeds)
 the verdict is "yes" when that holds, "within noise" when it fails by less than 2 se, "NO"
-when it fails by more. Digits: the ratio
-of Fréchet distances <= 1.10 (FD's floor is a finite-sample bias, as for FID). The sampler
-defaults were chosen on pinwheel (and the ddim grid also on moons) against other reference
-seeds (1000, 2000) and the converged ODE's samples from the same noise; this script's
-reference and floor draws (3000, 4000 + i) were used for nothing but this table.
+when it fails by more. Digits: the ratio of Fréchet distances <= 1.10 (FD's floor is a
+finite-sample bias, as for FID). The sampler defaults were chosen on pinwheel (and the ddim
+grid also on moons) against other reference seeds (1000, 2000) and the converged ODE's
+samples from the same noise; this script's reference and floor draws (3000, 4000 + i) were
+used for nothing but this table.
 
-Cost on the shared 2-core CPU (one thread), with the defaults: about 6 minutes per toy
-(2 to train, 4 to sample and score) and 6 for digits. --from-json FILE re-prints the tables
-of a run saved with --json FILE.
+Cost on the shared 2-core CPU (one thread), with the defaults: 6 to 7 minutes per toy
+(1.5 to train, 4.5 to 5.5 to sample and score) and 10 for digits. --from-json FILE
+re-prints the tables of a run saved with --json FILE.
 """
 
 from __future__ import annotations
@@ -157,7 +156,7 @@ def run_data_set(name: str, args, classifier) -> dict:
 
 
 def print_table(rows: list[dict], metric_note: str, seeds: int) -> None:
-    labels = [label for label, _, _ in SAMPLERS]
+    labels = list(rows[0]["scores"])  # the samplers the rows were measured with
     digits = rows[0]["data"] == "digits"
     fmt = "{:.3f}" if digits else "{:.6f}"
     print(f"\n{metric_note}")
@@ -173,9 +172,8 @@ def print_table(rows: list[dict], metric_note: str, seeds: int) -> None:
     print("|---|---|---|---|---|---|")
     for r in rows:
         ref = r["scores"]["ddpm 1000"]
-        per_seed = r.get("per_seed", {})
         cells = [verdict(r["scores"][k], ref, r["floor"], difference_se(r, k, seeds), digits)
-                 if per_seed or digits else "-" for k in ("dpm++ 15", "ddim 50")]  # fmt: skip
+                 for k in ("dpm++ 15", "ddim 50")]  # fmt: skip
         print(
             f"| {r['data']} | {fmt.format(ref)} | {fmt.format(r['scores']['dpm++ 15'])} | "
             f"{cells[0]} | {fmt.format(r['scores']['ddim 50'])} | {cells[1]} |"
@@ -194,9 +192,12 @@ def difference_se(row: dict, label: str, seeds: int) -> float | None:
 
 def verdict(score: float, ref: float, floor: float, se: float | None, ratio_only: bool) -> str:
     """Whether score is within 10% of the reference (module docstring): the ratio for digits;
-    for MMD² the excess over the floor, with the noise se of the difference of seed-means."""
-    if ratio_only or se is None:
+    for MMD² the excess over the floor, with the noise se of the difference of seed-means
+    ("-" without per-seed values, as in files of runs before they were kept)."""
+    if ratio_only:
         return f"{'yes' if score <= TARGET_RATIO * ref else 'NO'} (ratio {score / ref:.3f})"
+    if se is None:
+        return "-"
     allowance = (TARGET_RATIO - 1.0) * max(ref - floor, 0.0)
     miss = (score - ref - allowance) / se
     excess = f"excess ratio {(score - floor) / (ref - floor):.2f}, " if ref - floor > 3 * se else ""
@@ -233,7 +234,7 @@ def main() -> None:
             rows = json.load(f)
         for row in rows if args.floor_draws else []:
             if row["data"] != "digits":
-                floors = toy_floors(row["data"], row["n"], args.floor_draws)
+                floors = toy_floors(row["data"], row.get("n", args.n), args.floor_draws)
                 row["floor"], row["floor_sd"] = statistics.fmean(floors), statistics.stdev(floors)
         print_tables(rows, args)
         return
