@@ -14,19 +14,16 @@ trajectory as one process with the same `batch_size`. Only rank 0 writes files.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
-import numbers
 import os
 import random
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Literal
+from typing import Literal
 
 import numpy as np
 import torch
@@ -34,62 +31,78 @@ import torch.distributed as dist
 from torch import nn
 from tqdm.auto import tqdm
 
-CHECKPOINT_FILE = "checkpoint.pt"
-LOG_FILE = "log.jsonl"
-CHECKPOINT_FORMAT = 1
-CHECKPOINT_KEYS = frozenset(
-    ("format", "model", "optimizer", "ema", "step", "seconds", "data", "rng", "config")
+from genlab.checkpoints import (
+    CHECKPOINT_FILE,
+    LOG_FILE,
+    RunState,
+    checkpoint,
+    load_checkpoint,
+    read_log,
+    restore,
 )
-RESUMABLE_CHANGES = ("max_steps", "max_time")  # the config fields a resumed run may change
+from genlab.distributed import (
+    all_reduce_gradients,
+    broadcast_state,
+    rank0_seconds,
+    rank_and_world,
+)
+from genlab.io import atomic_write
+from genlab.options import Choice, Flag, Integer, Real, option, validate
+
+__all__ = ["CHECKPOINT_FILE", "LOG_FILE", "TrainConfig", "TrainResult", "fit", "read_log"]
+
+DEFAULT_MAX_STEPS = 2000
+"""Optimisation steps of a run given neither max_steps nor max_time."""
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """Training hyperparameters shared by every neural family (each family's frozen config
-    subclasses it, so the names are the same everywhere)."""
+    subclasses it, so the names, help texts and rules are the same everywhere)."""
 
-    max_steps: int | None = 2000  # optimisation steps
-    max_time: float | None = None  # wall-clock seconds; training stops at whichever comes first
-    batch_size: int = 128  # GLOBAL batch (split across processes under torchrun)
-    lr: float = 1e-3
-    weight_decay: float = 0.0  # AdamW, on parameters with ndim >= 2 only
-    warmup_steps: int = 100  # linear warm-up, then cosine decay to lr * min_lr_ratio
-    min_lr_ratio: float = 0.1
-    grad_clip: float | None = 1.0  # global-norm clipping
-    ema_decay: float | None = 0.999  # None: no EMA
-    seed: int = 0
-    precision: Literal["fp32", "bf16"] = "fp32"  # bf16: torch.autocast(device, torch.bfloat16)
-    compile: bool = False  # torch.compile the loss function
+    max_steps: int | None = option(
+        None,
+        f"Optimisation steps (default: {DEFAULT_MAX_STEPS} when max_time is not set either); "
+        "with max_time, training stops at whichever comes first.",
+        Integer(1, optional=True),
+    )
+    max_time: float | None = option(
+        None,
+        "Wall-clock training budget in seconds; alone, it is the whole budget.",
+        Real(0, low_open=True, optional=True),
+    )
+    batch_size: int = option(128, "Samples per step (the global batch under torchrun).", Integer(1))
+    lr: float = option(1e-3, "Peak learning rate (AdamW).", Real(0, low_open=True))
+    weight_decay: float = option(0.0, "AdamW weight decay (matrices and kernels only).", Real(0))
+    warmup_steps: int = option(
+        100, "Linear learning-rate warm-up steps, then cosine decay.", Integer(0)
+    )
+    min_lr_ratio: float = option(
+        0.1, "Learning rate at the end of the cosine decay, as a fraction of lr.", Real(0, 1)
+    )
+    grad_clip: float | None = option(
+        1.0, "Global gradient-norm clipping (None: off).", Real(0, low_open=True, optional=True)
+    )
+    ema_decay: float | None = option(
+        0.999,
+        "Decay of the exponential moving average of the weights used for sampling (None: off).",
+        Real(0, 1, high_open=True, optional=True),
+    )
+    seed: int = option(0, "Seed of the initialisation, the data order and the noise.", Integer(0))
+    precision: Literal["fp32", "bf16"] = option(
+        "fp32", "bf16: bfloat16 autocast in training.", Choice(("fp32", "bf16"))
+    )
+    compile: bool = option(False, "torch.compile the loss (slow first step).", Flag())
 
     def __post_init__(self) -> None:
-        def is_int(v: Any) -> bool:
-            return isinstance(v, int | np.integer) and not isinstance(v, bool)
+        validate(self)
 
-        def is_real(v: Any) -> bool:
-            return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
-
-        def check(ok: bool, name: str, what: str) -> None:
-            if not ok:
-                raise ValueError(f"{name} must be {what}, got {getattr(self, name)!r}")
-
+    @property
+    def step_limit(self) -> int | None:
+        """max_steps; DEFAULT_MAX_STEPS when neither budget is set; None under max_time alone."""
         if self.max_steps is None and self.max_time is None:
-            raise ValueError("set max_steps, max_time or both: training needs a budget")
-        steps, secs = self.max_steps, self.max_time
-        check(steps is None or (is_int(steps) and steps >= 1), "max_steps", "None or an int >= 1")
-        check(secs is None or (is_real(secs) and secs > 0), "max_time", "None or seconds > 0")
-        check(is_int(self.batch_size) and self.batch_size >= 1, "batch_size", "an integer >= 1")
-        check(is_real(self.lr) and self.lr > 0, "lr", "a number > 0")
-        decay, ratio = self.weight_decay, self.min_lr_ratio
-        check(is_real(decay) and decay >= 0, "weight_decay", "a number >= 0")
-        check(is_int(self.warmup_steps) and self.warmup_steps >= 0, "warmup_steps", "an int >= 0")
-        check(is_real(ratio) and 0 <= ratio <= 1, "min_lr_ratio", "a number in [0, 1]")
-        clip = self.grad_clip
-        check(clip is None or (is_real(clip) and clip > 0), "grad_clip", "None or a number > 0")
-        ema = self.ema_decay
-        check(ema is None or (is_real(ema) and 0 <= ema < 1), "ema_decay", "None or in [0, 1)")
-        check(is_int(self.seed), "seed", "an integer")
-        check(self.precision in ("fp32", "bf16"), "precision", "'fp32' or 'bf16'")
-        check(isinstance(self.compile, bool), "compile", "True or False")
+            return DEFAULT_MAX_STEPS
+        return self.max_steps
 
 
 @dataclass
@@ -101,21 +114,12 @@ class TrainResult:
     history: list[dict[str, float]]
 
 
-@dataclass
-class RunState:
-    """Where a run stands: what a checkpoint stores besides the model and the optimizer."""
-
-    step: int = 0  # optimisation steps done
-    seconds: float = 0.0  # wall-clock seconds spent, across resumes
-    data: tuple[int, int] = (0, 0)  # (epoch, batch index) of the next batch
-    ema: dict[str, torch.Tensor] | None = None  # floating state_dict entries
-
-
 # -- the maths: learning rate, EMA, data order -------------------------------------------------
 def planned_steps(step: int, seconds: float, config: TrainConfig) -> float:
     """The run's total steps: max_steps, or the pace so far extrapolated to max_time (whichever
     ends first), so that progress = step / total is step/max_steps or seconds/max_time."""
-    totals = [math.inf if config.max_steps is None else float(config.max_steps)]
+    limit = config.step_limit
+    totals = [math.inf if limit is None else float(limit)]
     if config.max_time is not None and seconds > 0:
         totals.append(step * config.max_time / seconds)
     return min(totals)
@@ -173,166 +177,29 @@ def iterate_batches(
         epoch, index = epoch + 1, 0
 
 
-# -- processes ------------------------------------------------------------------------------
-def rank_and_world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def broadcast_state(model: nn.Module) -> None:
-    """Copy rank 0's parameters and buffers to every process."""
-    for tensor in model.state_dict().values():
-        dist.broadcast(tensor, 0)
-
-
-def all_reduce_gradients(params: list[nn.Parameter], weight: float) -> None:
-    """grad <- sum over processes of weight * grad (weight: this process's share of the global
-    batch, so the result is the global mean), one flat buffer per dtype. Unused parameters
-    contribute zeros, so every process reduces the same buffers."""
-    buckets: dict[torch.dtype, list[torch.Tensor]] = {}
-    for p in params:
-        if p.grad is None:
-            p.grad = torch.zeros_like(p)
-        buckets.setdefault(p.grad.dtype, []).append(p.grad)
-    for grads in buckets.values():
-        flat = torch.cat([g.reshape(-1) for g in grads]).mul_(weight)
-        dist.all_reduce(flat)
-        for g, chunk in zip(grads, flat.split([g.numel() for g in grads]), strict=True):
-            g.copy_(chunk.view_as(g))
-
-
-def _rank0_seconds(seconds: float, device: torch.device) -> float:
-    """Rank 0's clock on every process, so all agree on when max_time stops the run."""
-    t = torch.tensor([seconds], dtype=torch.float64, device=device)
-    dist.broadcast(t, 0)
-    return float(t.item())
-
-
-# -- checkpoints and the log ----------------------------------------------------------------
-def rng_state() -> dict[str, Any]:
-    """Every global RNG of this process as tensors and numbers (loadable with weights_only)."""
-    _, keys, pos, has_gauss, gauss = np.random.get_state()
-    version, internal, gauss_next = random.getstate()
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": [torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)],
-        "python": [version, torch.tensor(internal, dtype=torch.int64), gauss_next],
-    }
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    if torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    keys, pos, has_gauss, gauss = state["numpy"]
-    np.random.set_state(("MT19937", keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
-    version, internal, gauss_next = state["python"]
-    random.setstate((version, tuple(internal.tolist()), gauss_next))
-
-
-def config_dict(config: TrainConfig) -> dict[str, Any]:
-    """The config as plain JSON values (tuples become lists), as stored in the checkpoint."""
-    return json.loads(json.dumps(dataclasses.asdict(config), default=str))
-
-
-def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
-    """write(file) into a temp file in path's folder, flush + fsync, then os.replace: readers
-    and a crash see the old file or the new one, never a torn one."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """torch.save(state) to path atomically."""
-    atomic_write(path, lambda f: torch.save(state, f))
-
-
-def load_checkpoint(path: Path, config: TrainConfig) -> dict[str, Any]:
-    """Read a checkpoint (weights_only) and check that `config` may continue it."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ValueError(
-            f"{path}: corrupt checkpoint ({type(e).__name__}: {e}); delete it to start afresh"
-        ) from None
-    if not isinstance(state, dict) or not set(state) >= CHECKPOINT_KEYS:
-        raise ValueError(f"{path}: not a genlab training checkpoint")
-    if state["format"] > CHECKPOINT_FORMAT:
-        raise ValueError(f"{path}: written by a newer genlab (format {state['format']})")
-    old, new = state["config"], config_dict(config)
-    keys = (old.keys() | new.keys()) - set(RESUMABLE_CHANGES)
-    changed = sorted(k for k in keys if old.get(k) != new.get(k))
-    if changed:
-        diffs = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed)
-        raise ValueError(
-            f"{path} was written with another config ({diffs}); only {RESUMABLE_CHANGES} may "
-            "change on resume: restore the config, or pass resume=False to start afresh"
-        )
-    return state
-
-
-def read_log(path: Path, upto: int) -> list[dict[str, float]]:
-    """The rows of log.jsonl with step <= upto (later rows and a torn last line are dropped)."""
-    rows = []
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(row, dict) and row.get("step", math.inf) <= upto:
-                rows.append(row)
-    return rows
-
-
-def checkpoint(
-    path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, run: RunState,
-    config: TrainConfig,
-) -> None:  # fmt: skip
-    """Gather every process's RNG states (all processes call this); rank 0 saves them with the
-    raw weights, optimizer, EMA, step, seconds, data position and config."""
-    rank, world = rank_and_world()
-    rngs = [rng_state()]
-    if world > 1:
-        rngs = [None] * world
-        dist.all_gather_object(rngs, rng_state())
-    if rank == 0:
-        save_checkpoint(path, {
-            "format": CHECKPOINT_FORMAT, "step": run.step, "seconds": run.seconds,
-            "data": list(run.data), "rng": rngs, "config": config_dict(config),
-            "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-            "optimizer": optimizer.state_dict(),
-            "ema": None if run.ema is None else {k: v.cpu() for k, v in run.ema.items()},
-        })  # fmt: skip
-
-
-def restore(
-    ckpt: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer, device: torch.device
-) -> RunState:
-    """Load a checkpoint into the model and optimizer (and this process's RNGs)."""
-    rank, world = rank_and_world()
-    model.load_state_dict(ckpt["model"])
-    optimizer.load_state_dict(ckpt["optimizer"])
-    if len(ckpt["rng"]) == world:  # else the world size changed: keep the fresh seeds
-        set_rng_state(ckpt["rng"][rank])
-    ema = None if ckpt["ema"] is None else {k: v.to(device) for k, v in ckpt["ema"].items()}
-    return RunState(ckpt["step"], ckpt["seconds"], tuple(ckpt["data"]), ema)
+@contextmanager
+def private_rng(seed: int, device: torch.device) -> Iterator[None]:
+    """Run inside with torch's, NumPy's and Python's global RNGs seeded by `seed`, and give
+    the caller's states back afterwards: training draws its noise from the global generators
+    (so checkpoints can store and restore them) without touching the caller's."""
+    numpy_state, python_state = np.random.get_state(), random.getstate()
+    devices = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        try:
+            torch.manual_seed(seed)
+            np.random.seed(seed % 2**32)
+            random.seed(seed)
+            yield
+        finally:
+            np.random.set_state(numpy_state)
+            random.setstate(python_state)
 
 
 # -- the loop -------------------------------------------------------------------------------
 def budget_spent(run: RunState, config: TrainConfig) -> bool:
     """Whether max_steps or max_time (whichever is set and comes first) is reached."""
-    out_of_steps = config.max_steps is not None and run.step >= config.max_steps
+    limit = config.step_limit
+    out_of_steps = limit is not None and run.step >= limit
     return out_of_steps or (config.max_time is not None and run.seconds >= config.max_time)
 
 
@@ -478,6 +345,15 @@ def fit(
     _check_fit_args(x, y, config, out, checkpoint_every, resume, callback, callback_every,
                     log_every, world)  # fmt: skip
     device = _resolve_device(device, world)
+    with private_rng((config.seed + rank) % 2**32, device):
+        return _run(model, x, y, config, device, out, checkpoint_every, resume, callback,
+                    callback_every, log_every, progress)  # fmt: skip
+
+
+def _run(model, x, y, config, device, out, checkpoint_every, resume, callback, callback_every,
+         log_every, progress) -> TrainResult:  # fmt: skip
+    """The loop of `fit`, inside its private RNG state."""
+    rank, world = rank_and_world()
     params = [p for p in model.to(device).parameters() if p.requires_grad]
     if not params:
         raise ValueError("the model has no trainable parameters")
@@ -485,8 +361,6 @@ def fit(
     folder = None if out is None else Path(out)
     ckpt_path = None if folder is None else folder / CHECKPOINT_FILE
 
-    for seed_fn in (torch.manual_seed, np.random.seed, random.seed):
-        seed_fn((config.seed + rank) % 2**32)
     run = RunState()
     if resume and ckpt_path.is_file():
         run = restore(load_checkpoint(ckpt_path, config), model, optimizer, device)
@@ -514,7 +388,7 @@ def fit(
     loss_fn = torch.compile(model.loss) if config.compile else model.loss
     batches = iterate_batches(len(x), config.batch_size, config.seed, *run.data)
     hide = None if progress is None else not progress  # None: tqdm hides it off a TTY
-    bar = tqdm(total=config.max_steps, initial=run.step, disable=True if rank else hide)
+    bar = tqdm(total=config.step_limit, initial=run.step, disable=True if rank else hide)
     sums: dict[str, torch.Tensor] = {}
     count, saved, start = 0, -1, time.perf_counter() - run.seconds
     model.train()
@@ -522,7 +396,7 @@ def fit(
         while True:
             run.seconds = time.perf_counter() - start
             if world > 1 and config.max_time is not None:
-                run.seconds = _rank0_seconds(run.seconds, device)
+                run.seconds = rank0_seconds(run.seconds, device)
             if budget_spent(run, config):
                 break
             epoch, index, rows = next(batches)

@@ -270,7 +270,6 @@ def test_resume_without_a_checkpoint_starts_afresh(tmp_path):
     [
         {"lr": -1.0},
         {"lr": float("nan")},
-        {"max_steps": None, "max_time": None},
         {"max_steps": 0},
         {"max_steps": 2.5},
         {"max_time": -1.0},
@@ -286,8 +285,34 @@ def test_resume_without_a_checkpoint_starts_afresh(tmp_path):
     ],
 )
 def test_bad_config_values_raise(changes):
-    with pytest.raises(ValueError, match=next(iter(changes)) if len(changes) == 1 else "budget"):
+    with pytest.raises(ValueError, match=next(iter(changes))):
         tiny(**changes)
+
+
+def test_max_time_alone_is_the_whole_budget():
+    """max_steps applies only when given; neither budget: DEFAULT_MAX_STEPS."""
+    assert TrainConfig(max_time=5.0).step_limit is None
+    assert TrainConfig().step_limit == train.DEFAULT_MAX_STEPS
+    assert TrainConfig(max_steps=7, max_time=5.0).step_limit == 7
+    run = train.RunState(step=10_000, seconds=1.0)
+    assert not train.budget_spent(run, TrainConfig(max_time=5.0))
+    assert train.budget_spent(train.RunState(step=3, seconds=6.0), TrainConfig(max_time=5.0))
+
+
+def test_fit_leaves_the_callers_rng_alone():
+    """fit draws its noise from its own seeded state and gives the caller's back."""
+    import random
+
+    import numpy as np
+
+    x, y = make_data()
+    model = Regressor(noise=True)
+    torch.manual_seed(123), np.random.seed(5), random.seed(9)
+    expected = (torch.rand(3), np.random.rand(), random.random())
+    torch.manual_seed(123), np.random.seed(5), random.seed(9)
+    fit(model, x, y, tiny(max_steps=3))
+    got = (torch.rand(3), np.random.rand(), random.random())
+    assert torch.equal(got[0], expected[0]) and got[1:] == expected[1:]
 
 
 def test_bad_fit_arguments_raise(tmp_path):

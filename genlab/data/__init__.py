@@ -14,7 +14,7 @@ from typing import Literal
 
 import numpy as np
 
-from genlab.data.dataset import Dataset, NpyArray
+from genlab.data.dataset import Dataset, NpyArray, image_geometry, image_shape, shape_kind
 from genlab.data.files import is_data_file, load_file
 from genlab.data.images import load_digits, load_mnist
 from genlab.data.text import TEXT_PREFIX, load_text
@@ -24,7 +24,17 @@ Split = Literal["train", "test", "all"]
 SPLITS: tuple[str, ...] = ("train", "test", "all")
 BUILTINS: tuple[str, ...] = (*TOYS, "digits", "mnist")
 
-__all__ = ["BUILTINS", "TOYS", "Dataset", "NpyArray", "load_dataset", "load_text"]
+__all__ = [
+    "BUILTINS",
+    "TOYS",
+    "Dataset",
+    "NpyArray",
+    "image_geometry",
+    "image_shape",
+    "load_dataset",
+    "load_text",
+    "shape_kind",
+]
 
 
 def load_dataset(

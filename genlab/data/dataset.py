@@ -148,6 +148,32 @@ def _check_window(start: int, stop: int, n_rows: int) -> tuple[int, int]:
 ArrayLike = torch.Tensor | NpyArray
 
 
+def image_shape(event_shape: tuple[int, ...]) -> tuple[int, int, int] | None:
+    """(C, H, W) when samples of this shape are images, else None: the one rule of genlab.
+
+    An image is (H, W) (one channel) or (C, H, W) with 1 <= C <= 4 channels, H, W >= 4.
+    Loaders, families, plots and the feature classifier all ask this function.
+    """
+    shape = tuple(int(s) for s in event_shape)
+    if len(shape) == 2:
+        shape = (1, *shape)
+    if len(shape) == 3 and 1 <= shape[0] <= 4 and min(shape[1:]) >= 4:
+        return shape
+    return None
+
+
+def image_geometry(event_shape: tuple[int, ...]) -> tuple[int, int] | None:
+    """(channels, side) of a square image (`image_shape` with H == W), else None: what the
+    convolutional nets (UNet, ConvEncoder) need."""
+    shape = image_shape(event_shape)
+    return (shape[0], shape[1]) if shape is not None and shape[1] == shape[2] else None
+
+
+def shape_kind(event_shape: tuple[int, ...]) -> Literal["points", "image"]:
+    """"image" for image shapes (`image_shape`), else "points" (vectors of any shape)."""
+    return "image" if image_shape(event_shape) is not None else "points"
+
+
 @dataclass(frozen=True)
 class Dataset:
     """Samples of one data set.

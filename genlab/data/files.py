@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from genlab.data.dataset import Dataset, NpyArray
+from genlab.data.dataset import Dataset, NpyArray, shape_kind
 
 FILE_SUFFIXES = (".npy", ".csv")
 _NPY_MAGIC = b"\x93NUMPY"
@@ -109,8 +109,8 @@ def _starts_with(path: Path, prefix: bytes) -> bool:
 def load_file(path: str | os.PathLike, split: str) -> Dataset:
     """Rows of a `.npy` or `.csv` file as a Dataset (y is None, levels None).
 
-    Shapes: (n, d) gives kind "points", (n, H, W) kind "image" read as (n, 1, H, W), and
-    (n, C, H, W) kind "image". A `.npy` file stays on disk: x is an `NpyArray` window of
+    Shapes: (n, d) gives kind "points"; (n, H, W) is read as (n, 1, H, W); the kind of
+    (n, C, H, W) is "image" when `image_shape` says so, else "points". A `.npy` file stays on disk: x is an `NpyArray` window of
     the split's rows, of the file's dtype. A `.csv` file is read into a float32 tensor.
 
     Raises:
@@ -133,5 +133,5 @@ def load_file(path: str | os.PathLike, split: str) -> Dataset:
         )
     x = x.rows(start, stop) if isinstance(x, NpyArray) else x[start:stop]
     event_shape = tuple(int(s) for s in x.shape[1:])
-    kind = "points" if len(event_shape) == 1 else "image"
+    kind = shape_kind(event_shape)
     return Dataset(x=x, y=None, event_shape=event_shape, kind=kind, name=str(path))

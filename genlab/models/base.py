@@ -12,17 +12,19 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, NamedTuple
 
 import numpy as np
 import safetensors.torch
 import torch
 from torch import nn
 
-from genlab.data.dataset import ArrayLike, Dataset, NpyArray
-from genlab.train import atomic_write
+from genlab import metrics, train
+from genlab.data.dataset import ArrayLike, Dataset, NpyArray, image_geometry, shape_kind
+from genlab.io import atomic_write
+from genlab.solvers import local_generator
 
 LogProbKind = Literal["exact", "bound", "estimate"]
 FORMAT_VERSION = 1
@@ -101,15 +103,6 @@ def iter_chunks(x: ArrayLike, chunk_size: int) -> Iterator[tuple[int, torch.Tens
         yield start, x[start : start + chunk_size]
 
 
-def image_geometry(event_shape: tuple[int, ...]) -> tuple[int, int] | None:
-    """(channels, side) of a square image event shape (C, S, S) or (S, S), S >= 4; else None."""
-    if len(event_shape) == 2:
-        event_shape = (1, *event_shape)
-    if len(event_shape) == 3 and event_shape[1] == event_shape[2] >= 4:
-        return event_shape[0], event_shape[1]
-    return None
-
-
 def check_train_labels(y: torch.Tensor | None) -> int | None:
     """n_classes = max(y) + 1 for integer labels >= 0; None without labels."""
     if y is None:
@@ -147,6 +140,87 @@ def check_finite(x: torch.Tensor, what: str = "x") -> None:
         )
 
 
+class TrainingData(NamedTuple):
+    """What a family's `fit` learns from, decided once from the input (`from_input`).
+
+    Attributes:
+        x: (n, *event_shape) rows, float32 (a lazy `NpyArray` stays lazy); None for text.
+        y: (n,) int64 labels passed to fit as `y=` (a Dataset's own labels are not used:
+            conditioning is asked for, never implied), or None.
+        event_shape: the shape of one sample (() for text).
+        kind: "points", "image" (an image shape, `genlab.data.image_shape`, with values in
+            [0, 1]) or "text".
+        levels: grey levels of quantised images (a Dataset's `levels`), else None.
+        text: the corpus of a text data set, else None.
+        name: the data set's name ("" for tensors).
+        n_classes: max(y) + 1, or None without labels.
+    """
+
+    x: ArrayLike | None
+    y: torch.Tensor | None
+    event_shape: tuple[int, ...]
+    kind: Literal["points", "image", "text"]
+    levels: int | None
+    text: str | None
+    name: str
+    n_classes: int | None
+
+    @classmethod
+    def from_input(cls, x: Any, y: Any = None) -> TrainingData:
+        """From a Dataset, a str (text), a Tensor, a NumPy array or a list of rows.
+
+        Raises:
+            TypeError, ValueError: unsupported types, empty or non-finite data, bad labels.
+        """
+        if isinstance(x, str) or (isinstance(x, Dataset) and x.kind == "text"):
+            text = x if isinstance(x, str) else x.text
+            if y is not None:
+                raise ValueError("text models take no labels y")
+            if not isinstance(text, str) or not text:
+                raise ValueError("the training text is empty")
+            name = x.name if isinstance(x, Dataset) else ""
+            return cls(None, None, (), "text", None, text, name, None)
+        dataset = x if isinstance(x, Dataset) else None
+        rows, y, event_shape = as_data(x.x if dataset is not None else x, y)
+        if isinstance(rows, torch.Tensor):
+            rows = rows.float() if rows.dtype != torch.float32 else rows
+            check_finite(rows)
+        kind = dataset.kind if dataset is not None else shape_kind(event_shape)
+        if kind == "image" and isinstance(rows, torch.Tensor):
+            kind = "image" if bool(rows.min() >= 0) and bool(rows.max() <= 1) else "points"
+        levels = dataset.levels if dataset is not None and kind == "image" else None
+        name = dataset.name if dataset is not None else ""
+        return cls(rows, y, event_shape, kind, levels, None, name, check_train_labels(y))
+
+    @property
+    def dim(self) -> int:
+        return int(np.prod(self.event_shape, dtype=np.int64))
+
+    @property
+    def square_image(self) -> tuple[int, int] | None:
+        """(channels, side) of square images (what conv nets need), else None."""
+        return image_geometry(self.event_shape) if self.kind == "image" else None
+
+    def rows(self) -> torch.Tensor:
+        """All of x as a float32 tensor (reading a lazy `NpyArray`)."""
+        if self.x is None:
+            raise ValueError("text data has no rows of numbers")
+        x = self.x if isinstance(self.x, torch.Tensor) else self.x[:]
+        x = x.float() if x.dtype != torch.float32 else x
+        check_finite(x)
+        return x
+
+
+class TrajectoryPicture(NamedTuple):
+    """How `genlab plot` and compare draw a family's sampling trajectory."""
+
+    name: str  # the picture's file stem ("trajectories", "denoising")
+    options: Mapping[str, Any]  # sample options of the drawn run
+    paths: int  # 2-D points drawn as paths
+    images: int  # image rows drawn from noise to sample
+    animate: bool  # also write a GIF of the samples moving
+
+
 class GenerativeModel(nn.Module):
     """A distribution learned from samples: `fit`, `sample`, `log_prob`, `save`.
 
@@ -165,17 +239,66 @@ class GenerativeModel(nn.Module):
     #: on one bits/dim scale (dequantising only for densities). A family may make it a property.
     log_prob_space: Literal["continuous", "discrete"] = "continuous"
 
+    # -- what the family can do (callers ask these; they never inspect the class) -------------
+    #: keyword options of `sample` besides n and seed (what `genlab sample` may pass)
+    sample_options: ClassVar[frozenset[str]] = frozenset()
+    #: keyword options of `log_prob` besides x and y (e.g. an ODE solver's)
+    log_prob_options: ClassVar[frozenset[str]] = frozenset()
+    #: `log_prob` options for many points at once (density pictures, quick scores)
+    quick_log_prob: ClassVar[Mapping[str, Any]] = {}
+    #: side of the grid of a 2-D density picture (each point costs one log_prob)
+    density_grid: ClassVar[int] = 200
+    #: `sample` options of pictures of image samples (a VAE draws its decoder means)
+    picture_sample: ClassVar[Mapping[str, Any]] = {}
+    #: how a sampling trajectory is drawn (None: the family samples in one go)
+    trajectory_picture: ClassVar[TrajectoryPicture | None] = None
+    #: whether `encode`/`reconstruct` exist (pictures of reconstructions and latents)
+    has_encoder: ClassVar[bool] = False
+    #: the network evaluations of the last `sample` (iterative families), else None
+    nfe_: int | None = None
+
     def __init_subclass__(cls, family: str | None = None, **kwargs: Any):
         super().__init_subclass__(**kwargs)
         if family is not None:
             cls.family = family
             FAMILIES[family] = cls
 
-    def __init__(self, config: Any, device: str | torch.device | None = None):
+    #: the config fields that may also be passed positionally, in order
+    positional: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, *args: Any, device: str | torch.device | None = None, **options: Any):
+        """Store the options (the fields of `config_class`, declared once there) as a frozen,
+        validated config; `device`: "cuda", "cpu" or None (cuda when present)."""
         super().__init__()
-        self.config = config
+        self.config = self.make_config(*args, **options)
         self.device_ = resolve_device(device)
         self.event_shape: tuple[int, ...] | None = None
+
+    @classmethod
+    def make_config(cls, *args: Any, **options: Any) -> Any:
+        """The config from positional (`positional`) and keyword options.
+
+        Raises:
+            TypeError: too many positional options, one given twice, or an unknown name.
+            ValueError: a value that breaks its field's rule.
+        """
+        if len(args) > len(cls.positional):
+            raise TypeError(
+                f"{cls.__name__} takes at most {len(cls.positional)} positional options "
+                f"{cls.positional}, got {len(args)}; pass the others by name"
+            )
+        for name, value in zip(cls.positional, args, strict=False):
+            if name in options:
+                raise TypeError(f"{cls.__name__} got {name!r} twice")
+            options[name] = value
+        names = [f.name for f in dataclasses.fields(cls.config_class)]
+        unknown = sorted(set(options) - set(names))
+        if unknown:
+            raise TypeError(
+                f"{cls.__name__} has no option {', '.join(map(repr, unknown))}; "
+                f"its options are {sorted(names)}"
+            )
+        return cls.config_class(**options)
 
     # -- protocol -------------------------------------------------------------------------------
     def fit(self, x: Any, y: Any = None) -> GenerativeModel:
@@ -239,10 +362,57 @@ class GenerativeModel(nn.Module):
         return self.device_
 
     def generator(self, seed: int | None) -> torch.Generator:
-        """A local RNG on the model's device: seeded when asked, else from the global RNG."""
-        g = torch.Generator(device=self.device)
-        g.manual_seed(int(seed) if seed is not None else int(torch.randint(2**62, ()).item()))
-        return g
+        """A local RNG on the model's device: seeded when asked, else from OS entropy (the
+        global RNG is never read or advanced)."""
+        return local_generator(seed, self.device)
+
+    @property
+    def is_text(self) -> bool:
+        """Whether the model generates text (`sample` returns strings)."""
+        return False
+
+    @property
+    def n_parameters(self) -> int:
+        """Free parameters (the network's trainable tensors' sizes; a GMM counts its own)."""
+        return sum(p.numel() for p in self.parameters())
+
+    @classmethod
+    def unsupported(cls, data: TrainingData) -> str | None:
+        """Why this family cannot model `data` at all (None when it can)."""
+        return None
+
+    def fit_summary(self) -> dict[str, Any]:
+        """Rows of `genlab fit`'s summary beside the score (fitted choices, iterations)."""
+        return {}
+
+    def score_rows(self, data: Dataset, limit: int = 1000) -> tuple[str, float]:
+        """(label, mean log-likelihood in nats) of up to `limit` training rows, quickly
+        (`quick_log_prob`): what `genlab fit` prints. Densities of quantised images are
+        scored at dequantised rows, as evaluation measures them."""
+        x = data.x[:limit]
+        x = x if isinstance(x, torch.Tensor) else x[:]
+        if data.levels is not None and self.log_prob_space == "continuous":
+            x = metrics.dequantize(x.float(), data.levels, generator=local_generator(0))
+        part = "" if len(x) == len(data) else f" (first {len(x)})"
+        value = float(self.log_prob(x, **self.quick_log_prob).double().mean())
+        return f"train log-likelihood{part}", value
+
+    @classmethod
+    def fit_for_budget(
+        cls,
+        data: Dataset,
+        *,
+        seconds: float | None,
+        steps: int | None,
+        seed: int,
+        device: str | None = None,
+        progress: bool = False,
+        options: Mapping[str, Any] | None = None,
+    ) -> tuple[GenerativeModel, dict[str, Any]]:
+        """Fit within a budget (what compare calls): a neural family trains with max_time /
+        max_steps; a family with its own model selection (the GMM's BIC) overrides this.
+        Returns the model and details for the record ("steps", "options")."""
+        raise NotImplementedError
 
     def extra_repr(self) -> str:
         fields = dataclasses.asdict(self.config)
@@ -274,6 +444,105 @@ class GenerativeModel(nn.Module):
         if unknown:
             raise ValueError(f"unknown {cls.family} config keys {unknown}; known: {sorted(names)}")
         return cls(**config, device=device)
+
+
+class NeuralModel(GenerativeModel):
+    """A family trained by the one loop, `genlab.train.fit`, on its `loss(batch, step)`.
+
+    `fit` is written once here: the input becomes a `TrainingData` (kind, levels, labels
+    decided once), the family refuses what it cannot model (`unsupported`), then its set-up
+    hook `_setup(data)` builds the networks and fitted buffers (under a private RNG seeded by
+    config.seed, so initialisation depends on the seed alone) and returns the tensors the
+    trainer draws batches from: (rows, labels or None).
+    """
+
+    train_result_: train.TrainResult | None = None
+
+    def fit(
+        self,
+        x: Any,
+        y: Any = None,
+        *,
+        out: str | os.PathLike | None = None,
+        checkpoint_every: int | None = None,
+        resume: bool = False,
+        progress: bool | None = None,
+        callback: Any = None,
+        callback_every: int | None = None,
+    ) -> NeuralModel:
+        """Set the family up for the data and train it with `genlab.train.fit`.
+
+        Args:
+            x: (n, *event_shape) Tensor, array or Dataset (its kind and levels are used, its
+                labels are not), or a text (a str or a text Dataset) for text families.
+            y: (n,) integer labels for a class-conditional model, or None.
+            out: folder of checkpoint.pt and log.jsonl (None: no files).
+            checkpoint_every, resume, progress, callback, callback_every: see
+                `genlab.train.fit`.
+        """
+        data = TrainingData.from_input(x, y)
+        reason = self.unsupported(data)
+        if reason is not None:
+            raise ValueError(reason)
+        with torch.random.fork_rng(devices=[]):  # the nets' init follows config.seed alone
+            torch.manual_seed(self.config.seed)
+            rows, labels = self._setup(data)
+        self.train_result_ = train.fit(
+            self, rows, labels, self.config, out=out, checkpoint_every=checkpoint_every,
+            resume=resume, callback=callback, callback_every=callback_every, progress=progress,
+            device=self.device_,
+        )  # fmt: skip
+        self.eval()
+        return self
+
+    def _setup(self, data: TrainingData) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Build the networks and fitted buffers for `data`, set `event_shape`, and return
+        the (rows, labels) the trainer draws batches from."""
+        raise NotImplementedError
+
+    def loss(self, batch: tuple[torch.Tensor, ...], step: int) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def dequantize_batch(self, x: torch.Tensor, levels: int | None) -> torch.Tensor:
+        """Fresh uniform dequantisation (k + u) / levels of quantised images in a training
+        batch (the trainer's RNG), so a density is that of the dequantised data, as
+        evaluation measures it; x unchanged when levels is None."""
+        if levels is None:
+            return x
+        k = torch.round(x * (levels - 1))
+        return (k + torch.rand_like(x)) / levels
+
+    def fit_summary(self) -> dict[str, Any]:
+        result = self.train_result_
+        if result is None:
+            return {}
+        rows: dict[str, Any] = {"steps": result.steps}
+        last = result.history[-1] if result.history else {}
+        if "loss" in last:
+            rows["final loss"] = float(last["loss"])
+        return rows
+
+    @classmethod
+    def fit_for_budget(
+        cls,
+        data: Dataset,
+        *,
+        seconds: float | None,
+        steps: int | None,
+        seed: int,
+        device: str | None = None,
+        progress: bool = False,
+        options: Mapping[str, Any] | None = None,
+    ) -> tuple[GenerativeModel, dict[str, Any]]:
+        """Construct with max_time=seconds / max_steps=steps (and `options`) and fit on the
+        data as `genlab fit` gives it, without its labels."""
+        kwargs = {"seed": seed, "max_time": seconds, "max_steps": steps, **(options or {})}
+        if device is not None:
+            kwargs.setdefault("device", device)
+        model = cls(**kwargs)
+        model.fit(dataclasses.replace(data, y=None), progress=progress)
+        chosen = {k: v for k, v in (options or {}).items()}
+        return model, {"steps": model.train_result_.steps, "options": chosen}
 
 
 def load(path: str | os.PathLike, device: str | torch.device | None = None) -> GenerativeModel:
