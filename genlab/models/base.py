@@ -254,6 +254,8 @@ class GenerativeModel(nn.Module):
     trajectory_picture: ClassVar[TrajectoryPicture | None] = None
     #: whether `encode`/`reconstruct` exist (pictures of reconstructions and latents)
     has_encoder: ClassVar[bool] = False
+    #: whether `fit(x, y)` trains a class-conditional model on labels y
+    takes_labels: ClassVar[bool] = False
     #: the network evaluations of the last `sample` (iterative families), else None
     nfe_: int | None = None
 
@@ -376,6 +378,11 @@ class GenerativeModel(nn.Module):
         """Free parameters (the network's trainable tensors' sizes; a GMM counts its own)."""
         return sum(p.numel() for p in self.parameters())
 
+    def ellipses_2d(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """(means (K, 2), covariances (K, 2, 2), weights (K,)) of a 2-D mixture's components,
+        for pictures; None for families without components."""
+        return None
+
     @classmethod
     def unsupported(cls, data: TrainingData) -> str | None:
         """Why this family cannot model `data` at all (None when it can)."""
@@ -457,6 +464,7 @@ class NeuralModel(GenerativeModel):
     """
 
     train_result_: train.TrainResult | None = None
+    takes_labels: ClassVar[bool] = True
 
     def fit(
         self,
