@@ -256,6 +256,10 @@ class GenerativeModel(nn.Module):
     has_encoder: ClassVar[bool] = False
     #: whether `fit(x, y)` trains a class-conditional model on labels y
     takes_labels: ClassVar[bool] = False
+    #: the data set `genlab fit <family>` uses when --data is not given
+    example_data: ClassVar[str] = "moons"
+    #: whether the family has a components-vs-dimension study (`sweep`, the GMM's)
+    component_study: ClassVar[bool] = False
     #: the network evaluations of the last `sample` (iterative families), else None
     nfe_: int | None = None
 
