@@ -5,9 +5,10 @@
 
 (`out` gets report.html, report.md and records.json, written by `genlab.report`.)
 
-Each family is fitted on the train split (neural families with `max_time` or `max_steps` set
-to the budget; the GMM picks its number of components by BIC, fitting until the budget is
-spent) and measured on the test split with `genlab.metrics`:
+Each family is fitted on the train split by its own `fit_for_budget` (the family decides its
+defaults: neural families train with `max_time` / `max_steps` set to the budget; the GMM picks
+its number of components by BIC among `Settings.gmm_components`, fitting until the budget is
+spent) and measured on the test split with `genlab.evaluation` and `genlab.metrics`:
 
 - NLL on one scale: bits/dim of the discrete data for quantised images (a density at
   uniformly dequantised test points, `metrics.discrete_bits_per_dim`; a log-mass, for models
@@ -15,18 +16,21 @@ spent) and measured on the test split with `genlab.metrics`:
   each labelled with the family's `log_prob_kind` (exact, bound or estimate).
 - Sample quality against the test split: MMD² and sliced W2 (and the energy distance) of the
   samples; for labelled images also, in the features of a small classifier trained on the
-  train split (`feature_classifier`, cached on disk), the Fréchet distance, k-NN precision
-  and recall, and the entropy of the classes it assigns to samples (class coverage). Image
-  samples are first put on the data's grid (`metrics.quantize`), as an image file would.
+  train split (`feature_classifier`, cached on disk), the Fréchet distance
+  ("frechet_classifier": in those features, not Inception's), k-NN precision and recall, and
+  the entropy of the classes it assigns to samples (class coverage). Image samples are first
+  put on the data's grid (`metrics.quantize`), as an image file would.
 - Cost: training seconds and steps, sampling seconds per 1,000 samples, the sampler's NFE
-  (`model.nfe_` where the family counts it), parameters.
+  (`model.nfe_` where the family counts it), parameters (`model.n_parameters`); for families
+  whose `sample` takes `steps` (`sample_options`), quality against NFE.
 
 The floor row ("data") measures real train images against the same test split with the
 same number of samples: what a model that samples the data distribution itself would score.
 A family that is not registered is reported as "missing"; one that cannot model the data
-(the autoregressive family on continuous points) as "not applicable", with the reason; one
-that fails, with its error; the others go on. The records are plain dicts (JSON-able), one
-per family plus the floor.
+(its `unsupported(data)` gives a reason, e.g. the autoregressive family on continuous points)
+as "not applicable", with the reason; one that fails, with its error; the others go on.
+The records are plain dicts (JSON-able), one per family plus the floor. Nothing here names a
+family class: what differs between families, they say themselves (`genlab.models.base`).
 """
 
 from __future__ import annotations
@@ -38,7 +42,6 @@ import re
 import sys
 import time
 import traceback
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,23 +52,24 @@ import torch
 
 from genlab import metrics, plots
 from genlab.data import Dataset, load_dataset
-from genlab.measures import (
+from genlab.evaluation import (
     TrainedClassifier,
-    accepts,
     cache_root,
     dequantized,
     feature_classifier,
     gmm_nll_vs_components,
     held_out_nll,
 )
-from genlab.models import FAMILIES, GaussianMixture, GenerativeModel
-from genlab.report import FLOOR, json_safe, nfe_figure, study_figure, write_report
+from genlab.models import FAMILIES, GenerativeModel
+from genlab.models.base import TrainingData
+from genlab.options import Constraint, Integer, Real, option, validate
+from genlab.report import FLOOR, QUALITY_LABELS, json_safe, write_report
 
 DEFAULT_FAMILIES: tuple[str, ...] = ("gmm", "vae", "flow", "diffusion", "autoregressive")
 RECORD_KEYS: tuple[str, ...] = (
     "data", "family", "status", "error", "log_prob_kind", "nll_space", "nll_nats",
-    "bits_per_dim", "mmd", "sliced_wasserstein", "energy_distance", "fid", "precision", "recall",
-    "class_entropy_bits", "train_seconds", "train_steps", "nll_seconds",
+    "bits_per_dim", "mmd", "sliced_wasserstein", "energy_distance", "frechet_classifier",
+    "precision", "recall", "class_entropy_bits", "train_seconds", "train_steps", "nll_seconds",
     "sample_seconds_per_1000", "nfe", "n_parameters", "n_samples", "details", "nfe_curve",
     "figures", "errors",
 )  # fmt: skip
@@ -94,10 +98,6 @@ class Budget:
             isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1
         ):
             raise ValueError(f"budget steps must be an integer >= 1, got {self.steps!r}")
-
-    def train_options(self) -> dict[str, Any]:
-        """The `genlab.train.TrainConfig` fields max_time and max_steps."""
-        return {"max_time": self.seconds, "max_steps": self.steps}
 
     def __str__(self) -> str:
         parts = [] if self.seconds is None else [f"{self.seconds:g} s"]
@@ -129,53 +129,52 @@ def parse_budget(text: str) -> Budget:
 
 
 @dataclass(frozen=True)
+class Counts(Constraint):
+    """A tuple of integers >= 1 (sampler steps, numbers of components, dimensions)."""
+
+    optional: bool = False
+
+    def accepts(self, v: Any) -> bool:
+        return isinstance(v, tuple | list) and all(Integer(1).accepts(k) for k in v)
+
+    def describe(self) -> str:
+        return "a tuple of integers >= 1"
+
+
+POSITIVE, OPTIONAL = Real(0.0, low_open=True), {"optional": True}
+
+
+@dataclass(frozen=True)
 class Settings:
     """How much is measured (sample counts, grids, solver tolerance, the classifier's training)."""
 
-    n_samples: int = 1000  # model samples per family (and train rows of the floor row)
-    nfe_steps: tuple[int, ...] = (2, 5, 10, 20, 50)  # sampler steps of the quality-vs-NFE curve
-    nfe_samples: int = 500  # samples per point of that curve
-    gmm_components: tuple[int, ...] = (1, 2, 4, 8, 16, 32)  # the BIC sweep and the study's K
-    gmm_study_dims: tuple[int, ...] | None = None  # None: 2, 4, 8, ... up to the data's dim
-    gmm_study_seconds: float = 20.0  # the NLL-vs-components study stops after this
-    density_grid: int = 60  # grid points per axis of the 2-D density plots
-    max_nll_points: int | None = None  # test points for the NLL (None: all)
-    ode_tolerance: float = 1e-4  # rtol = atol of log_prob's adaptive ODE solve (flow, diffusion)
-    knn_k: int = 3  # the neighbour of k-NN precision and recall
-    classifier_epochs: int = 15
-    classifier_seconds: float = 120.0
+    # fmt: off
+    n_samples: int = option(1000, "Model samples per family (and floor rows).", Integer(2))
+    nfe_steps: tuple[int, ...] = option((2, 5, 10, 20, 50), "Steps of quality vs NFE.", Counts())
+    nfe_samples: int = option(500, "Samples per point of quality vs NFE.", Integer(2))
+    gmm_components: tuple[int, ...] = option((1, 2, 4, 8, 16, 32), "K of the GMM's BIC sweep "
+                                             "and of the components study.", Counts())
+    gmm_study_dims: tuple[int, ...] | None = option(None, "PCA dimensions of the study (None: "
+                                                    "2, 4, 8, ... up to D).", Counts(**OPTIONAL))
+    gmm_study_seconds: float = option(20.0, "The components study stops after this.", POSITIVE)
+    density_grid: int | None = option(None, "Grid side of 2-D density pictures (None: the "
+                                      "family's own).", Integer(2, **OPTIONAL))
+    max_nll_points: int | None = option(None, "Test points of the NLL (None: all).",
+                                        Integer(1, **OPTIONAL))
+    ode_tolerance: float = option(1e-4, "rtol = atol of ODE likelihoods.", POSITIVE)
+    knn_k: int = option(3, "The neighbour of k-NN precision and recall.", Integer(1))
+    classifier_epochs: int = option(15, "Epochs of the feature classifier.", Integer(1))
+    classifier_seconds: float = option(120.0, "The classifier trains at most this.", POSITIVE)
+    # fmt: on
 
     def __post_init__(self) -> None:
-        minimum = {"n_samples": 2, "nfe_samples": 2, "density_grid": 2, "knn_k": 1,
-                   "classifier_epochs": 1}  # fmt: skip
-        for name, low in minimum.items():
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < low:
-                raise ValueError(f"{name} must be an integer >= {low}, got {v!r}")
-        for name in ("nfe_steps", "gmm_components") + (
-            ("gmm_study_dims",) if self.gmm_study_dims is not None else ()
-        ):
-            values = getattr(self, name)
-            if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in values):
-                raise ValueError(f"{name} must hold integers >= 1, got {values!r}")
-        for name in ("ode_tolerance", "gmm_study_seconds", "classifier_seconds"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int | float) or not v > 0:
-                raise ValueError(f"{name} must be a number > 0, got {v!r}")
+        validate(self)
 
 
 # -- small helpers --------------------------------------------------------------------------------
 def _rows(data: Dataset) -> torch.Tensor:
     """All rows of a data set's x as a tensor (reading a lazy `NpyArray`)."""
     return data.x if isinstance(data.x, torch.Tensor) else data.x[:]
-
-
-def n_parameters(model: GenerativeModel) -> int:
-    """The model's free parameters: its own count if it has one, else its tensors' sizes."""
-    count = getattr(model, "n_parameters", None)
-    if count is not None:
-        return int(count)
-    return sum(p.numel() for p in model.parameters())
 
 
 def _error_text(e: BaseException) -> str:
@@ -213,7 +212,7 @@ class _Run:
 
     @property
     def quality_metric(self) -> str:
-        return "fid" if self.classifier is not None else "sliced_wasserstein"
+        return "frechet_classifier" if self.classifier is not None else "sliced_wasserstein"
 
     def figure(self, stem: str) -> Path | None:
         """out/figures/<data>/<stem>.png, or None without `out`."""
@@ -247,127 +246,34 @@ def _quality(samples: torch.Tensor, run: _Run) -> dict[str, float]:
     out = metrics.sample_metrics(samples, run.test_points, seed=run.seed)
     if run.classifier is not None:
         feats, labels = run.classifier.features_and_labels(samples)
-        out["fid"] = metrics.frechet_distance(run.test_features, feats)
+        out["frechet_classifier"] = metrics.frechet_distance(run.test_features, feats)
         out.update(metrics.precision_recall(run.test_features, feats, k=run.settings.knn_k))
         out["class_entropy_bits"] = metrics.class_entropy(labels, run.classifier.n_classes)
     return out
 
 
-# -- fitting: a GMM by BIC, a neural family within the budget --------------------------------------
-def _fit_gmm(train: Dataset, run: _Run, options: dict[str, Any]) -> tuple[GenerativeModel, dict]:
-    """Fit full-covariance GMMs over `settings.gmm_components` (or options["n_components"])
-    and keep the lowest BIC on the train split. With a budget of seconds the sweep stops
-    before a K whose fit, predicted from the last one (cost ∝ K), would overrun it; EM has no
-    step budget, so a step budget runs the whole sweep."""
-    grid = [options.pop("n_components")] if "n_components" in options else None
-    grid = grid or [k for k in run.settings.gmm_components if k <= len(train)]
-    options = {"covariance_type": "full", "seed": run.seed, **options}
-    if run.device is not None:
-        options.setdefault("device", run.device)
-    start, best, bics, last = time.perf_counter(), None, {}, None
-    for k in grid:
-        elapsed = time.perf_counter() - start
-        seconds = run.budget.seconds
-        if seconds is not None and last is not None and elapsed + last[1] * k / last[0] > seconds:
-            bics[str(k)] = "skipped: predicted to overrun the budget (EM's cost grows with K)"
-            break
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            try:
-                model = GaussianMixture(k, **options).fit(train, progress=False)
-                bic = model.bic(train)
-            except ValueError as e:  # e.g. a covariance that is not positive definite
-                bics[str(k)] = _error_text(e)
-                continue
-        bics[str(k)], last = bic, (k, time.perf_counter() - start - elapsed)
-        run.say(f"  gmm: K={k} BIC={bic:.6g} ({time.perf_counter() - start:.1f} s)")
-        if best is None or bic < best[1]:
-            best = (model, bic)
-    if best is None:
-        raise ValueError(f"no GMM could be fitted: {bics}")
-    model = best[0]
-    return model, {
-        "n_components": model.config.n_components,
-        "bic": bics,
-        "converged": bool(model.converged_),
-        "em_iterations": model.n_iter_,
-    }
-
-
-def _vae_defaults(train: Dataset) -> dict[str, Any]:
-    quantised = train.kind == "image" and train.levels is not None
-    return {"likelihood": "discretized"} if quantised else {"latent_dim": min(16, train.dim)}
-
-
-SMALL_IMAGE_DIM = 256
-"""Images of at most this many pixels (8 x 8 digits, 16 x 16) count as small: compare gives the
-iterative families an MLP (the UNet costs 15-30x more CPU time per step there) and the
-autoregressive family a 2-layer, 64-wide transformer, so that a budget of seconds trains them
-for hundreds of steps rather than tens."""
-
-
-def _flow_defaults(train: Dataset) -> dict[str, Any]:
-    small = train.kind == "image" and train.dim <= SMALL_IMAGE_DIM
-    return {"sample_steps": 20, "sample_method": "heun", **({"net": "mlp"} if small else {})}
-
-
-def _diffusion_defaults(train: Dataset) -> dict[str, Any]:
-    return {"net": "mlp"} if train.kind == "image" and train.dim <= SMALL_IMAGE_DIM else {}
-
-
-def _autoregressive_defaults(train: Dataset) -> dict[str, Any]:
-    return {"n_layer": 2, "n_embd": 64} if train.dim <= SMALL_IMAGE_DIM else {}
-
-
-FAMILY_DEFAULTS: dict[str, Callable[[Dataset], dict[str, Any]]] = {
-    "vae": _vae_defaults,
-    "flow": _flow_defaults,
-    "diffusion": _diffusion_defaults,
-    "autoregressive": _autoregressive_defaults,
-}
-"""Constructor defaults inside compare, for short budgets (the caller's `options` override
-them): a VAE with a discretised likelihood on quantised images; a flow sampled with 20 Heun
-steps (40 NFE, near diffusion's 20-step DPM-Solver++ default in cost) instead of 50 (the
-quality-vs-NFE curve shows other step counts); small nets on small images (`SMALL_IMAGE_DIM`)."""
+# -- fitting: each family by its own recipe ------------------------------------------------------
+def settings_options(settings: Settings) -> dict[str, dict[str, Any]]:
+    """Family options that come from compare's `Settings` (the caller's `options` override
+    them): the GMM's BIC sweep over `settings.gmm_components`."""
+    return {"gmm": {"components": tuple(settings.gmm_components)}}
 
 
 def not_applicable(family: str, train: Dataset) -> str | None:
-    """Why `family` cannot model `train` at all (None when it can)."""
-    if family == "autoregressive" and (train.kind != "image" or train.levels is None):
-        return (
-            f"the autoregressive family models text and quantised images (pixel values on a "
-            f"grid of levels); {train.name!r} holds continuous {train.kind}"
-        )
-    return None
+    """Why the registered `family` cannot model `train` at all (None when it can): the
+    family's own answer, `unsupported`, to the data as its `fit` would see it."""
+    return FAMILIES[family].unsupported(TrainingData.from_input(train))
 
 
-def _fit_neural(
-    family: str, train: Dataset, run: _Run, options: dict[str, Any]
-) -> tuple[GenerativeModel, dict]:
-    """Construct the family with the budget as max_time / max_steps and fit it on the train
-    Dataset as `genlab fit` gives it (quantised images keep their `levels`: a family that
-    models a density of them dequantises them itself, as flow does), without its labels."""
-    kwargs = {
-        **(FAMILY_DEFAULTS[family](train) if family in FAMILY_DEFAULTS else {}),
-        "seed": run.seed,
-        **run.budget.train_options(),
-        **options,
-    }
-    if run.device is not None:
-        kwargs.setdefault("device", run.device)
-    model = FAMILIES[family](**kwargs)
-    model.fit(dataclasses.replace(train, y=None), progress=run.progress)
-    result = getattr(model, "train_result_", None)
-    chosen = {
-        k: v for k, v in kwargs.items() if k not in ("seed", "device", "max_time", "max_steps")
-    }
-    return model, {"steps": getattr(result, "steps", None), "options": chosen}
-
-
-FITTERS: dict[str, Callable[[Dataset, _Run, dict], tuple[GenerativeModel, dict]]] = {
-    "gmm": lambda train, run, options: _fit_gmm(dequantized(train, run.seed + 1), run, options),
-}
-"""Families fitted by a function of their own; every other family goes through `_fit_neural`."""
+def _fit(family: str, run: _Run) -> tuple[GenerativeModel, dict[str, Any]]:
+    """`FAMILIES[family].fit_for_budget` on the train Dataset as `genlab fit` gives it
+    (quantised images keep their `levels`): the family chooses its own defaults for the
+    budget, and returns the model and details ("steps", the options it chose, ...)."""
+    options = {**settings_options(run.settings).get(family, {}), **run.options.get(family, {})}
+    return FAMILIES[family].fit_for_budget(
+        run.train, seconds=run.budget.seconds, steps=run.budget.steps, seed=run.seed,
+        device=run.device, progress=run.progress, options=options,
+    )  # fmt: skip
 
 
 # -- one family -----------------------------------------------------------------------------------
@@ -384,11 +290,9 @@ def _measure(record: dict[str, Any], what: str, fn: Callable[[], Any]) -> Any:
 def _run_family(family: str, run: _Run) -> dict[str, Any]:
     record = _new_record(run.name, family)
     if family not in FAMILIES:
-        record.update(
-            status="missing",
-            error=f"family {family!r} is not registered "
-            f"(registered: {', '.join(sorted(FAMILIES))})",
-        )
+        known = ", ".join(sorted(FAMILIES))
+        record.update(status="missing", error=f"family {family!r} is not registered "
+                      f"(registered: {known})")  # fmt: skip
         run.say(f"{family}: missing ({record['error']})")
         return record
     reason = not_applicable(family, run.train)
@@ -397,23 +301,21 @@ def _run_family(family: str, run: _Run) -> dict[str, Any]:
         run.say(f"{family}: not applicable: {reason}")
         return record
     run.say(f"{family}: fitting on {len(run.train)} samples (budget {run.budget})")
-    options = dict(run.options.get(family, {}))
-    fitter = FITTERS.get(family, lambda train, r, o: _fit_neural(family, train, r, o))
     start = time.perf_counter()
     try:
-        model, details = fitter(run.train, run, options)
+        model, details = _fit(family, run)
     except Exception as e:
-        record.update(
-            status="failed", error=_error_text(e), details={"traceback": traceback.format_exc()}
-        )
+        trace = {"traceback": traceback.format_exc()}
+        record.update(status="failed", error=_error_text(e), details=trace)
         run.say(f"{family}: failed: {record['error']}")
         return record
     model.eval()
     record["train_seconds"] = time.perf_counter() - start
+    details = dict(details)
     record["train_steps"] = details.pop("steps", None)
     record["details"] = details
     record["log_prob_kind"] = model.log_prob_kind
-    record["n_parameters"] = _measure(record, "n_parameters", lambda: n_parameters(model))
+    record["n_parameters"] = _measure(record, "n_parameters", lambda: int(model.n_parameters))
     run.say(f"{family}: fitted in {record['train_seconds']:.1f} s; measuring")
     _measure(record, "nll", lambda: _measure_nll(model, record, run))
     samples = _measure(record, "samples", lambda: _measure_samples(model, record, run))
@@ -421,7 +323,7 @@ def _run_family(family: str, run: _Run) -> dict[str, Any]:
         quality = _measure(record, "quality", lambda: _quality(samples, run))
         record.update(quality or {})
         _measure(record, "figures", lambda: _family_figures(model, samples, record, run))
-    if accepts(model.sample, "steps"):
+    if "steps" in model.sample_options:
         _measure(record, "nfe_curve", lambda: _nfe_curve(model, record, run))
     if record["status"] == "partial":
         record["error"] = "; ".join(f"{k}: {v}" for k, v in record["errors"].items())
@@ -436,12 +338,8 @@ def _measure_nll(model: GenerativeModel, record: dict[str, Any], run: _Run) -> N
     start = time.perf_counter()
     tol = run.settings.ode_tolerance
     result = held_out_nll(model, test, run.seed, rtol=tol, atol=tol)
-    record.update(
-        nll_nats=result.nll,
-        bits_per_dim=result.bits_per_dim,
-        nll_space=result.space,
-        nll_seconds=time.perf_counter() - start,
-    )
+    record.update(nll_nats=result.nll, bits_per_dim=result.bits_per_dim, nll_space=result.space,
+                  nll_seconds=time.perf_counter() - start)  # fmt: skip
 
 
 def _measure_samples(model: GenerativeModel, record: dict[str, Any], run: _Run) -> torch.Tensor:
@@ -449,9 +347,7 @@ def _measure_samples(model: GenerativeModel, record: dict[str, Any], run: _Run) 
     start = time.perf_counter()
     samples = model.sample(n, seed=run.seed)
     seconds = time.perf_counter() - start
-    record.update(
-        sample_seconds_per_1000=seconds * 1000 / n, n_samples=n, nfe=getattr(model, "nfe_", None)
-    )
+    record.update(sample_seconds_per_1000=seconds * 1000 / n, n_samples=n, nfe=model.nfe_)
     if tuple(samples.shape) != (n, *run.train.event_shape):
         raise ValueError(f"sample({n}) returned shape {tuple(samples.shape)}")
     return _as_samples(samples, run)
@@ -465,29 +361,22 @@ def _nfe_curve(model: GenerativeModel, record: dict[str, Any], run: _Run) -> Non
         start = time.perf_counter()
         samples = _as_samples(model.sample(n, seed=run.seed, steps=steps), run)
         seconds = time.perf_counter() - start
-        nfe = getattr(model, "nfe_", None)
         quality = _quality(samples, run)
-        curve.append({"steps": steps, "nfe": nfe, metric: quality[metric], "seconds": seconds})
+        curve.append({"steps": steps, "nfe": model.nfe_, metric: quality[metric],
+                      "seconds": seconds})  # fmt: skip
     record["nfe_curve"] = {"metric": metric, "n_samples": n, "points": curve}
 
 
-DENSITY_PLOT_SOLVER = {"method": "rk4", "steps": 16}
-"""log_prob options of the 2-D density pictures, for families whose log_prob integrates an
-ODE (it takes `method` and `steps`): a fixed-step solver, which is enough for a picture and
-much faster than the default adaptive one on a grid of thousands of points."""
-
-
 def _density_fn(model: GenerativeModel) -> tuple[Callable[[np.ndarray], torch.Tensor], str]:
-    """log_prob for a density picture of 2-D points, and a note on how it was computed."""
-    kwargs = {}
-    if all(accepts(model.log_prob, k) for k in DENSITY_PLOT_SOLVER):
-        kwargs = dict(DENSITY_PLOT_SOLVER)
+    """log_prob for a density picture of 2-D points with the family's cheap options
+    (`quick_log_prob`: e.g. a fixed-step ODE solver), and a note saying which."""
+    quick = dict(model.quick_log_prob)
 
     def log_prob(points: np.ndarray) -> torch.Tensor:
-        return model.log_prob(torch.from_numpy(points).float(), **kwargs).detach().cpu()
+        return model.log_prob(torch.from_numpy(points).float(), **quick).detach().cpu()
 
-    note = f" ({kwargs['method']}, {kwargs['steps']} steps)" if kwargs else ""
-    return log_prob, note
+    note = ", ".join(f"{k}={v}" for k, v in quick.items())
+    return log_prob, f" ({note})" if note else ""
 
 
 def _family_figures(
@@ -504,18 +393,14 @@ def _family_figures(
         path = run.figure(f"{family}-density")
         if path is not None:
             log_prob, note = _density_fn(model)
-            plots.density_2d(
-                log_prob,
-                path,
-                samples=samples[:1000],
-                data=run.test_points[:1000],
-                grid=run.settings.density_grid,
-                title=f"{family}: density{note} and samples",
-            )
+            plots.density_2d(log_prob, path, samples=samples[:1000], data=run.test_points[:1000],
+                             ellipses=model.ellipses_2d(),
+                             grid=run.settings.density_grid or model.density_grid,
+                             title=f"{family}: density{note} and samples")  # fmt: skip
             record["figures"]["density"] = run.relative(path)
 
 
-# -- the floor row and the GMM study --------------------------------------------------------------
+# -- the floor row and the components study ------------------------------------------------------
 def _floor_record(run: _Run) -> dict[str, Any]:
     """Real train samples (as many as a model's) against the test split: the metrics' floor."""
     record = _new_record(run.name, FLOOR)
@@ -548,8 +433,10 @@ def _floor_record(run: _Run) -> dict[str, Any]:
     return record
 
 
-def _gmm_study(record: dict[str, Any], run: _Run) -> None:
-    dim = run.train.dim
+def _component_study(record: dict[str, Any], run: _Run) -> None:
+    """Test NLL against components as the PCA dimension grows (`gmm_nll_vs_components`), for
+    a family with `component_study`; the mixtures fit dequantised train points."""
+    family, dim = record["family"], run.train.dim
     dims = run.settings.gmm_study_dims or tuple(
         sorted({2**i for i in range(1, int(math.log2(dim)) + 1)} | {dim})
     )
@@ -557,10 +444,11 @@ def _gmm_study(record: dict[str, Any], run: _Run) -> None:
     test = _rows(dequantized(run.test, run.seed))
     study = gmm_nll_vs_components(train, test, dims, run.settings.gmm_components, seed=run.seed,
                                   max_seconds=run.settings.gmm_study_seconds,
-                                  device=run.device)  # fmt: skip
+                                  device=run.device, family=family)  # fmt: skip
     record["details"]["nll_vs_components"] = study
-    path = run.figure("gmm-nll-vs-components")
-    if path is not None and study_figure(study, path) is not None:
+    path = run.figure(f"{family}-nll-vs-components")
+    title = f"{family}: test NLL vs components, PCA dimension d"
+    if path is not None and plots.study_figure(study, path, title=title) is not None:
         record["figures"]["nll_vs_components"] = run.relative(path)
 
 
@@ -613,16 +501,17 @@ def compare(
         data: a data set name (`genlab.data.load_dataset`; with n_train, n_test, seed and
             root), or a train `Dataset` (then pass `test`).
         families: registry names; names not registered are reported as "missing".
-        budget_seconds: wall-clock training seconds of each neural family (max_time); the GMM's
-            BIC sweep stops once they are spent.
+        budget_seconds: wall-clock training seconds of each family (a neural family's
+            max_time; the GMM's BIC sweep stops once they are spent).
         budget_steps: optimisation steps of each neural family (max_steps). At least one of
             the two budgets is needed; with both, training stops at whichever ends first.
         test: the test `Dataset` when `data` is a Dataset.
         out: a folder for figures (out/figures/<data>/), records.json, report.html and
             report.md (with `report`); None writes nothing.
         seed: seeds of the models, the samplers, the dequantisation and the floor's draw.
-        options: per-family constructor keyword arguments that override the defaults (e.g.
-            {"vae": {"latent_dim": 8}}); for the GMM, `n_components` skips the BIC sweep.
+        options: per-family options for `fit_for_budget`, over the family's own defaults
+            (e.g. {"vae": {"latent_dim": 8}}); the GMM gets {"components":
+            settings.gmm_components} first (`settings_options`).
         settings: sample counts, grids and the classifier's training (`Settings`).
         device: "cpu" / "cuda" for every model and the classifier (None: cuda when present).
         progress: print what is happening and show the families' training progress bars.
@@ -660,17 +549,20 @@ def compare(
         except Exception as e:
             floor_errors["classifier"] = _error_text(e)
     records = [_run_family(family, run) for family in families]
-    gmm = next((r for r in records if r["family"] == "gmm"), None)
-    if gmm is not None and gmm["status"] in ("ok", "partial"):
-        run.say(f"{run.name}: GMM test NLL vs components as the PCA dimension grows")
-        _measure(gmm, "nll_vs_components", lambda: _gmm_study(gmm, run))
+    for r in records:
+        cls = FAMILIES.get(r["family"])
+        if cls is not None and cls.component_study and r["status"] in ("ok", "partial"):
+            run.say(f"{run.name}: {r['family']} test NLL vs components as the dimension grows")
+            _measure(r, "nll_vs_components", lambda r=r: _component_study(r, run))
     floor = _floor_record(run)
     floor["errors"].update(floor_errors)
     curves = {r["family"]: r["nfe_curve"] for r in records if r.get("nfe_curve")}
     path = run.figure("quality-vs-nfe")
     if curves and path is not None:
         metric = run.quality_metric
-        drawn = _measure(floor, "quality_vs_nfe", lambda: nfe_figure(curves, metric, path))
+        label = QUALITY_LABELS.get(metric, metric)
+        drawn = _measure(floor, "quality_vs_nfe",
+                         lambda: plots.nfe_figure(curves, metric, path, ylabel=label))  # fmt: skip
         if drawn is not None:
             floor["figures"]["quality_vs_nfe"] = run.relative(drawn)
     records = [json_safe(r) for r in [*records, floor]]

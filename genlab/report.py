@@ -1,12 +1,12 @@
-"""The comparison report: a summary table, figures drawn from records, report.html and report.md.
+"""The comparison report: a summary table, the figures records name, report.html and report.md.
 
     from genlab.report import write_report
     write_report(records, "runs/cmp")   # records from `genlab.compare.compare`
 
-`compare` measures; this module only presents. A record is a plain dict (see
-`genlab.compare.RECORD_KEYS`): the table shows its numbers, and its "figures" name PNG files
-under the output folder. report.html embeds them as data URIs (inline CSS, no script, no
-external request), so it is one self-contained file; report.md links them.
+`compare` measures and draws (with `genlab.plots`); this module only formats. A record is a
+plain dict (see `genlab.compare.RECORD_KEYS`): the table shows its numbers, and its "figures"
+name PNG files under the output folder. report.html embeds them as data URIs (inline CSS, no
+script, no external request), so it is one self-contained file; report.md links them.
 """
 
 from __future__ import annotations
@@ -23,13 +23,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from genlab import plots
-
 FLOOR = "data"
 """The family name of the floor row: real train samples measured like a model's samples."""
 
 QUALITY_LABELS = {
-    "fid": "Fréchet distance (classifier features)",
+    "frechet_classifier": "Fréchet distance (classifier features)",
     "sliced_wasserstein": "sliced W2",
 }
 
@@ -48,75 +46,6 @@ def json_safe(value: Any) -> Any:
     return value
 
 
-# -- figures drawn from measurements --------------------------------------------------------------
-def nfe_figure(
-    curves: Mapping[str, Mapping[str, Any]], metric: str, path: str | os.PathLike
-) -> Path | None:
-    """Sample quality against NFE, one line per iterative family.
-
-    Args:
-        curves: family -> its record's "nfe_curve" ({"points": [{"nfe": int, metric: float}]}).
-        metric: the quality key plotted ("fid" or "sliced_wasserstein"; lower is better).
-        path: the .png file.
-
-    Returns:
-        The path, or None when no curve has a finite point.
-    """
-    series = {}
-    for family, curve in curves.items():
-        points = [p for p in curve["points"] if p.get("nfe") and p.get(metric) is not None]
-        if points:
-            series[family] = ([p["nfe"] for p in points], [p[metric] for p in points])
-    if not series:
-        return None
-    return plots.xy_curves(
-        series,
-        path,
-        xlabel="NFE (network evaluations per sample)",
-        ylabel=QUALITY_LABELS.get(metric, metric),
-        title="sample quality vs NFE",
-        logx=True,
-    )
-
-
-def study_ylim(series: Mapping[str, tuple[list, list]]) -> tuple[float, float]:
-    """From the lowest NLL to the highest NLL of the fewest components (plus 10%), so that
-    the curves of overfitting mixtures, which can climb by thousands of bits, run off the top
-    instead of flattening the rest."""
-    lowest = min(min(ys) for _, ys in series.values())
-    top = max(max(lowest, ys[0]) for _, ys in series.values())
-    pad = 0.1 * (top - lowest) or 1.0
-    return lowest - pad, top + pad
-
-
-def study_figure(study: Mapping[str, Any], path: str | os.PathLike) -> Path | None:
-    """The GMM's test NLL against its components K, one line per PCA dimension d.
-
-    Args:
-        study: `genlab.compare.gmm_nll_vs_components`'s result.
-        path: the .png file.
-
-    Returns:
-        The path, or None when no fit gave a number.
-    """
-    series = {}
-    for d, row in zip(study["dims"], study["test_bits_per_dim"], strict=True):
-        pairs = [(k, v) for k, v in zip(study["components"], row, strict=True) if v is not None]
-        if pairs:
-            series[f"d = {d}"] = ([k for k, _ in pairs], [v for _, v in pairs])
-    if not series:
-        return None
-    return plots.xy_curves(
-        series,
-        path,
-        xlabel="components K",
-        ylabel="test NLL (bits/dim, PCA-d)",
-        title="GMM: test NLL vs components, PCA dimension d",
-        logx=True,
-        ylim=study_ylim(series),
-    )
-
-
 # -- the table ------------------------------------------------------------------------------------
 COLUMNS: tuple[tuple[str, str], ...] = (
     ("family", "family"),
@@ -125,7 +54,7 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("log_prob_kind", "NLL is"),
     ("mmd", "MMD²"),
     ("sliced_wasserstein", "sliced W2"),
-    ("fid", "Fréchet (features)"),
+    ("frechet_classifier", "Fréchet (classifier features)"),
     ("precision", "precision"),
     ("recall", "recall"),
     ("class_entropy_bits", "class entropy (bits)"),
@@ -214,7 +143,7 @@ def _figures(rows: Sequence[Mapping[str, Any]]) -> list[tuple[str, list[tuple[st
         if r["figures"].get("nll_vs_components"):
             groups.append(
                 (
-                    "GMM: test NLL vs components as the dimension grows",
+                    f"{r['family']}: test NLL vs components as the dimension grows",
                     [("NLL vs K per PCA dimension", r["figures"]["nll_vs_components"])],
                 )
             )
@@ -252,7 +181,7 @@ def _data_summary(rows: Sequence[Mapping[str, Any]]) -> list[str]:
                 vals = [(v, k) for k, v in zip(study["components"], row, strict=True) if v]
                 if vals:
                     best.append(f"d={d_}: K={min(vals)[1]}")
-            lines.append("GMM test NLL is lowest at " + ", ".join(best) + ".")
+            lines.append(f"{r['family']} test NLL is lowest at " + ", ".join(best) + ".")
     return lines
 
 

@@ -299,7 +299,7 @@ def test_bad_data_and_unfitted_models_raise(tmp_path):
         model.sample(1)
     with pytest.raises(NotFittedError):
         model.log_prob("abc")
-    with pytest.raises(ValueError, match="not the points"):
+    with pytest.raises(ValueError, match="not the continuous points of 'moons'"):
         model.fit(load_dataset("moons", n=50))
     with pytest.raises(ValueError, match="levels="):
         model.fit(torch.rand(10, 4))
@@ -311,6 +311,75 @@ def test_bad_data_and_unfitted_models_raise(tmp_path):
         Autoregressive(n_layers=2)
     with pytest.raises(ValueError, match="tokenizer"):
         Autoregressive("word")
+
+
+# -- defaults decided once, capabilities, what `genlab fit` prints ------------------------------
+def test_default_size_follows_the_data_and_is_saved(tmp_path):
+    from genlab.models.autoregressive import default_size
+
+    assert default_size("image", 64) == default_size("image", 256) == (2, 64)
+    assert default_size("image", 784) == default_size("text", 1) == (4, 128)
+    digits = load_dataset("digits", n=40)
+    model = Autoregressive(max_steps=1, warmup_steps=1).fit(digits, progress=False)
+    assert (model.config.n_layer, model.config.n_embd) == (None, None)
+    assert (model.n_layer_, model.n_embd_) == (2, 64) and len(model.net.blocks) == 2
+    model.save(tmp_path / "m")
+    loaded = genlab.load(tmp_path / "m")
+    assert (loaded.n_layer_, loaded.n_embd_) == (2, 64)
+    torch.testing.assert_close(loaded.log_prob(digits.x[:4]), model.log_prob(digits.x[:4]))
+    with pytest.raises(ValueError, match="divisible by n_head"):
+        Autoregressive(n_head=3, max_steps=1).fit(digits, progress=False)  # 64 % 3
+    with pytest.raises(ValueError, match="divisible by n_head"):
+        Autoregressive(n_head=3, n_embd=16)
+
+
+def test_unsupported_refuses_continuous_data_only():
+    from genlab.models.base import TrainingData
+
+    reason = Autoregressive.unsupported(TrainingData.from_input(load_dataset("moons", n=20)))
+    assert "continuous points" in reason and "'moons'" in reason
+    assert Autoregressive.unsupported(TrainingData.from_input(torch.randn(5, 3))) is not None
+    for ok in (load_dataset("digits", n=5), CORPUS, torch.rand(5, 1, 2, 2)):
+        assert Autoregressive.unsupported(TrainingData.from_input(ok)) is None
+
+
+def test_capabilities_score_rows_and_fit_summary(text_model, image_model, digits, tmp_path):
+    assert Autoregressive.example_data == "digits"
+    assert {"prompt", "max_new_tokens", "temperature", "top_k", "top_p", "y"} == set(
+        Autoregressive.sample_options
+    )
+    assert text_model.is_text and not image_model.is_text
+    train = digits[0]
+    label, value = image_model.score_rows(train)
+    assert label == "train log-likelihood"
+    assert value == pytest.approx(float(image_model.log_prob(train.x).double().mean()), rel=1e-6)
+    assert image_model.score_rows(train, limit=30)[0] == "train log-likelihood (first 30)"
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(CORPUS, encoding="utf-8")
+    text = load_dataset(f"text:{corpus}", split="all")
+    label, value = text_model.score_rows(text, limit=10)  # 10 windows of 8 characters
+    assert label == "train log-likelihood per character (first 80 characters)"
+    assert value == pytest.approx(float(text_model.log_prob(CORPUS[:80])) / 80, rel=1e-5)
+    summary = image_model.fit_summary()
+    assert summary["steps"] == 10 and summary["vocabulary"] == 18 and summary["block size"] == 64
+    assert text_model.fit_summary()["block size"] == 8
+
+
+@pytest.mark.parametrize("folder", ["autoregressive-digits", "autoregressive-text"])
+def test_folders_saved_before_the_redesign_score_the_same(folder):
+    from pathlib import Path
+
+    path = Path(__file__).parent / "fixtures" / "v1" / folder
+    expected = json.loads((path / "expected.json").read_text())
+    model = genlab.load(path)
+    assert (model.n_layer_, model.n_embd_) == (model.config.n_layer, model.config.n_embd)
+    if folder.endswith("text"):
+        lp = model.log_prob(["ROMEO: to be", "First Citizen"])
+    else:
+        lp = model.log_prob(load_dataset("digits", split="test", n=5).x[:5])
+        s = model.sample(3, seed=0).flatten(1)[:, :6]
+        np.testing.assert_allclose(s.numpy(), expected["sample"], rtol=0, atol=1e-4)
+    np.testing.assert_allclose(lp.numpy(), expected["log_prob"], rtol=1e-4, atol=1e-4)
 
 
 # -- the command line -----------------------------------------------------------------------------

@@ -9,16 +9,27 @@ import re
 import shutil
 import subprocess
 import sys
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any, Literal
 
 import matplotlib.image as mpimg
 import numpy as np
 import pytest
 import typer
+from typer.testing import CliRunner
 
 import genlab
+import genlab.cli.fit as fit_module
+from genlab import evaluation
 from genlab.cli import app, run
+from genlab.cli.fit import fit_command
+from genlab.cli.sample import SAMPLER_FLAGS
 from genlab.data import load_dataset
+from genlab.models import FAMILIES, GenerativeModel
+from genlab.options import Choice, Flag, Integer, Real, validate
+from genlab.options import option as field
+from genlab.options import options as config_options
 
 REPO = Path(__file__).resolve().parents[1]
 EVAL_KEYS = {
@@ -514,3 +525,264 @@ def test_python_m_genlab_entry_point(tmp_path):
     )
     assert bad.returncode == 1
     assert_one_line_error(bad.returncode, bad.stderr, "missing-dir")
+
+
+# -- the generated fit commands -------------------------------------------------------------------
+def fit_command_params(family: str) -> dict[str, Any]:
+    command = typer.main.get_command(app).commands["fit"].commands[family]
+    return {param.name: param for param in command.params}
+
+
+def cli_options(family: str):
+    return [opt for opt in config_options(FAMILIES[family].config_class) if opt.cli]
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_fit_defaults_are_the_config_defaults(family):
+    """Every option of `genlab fit FAMILY` has its config field's flag and default, and the
+    defaults are those of the Python API (`FAMILY()`)."""
+    cls = FAMILIES[family]
+    params = fit_command_params(family)
+    api = asdict(cls().config)
+    assert cli_options(family), f"{family} declares no options with option(...)"
+    for opt in cli_options(family):
+        param = params[opt.name]
+        assert opt.flag in param.opts and (opt.short is None or opt.short in param.opts)
+        assert param.default == opt.default == api[opt.name], opt.name
+        assert type(param.default) is type(opt.default), opt.name
+    assert params["data_"].default == cls.example_data
+    assert {"n_", "root_", "out_", "progress_"} <= set(params)
+    assert ("conditional_" in params) == cls.takes_labels
+    assert ("resume_" in params) == ("checkpoint_every_" in params) == hasattr(cls, "train_result_")
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_fit_without_options_builds_the_default_model(family, monkeypatch):
+    """What the command hands on, after parsing its defaults, is the API's default config."""
+    seen = {}
+    monkeypatch.setattr(fit_module, "fit_and_report", lambda cls, config, **run: seen.update(
+        cls=cls, config=config, run=run))  # fmt: skip
+    assert run(["fit", family]) == 0
+    cls = FAMILIES[family]
+    assert seen["cls"] is cls and cls(**seen["config"]).config == cls().config
+    assert {opt.name for opt in cli_options(family)} == set(seen["config"])
+    assert seen["run"]["data"] == cls.example_data and seen["run"]["out"] is None
+
+
+def flag_in(flag: str, text: str) -> bool:
+    return re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", text) is not None
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_fit_help_lists_every_config_option(family, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "250")  # rich shortens long names in a narrow table
+    code, stdout, err = cli(capsys, "fit", family, "--help")
+    assert code == 0, err
+    for opt in config_options(FAMILIES[family].config_class):
+        assert flag_in(opt.flag, stdout) == opt.cli, opt.flag
+    for flag in ("--data", "--n", "--root", "--out", "--progress", "--no-progress"):
+        assert flag_in(flag, stdout)
+
+
+@dataclass(frozen=True)
+class ToyConfig:
+    width: int = field(3, "Width [in cells].", Integer(1), short="-w")
+    mode: Literal["a", "b"] | None = field("a", "Mode.", Choice(("a", "b"), optional=True))
+    scale: float | None = field(1.0, "Scale.", Real(0, low_open=True, optional=True))
+    order: Literal[1, 2] = field(1, "Order.", Choice((1, 2)))
+    fast: bool = field(False, "Go fast.", Flag())
+    secret: int = field(7, "Only from Python.", Integer(0), cli=False)
+    seed: int = field(0, "Seed.", Integer(0))
+
+    def __post_init__(self):
+        validate(self)
+        if self.fast and self.width > 5:
+            raise ValueError("fast needs width <= 5")
+
+
+class Toy(GenerativeModel):
+    """A toy family, not registered: its command is generated all the same."""
+
+    family = "toy"
+    config_class = ToyConfig
+    log_prob_kind = "exact"
+    example_data = "circles"
+
+
+def toy_cli(cls: type[GenerativeModel] = Toy) -> typer.Typer:
+    toy = typer.Typer(add_completion=False, rich_markup_mode="rich")
+    toy.command("toy")(fit_command(cls))
+    toy.command("other")(lambda: None)  # a group, so that `toy` is named
+    return toy
+
+
+def test_a_new_family_needs_no_cli_edit(monkeypatch):
+    seen = {}
+    monkeypatch.setattr(fit_module, "fit_and_report", lambda cls, config, **run: seen.update(
+        config=config, run=run))  # fmt: skip
+    runner = CliRunner()
+    result = runner.invoke(toy_cli(), ["toy"])
+    assert result.exit_code == 0, result.output
+    assert seen["config"] == {"width": 3, "mode": "a", "scale": 1.0, "order": 1, "fast": False,
+                              "seed": 0}  # fmt: skip
+    assert seen["run"] == {"data": "circles", "n": None, "root": None, "out": None,
+                           "progress": True}  # fmt: skip
+    argv = ["toy", "-w", "4", "--mode", "none", "--scale", "None", "--order", "2", "--fast"]
+    assert runner.invoke(toy_cli(), argv).exit_code == 0
+    assert seen["config"] == {"width": 4, "mode": None, "scale": None, "order": 2, "fast": True,
+                              "seed": 0}  # fmt: skip
+
+    for argv, message in [
+        (["-w", "0"], "width must be an integer >= 1, got 0"),
+        (["--width", "two"], "'two' is not an integer"),
+        (["--mode", "c"], "'c' is not one of a, b or none"),
+        (["--order", "3"], "'3' is not one of 1, 2"),
+        (["--scale", "0"], "scale must be a number > 0 or None, got 0.0"),
+        (["--secret", "1"], "No such option"),
+    ]:
+        result = runner.invoke(toy_cli(), ["toy", *argv])
+        assert result.exit_code == 2 and message in " ".join(result.output.split()), argv
+    help_text = runner.invoke(toy_cli(), ["toy", "--help"]).output
+    assert "Width [in cells]." in help_text and "A toy family" in help_text
+
+
+def test_toy_family_rules_across_options_are_runtime_errors():
+    result = CliRunner().invoke(toy_cli(), ["toy", "--fast", "-w", "6"])
+    assert isinstance(result.exception, ValueError) and "fast needs width" in str(result.exception)
+
+
+def test_generated_options_for_labels_and_training():
+    class Trained(Toy):
+        takes_labels = True
+        train_result_ = None
+
+    command = typer.main.get_command(toy_cli(Trained)).commands["toy"]
+    flags = {flag for param in command.params for flag in param.opts}
+    assert {"--conditional", "--checkpoint-every", "--resume"} <= flags
+    command = typer.main.get_command(toy_cli()).commands["toy"]
+    assert not {"--conditional", "--checkpoint-every", "--resume"} & {
+        flag for param in command.params for flag in param.opts
+    }
+
+
+def test_a_field_taking_a_run_flag_is_refused():
+    @dataclass(frozen=True)
+    class Clash:
+        where: str = field("here", "Where.", flag="--out")
+
+    class Bad(Toy):
+        config_class = Clash
+
+    with pytest.raises(TypeError, match="--out"):
+        fit_command(Bad)
+
+
+# -- sample: sampler options the model does not take ------------------------------------------
+SAMPLER_VALUES = {"--steps": "3", "--method": "heun", "--guidance": "1.5", "--label": "0",
+                  "--eta": "0.5", "--order": "2", "--grid": "uniform", "--prompt": "hi",
+                  "--max-new-tokens": "4", "--temperature": "0.9", "--top-k": "2",
+                  "--top-p": "0.9"}  # fmt: skip
+
+
+def test_every_sampler_flag_is_checked(moons_model, tmp_path, capsys):
+    assert set(SAMPLER_VALUES) == set(SAMPLER_FLAGS.values())
+    model = genlab.load(moons_model)
+    out = tmp_path / "x.npy"
+    for key, flag in SAMPLER_FLAGS.items():
+        if key in model.sample_options:
+            continue
+        code, _, err = cli(capsys, "sample", moons_model, flag, SAMPLER_VALUES[flag], "--out", out)
+        assert_one_line_error(code, err, f"gmm model's sample takes no {flag};")
+        assert code == 1 and not out.exists()
+
+
+# -- eval --json is strict JSON -------------------------------------------------------------------
+def reject_constant(name: str):
+    raise ValueError(f"not strict JSON: {name}")
+
+
+def test_eval_json_is_strict(moons_model, capsys, monkeypatch):
+    argv = ("eval", moons_model, "--data", "moons", "--n", "100", "--json")
+    code, stdout, _ = cli(capsys, *argv)
+    assert code == 0
+    assert json.loads(stdout, parse_constant=reject_constant)["n_test"] == 100
+
+    def non_finite(model, test, seed):
+        return {"family": model.family, "n_test": len(test), "nll": math.nan,
+                "bits_per_dim": math.inf, "mmd": -math.inf, "extra": [math.nan, 1.0]}  # fmt: skip
+
+    monkeypatch.setattr(evaluation, "evaluate_model", non_finite)
+    code, stdout, _ = cli(capsys, *argv)
+    assert code == 0
+    result = json.loads(stdout, parse_constant=reject_constant)
+    assert result == {"family": "gmm", "n_test": 100, "nll": None, "bits_per_dim": None,
+                      "mmd": None, "extra": [None, 1.0]}  # fmt: skip
+
+
+# -- the other families through the command line ------------------------------------------------
+def test_flow_fit_sample_plot(tmp_path, capsys):
+    out = tmp_path / "flow"
+    argv = ["fit", "flow", "--n", "200", "--hidden", "16", "--depth", "1", "--batch-size", "64",
+            "--coupling", "ot", "--sample-steps", "2", "--max-steps", "5", "--out", out,
+            "--no-progress"]  # fmt: skip
+    code, stdout, err = cli(capsys, *argv)
+    assert code == 0, err
+    assert re.search(r"steps\s+5\b", stdout) and "train log-likelihood" in stdout
+    config = json.loads((out / "config.json").read_text())["config"]
+    assert config["coupling"] == "ot" and config["sample_steps"] == 2
+    argv = [
+        "sample",
+        out,
+        "-n",
+        "50",
+        "--steps",
+        "2",
+        "--method",
+        "heun",
+        "--out",
+        tmp_path / "s.npy",
+    ]
+    code, _, err = cli(capsys, *argv)
+    assert code == 0, err
+    assert np.load(tmp_path / "s.npy").shape == (50, 2)
+    code, stdout, err = cli(capsys, "plot", out, "--data", "moons", "--n", "100", "--samples", "50")
+    assert code == 0, err
+    for name in ("plot.png", "trajectories.png", "history.png"):
+        assert_png(out / name)
+    assert (out / "samples.gif").is_file() and "samples.gif" in stdout
+
+
+def test_diffusion_fit_sample_plot(tmp_path, capsys):
+    out = tmp_path / "diffusion"
+    argv = ["fit", "diffusion", "--n", "200", "--hidden", "16", "--timesteps", "20",
+            "--batch-size", "64", "--max-steps", "5", "--out", out, "--no-progress"]  # fmt: skip
+    code, _, err = cli(capsys, *argv)
+    assert code == 0, err
+    code, _, err = cli(capsys, "sample", out, "-n", "30", "--method", "ddim", "--steps", "3",
+                       "--out", tmp_path / "s.npy")  # fmt: skip
+    assert code == 0, err
+    assert np.load(tmp_path / "s.npy").shape == (30, 2)
+    code, stdout, err = cli(capsys, "plot", out, "--samples", "50")
+    assert code == 0, err
+    assert_png(out / "denoising.png") is not None and "denoising.png" in stdout
+
+
+def test_autoregressive_on_text(tmp_path, capsys):
+    corpus = tmp_path / "tiny.txt"
+    corpus.write_text("the cat sat on the mat. " * 60)
+    out = tmp_path / "ar"
+    argv = ["fit", "autoregressive", "--data", f"text:{corpus}", "--n-layer", "1", "--n-head",
+            "2", "--n-embd", "16", "--block-size", "16", "--max-steps", "5", "--out", out,
+            "--no-progress"]  # fmt: skip
+    code, stdout, err = cli(capsys, *argv)
+    assert code == 0, err
+    assert "validation loss" in stdout and "nats/char" in stdout and "train characters" in stdout
+    code, stdout, err = cli(capsys, "sample", out, "--prompt", "the", "--max-new-tokens", "5")
+    assert code == 0, err
+    assert stdout.startswith("the") and len(stdout.strip()) >= 4
+    code, _, err = cli(capsys, "sample", out, "--steps", "3")
+    assert_one_line_error(code, err, "--steps")
+    code, stdout, err = cli(capsys, "eval", out, "--data", f"text:{corpus}", "--json")
+    assert code == 0, err
+    result = json.loads(stdout, parse_constant=reject_constant)
+    assert result["family"] == "autoregressive" and result["loss"] > 0

@@ -17,13 +17,14 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from genlab import measures
+from genlab import evaluation
 from genlab.cli import app
 from genlab.compare import RECORD_KEYS, Budget, Settings, compare, parse_budget
 from genlab.data import load_dataset
 from genlab.models import FAMILIES, GaussianMixture
 from genlab.nets.classifier import FeatureClassifier
-from genlab.report import FLOOR, write_report
+from genlab.nets.conv import ConvEncoder
+from genlab.report import FLOOR, json_safe, write_report
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -45,7 +46,7 @@ CHROMIUM = "/usr/bin/chromium"
 def cache(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         folder = tmp_path_factory.mktemp("cache")
-        mp.setenv(measures.CACHE_ENV, str(folder))
+        mp.setenv(evaluation.CACHE_ENV, str(folder))
         yield folder
 
 
@@ -88,7 +89,7 @@ def test_every_registered_family_is_measured_and_labelled(digits):
         assert 0 < r["bits_per_dim"] < 100 and math.isfinite(r["nll_nats"])  # 8 steps: poor
         assert r["n_parameters"] > 0 and r["train_seconds"] > 0
         assert r["sample_seconds_per_1000"] > 0 and r["n_samples"] == TINY.n_samples
-        for key in ("mmd", "sliced_wasserstein", "fid", "precision", "recall"):
+        for key in ("mmd", "sliced_wasserstein", "frechet_classifier", "precision", "recall"):
             assert r[key] is not None and math.isfinite(r[key]), (family, key)
         assert 0 <= r["class_entropy_bits"] <= math.log2(10) + 1e-9
     assert (
@@ -111,11 +112,13 @@ def test_log_prob_kind_comes_from_the_model(moons):
 
 def test_nfe_and_quality_vs_nfe_of_iterative_families(digits):
     rows = by_family(digits[0])
-    assert rows["flow"]["nfe"] == 40  # compare's flow default: 20 Heun steps
+    flow = FAMILIES["flow"].config_class()  # compare forces no sampler: the family's own
+    assert flow.sample_method == "heun" and rows["flow"]["nfe"] == 2 * flow.sample_steps
     assert rows["diffusion"]["nfe"] == 20  # DPM-Solver++ with 20 steps
     for family in ("flow", "diffusion"):
         curve = rows[family]["nfe_curve"]
-        assert curve["metric"] == "fid" and len(curve["points"]) == len(TINY.nfe_steps)
+        assert curve["metric"] == "frechet_classifier"
+        assert len(curve["points"]) == len(TINY.nfe_steps)
         nfes = [p["nfe"] for p in curve["points"]]
         assert nfes == sorted(nfes) and nfes[0] < nfes[-1]
     assert rows["gmm"]["nfe_curve"] is None and rows["vae"]["nfe_curve"] is None
@@ -144,8 +147,8 @@ def test_floor_row_is_real_train_data_against_test(digits):
     assert floor["train_seconds"] is None and floor["bits_per_dim"] is None
     assert floor["details"]["n_train"] == 300 and floor["details"]["n_test"] == 100
     assert floor["class_entropy_bits"] > 3.0  # real digits cover the 10 classes
-    models = [rows[f]["fid"] for f in ["vae", "flow", "diffusion", "autoregressive"]]
-    assert floor["fid"] < min(models)  # 8 training steps are far from the data
+    models = [rows[f]["frechet_classifier"] for f in ["vae", "flow", "diffusion", "autoregressive"]]
+    assert floor["frechet_classifier"] < min(models)  # 8 training steps are far from the data
     assert floor["details"]["classifier"]["test_accuracy"] > 0.5
 
 
@@ -161,7 +164,7 @@ def test_gmm_study_matches_a_direct_fit():
     fitted on the PCA projection, computed here with numpy's SVD and the GMM directly."""
     g = torch.Generator().manual_seed(0)
     train, test = torch.randn(200, 5, generator=g), torch.randn(50, 5, generator=g)
-    study = measures.gmm_nll_vs_components(train, test, [3], [2], seed=0)
+    study = evaluation.gmm_nll_vs_components(train, test, [3], [2], seed=0)
     mean = train.double().mean(0)
     axes = torch.from_numpy(np.linalg.svd((train.double() - mean).numpy())[2][:3].T)
     model = GaussianMixture(2, seed=0).fit((train.double() - mean) @ axes)
@@ -174,8 +177,8 @@ def test_held_out_nll_is_discrete_bits_of_a_dequantised_density():
     written out here; a log-mass model (log_prob_space "discrete") is scored at the grid."""
     train = load_dataset("digits", split="train", n=300)
     test = load_dataset("digits", split="test", n=80)
-    model = GaussianMixture(1, seed=0).fit(measures.dequantized(train, 1))
-    result = measures.held_out_nll(model, test, seed=5, rtol=0.1)  # rtol: not a GMM option
+    model = GaussianMixture(1, seed=0).fit(evaluation.dequantized(train, 1).x)  # a tensor
+    result = evaluation.held_out_nll(model, test, seed=5, rtol=0.1)  # rtol: not a GMM option
     u = torch.rand(test.x.shape, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
     assert torch.allclose(result.points.double(), (test.x.double() * 16 + u) / 17, atol=1e-6)
     log_p = model.log_prob(result.points).double()
@@ -184,25 +187,124 @@ def test_held_out_nll_is_discrete_bits_of_a_dequantised_density():
     assert result.space == "discrete (dequantised density)"
 
 
+class LogProbSpy:
+    """Just what held_out_nll reads of a model: a density that records its keyword options."""
+
+    log_prob_space = "continuous"
+    log_prob_options = frozenset({"rtol", "steps"})
+
+    def __init__(self):
+        self.calls = []
+
+    def log_prob(self, x, **options):
+        self.calls.append(options)
+        return -0.5 * (x.reshape(len(x), -1).double() ** 2).sum(1)
+
+
+def test_held_out_nll_passes_only_the_models_log_prob_options():
+    spy, moons = LogProbSpy(), load_dataset("moons", n=20)
+    result = evaluation.held_out_nll(spy, moons, rtol=0.1, atol=0.2, steps=3, method="rk4")
+    assert spy.calls == [{"rtol": 0.1, "steps": 3}]  # atol and method: not its options
+    evaluation.held_out_nll(spy, moons)
+    assert spy.calls[-1] == {}
+    expected = 0.5 * (moons.x.double() ** 2).sum(1).mean().item()
+    assert result.nll == pytest.approx(expected) and result.space == "continuous density"
+
+
+def test_evaluate_model_reports_the_nll_and_sample_metrics():
+    train, test = load_dataset("moons", n=200), load_dataset("moons", split="test", n=60)
+    model = GaussianMixture(2, seed=0).fit(train)
+    result = evaluation.evaluate_model(model, test, seed=3)
+    held_out = evaluation.held_out_nll(model, test, 3)
+    assert result["family"] == "gmm" and result["n_test"] == 60
+    assert result["log_prob_kind"] == "exact"
+    assert result["nll"] == pytest.approx(held_out.nll)
+    assert result["bits_per_dim"] == pytest.approx(held_out.bits_per_dim)
+    assert {"mmd", "sliced_wasserstein", "energy_distance"} <= set(result)
+    text = dataclasses.replace(test, kind="text")
+    with pytest.raises(ValueError, match="text model needs text data"):
+        evaluation.evaluate_model(model, text, seed=0)
+
+
+def test_gmm_study_goes_through_the_familys_sweep(monkeypatch):
+    """Each PCA dimension is one call of FAMILIES["gmm"].sweep; its mean test NLL (nats per
+    sample) becomes bits/dim, and skipped or failed K become None."""
+    calls = []
+
+    def sweep(x, components, *, test, seed, max_seconds, device):
+        calls.append((x.shape, test.shape, list(components), seed, max_seconds, device))
+        d = x.shape[1]
+        return [{"n_components": 1, "test_nll": d * math.log(2), "bic": 0.0, "seconds": 0.0},
+                {"n_components": 2, "skipped": "predicted to overrun", "test_nll": None},
+                {"n_components": 4, "error": "ValueError: no", "test_nll": 1.0}]  # fmt: skip
+
+    monkeypatch.setattr(FAMILIES["gmm"], "sweep", staticmethod(sweep), raising=False)
+    train, test = torch.randn(40, 6), torch.randn(10, 6)
+    study = evaluation.gmm_nll_vs_components(train, test, [2, 3, 9], [1, 2, 4], seed=7,
+                                             max_seconds=30.0, device="cpu")  # fmt: skip
+    assert study["dims"] == [2, 3] and study["components"] == [1, 2, 4]
+    assert study["test_bits_per_dim"] == [[1.0, None, None], [1.0, None, None]]
+    assert [c[:4] for c in calls] == [((40, 2), (10, 2), [1, 2, 4], 7),
+                                      ((40, 3), (10, 3), [1, 2, 4], 7)]  # fmt: skip
+    assert all(0 < c[4] <= 30.0 and c[5] == "cpu" for c in calls)
+    over = evaluation.gmm_nll_vs_components(train, test, [2], [1], max_seconds=-1.0)
+    assert over["test_bits_per_dim"] == [[None]] and len(calls) == 2  # no time: no fit
+
+
+# -- each family's own defaults ------------------------------------------------------------------
+def test_compare_fits_through_the_familys_own_recipe(monkeypatch):
+    """compare forces no defaults: each family's fit_for_budget gets the budget, the seed and
+    the caller's options only (the GMM also its components from Settings), and the record's
+    details are what the family returned."""
+    calls, returned = {}, {}
+    for name in ("gmm", "flow"):
+        original = FAMILIES[name].fit_for_budget
+
+        def spy(cls, data, *, _original=original, _name=name, **kwargs):
+            calls[_name] = kwargs
+            model, details = _original(data, **kwargs)
+            returned[_name] = {k: v for k, v in details.items() if k != "steps"}
+            return model, details
+
+        monkeypatch.setattr(FAMILIES[name], "fit_for_budget", classmethod(spy))
+    settings = dataclasses.replace(TINY, nfe_steps=(2,), gmm_study_dims=(2,))
+    records = compare("moons", ["gmm", "flow"], budget_steps=3, n_train=100, n_test=50, seed=4,
+                      settings=settings, options={"flow": TINY_NETS["flow"]},
+                      progress=False)  # fmt: skip
+    rows = by_family(records)
+    assert calls["flow"]["options"] == TINY_NETS["flow"]  # no forced net, steps or solver
+    assert calls["gmm"]["options"] == {"components": TINY.gmm_components}
+    for name in ("gmm", "flow"):
+        assert {k: calls[name][k] for k in ("seconds", "steps", "seed")} == {
+            "seconds": None, "steps": 3, "seed": 4}  # fmt: skip
+        assert rows[name]["status"] == "ok", rows[name]["error"]
+        details = {k: v for k, v in rows[name]["details"].items() if k != "nll_vs_components"}
+        assert details == json_safe(returned[name])
+    assert rows["flow"]["train_steps"] == 3
+    assert "net" not in rows["flow"]["details"].get("options", {})
+
+
 # -- the feature classifier ------------------------------------------------------------------------
 def test_feature_classifier_is_cached_and_reloaded(cache):
     train = load_dataset("digits", split="train", n=200)
     test = load_dataset("digits", split="test", n=50)
-    first = measures.feature_classifier(train, test, epochs=1, seconds=5.0)
-    second = measures.feature_classifier(train, test, epochs=1, seconds=5.0)
+    first = evaluation.feature_classifier(train, test, epochs=1, seconds=5.0)
+    second = evaluation.feature_classifier(train, test, epochs=1, seconds=5.0)
     assert not first.cached and second.cached and first.folder == second.folder
     assert first.folder.parent == cache / "classifiers"
     assert (first.folder / "config.json").is_file()
     x = test.x[:20]
     assert torch.equal(first.features_and_labels(x)[0], second.features_and_labels(x)[0])
-    other = measures.feature_classifier(load_dataset("digits", split="train", n=150), test,
-                                        epochs=1, seconds=5.0)  # fmt: skip
+    other = evaluation.feature_classifier(load_dataset("digits", split="train", n=150), test,
+                                          epochs=1, seconds=5.0)  # fmt: skip
     assert not other.cached and other.folder != first.folder
 
 
-@pytest.mark.parametrize("shape", [(1, 8, 8), (3, 16, 16), (2,), (4, 5)])
+@pytest.mark.parametrize("shape", [(1, 8, 8), (3, 16, 16), (8, 8), (2,), (4, 5), (1, 6, 8)])
 def test_feature_classifier_net_shapes(shape):
     net = FeatureClassifier(shape, n_classes=7, feature_dim=12, channels=(4, 8))
+    square = shape in ((1, 8, 8), (3, 16, 16), (8, 8))  # genlab.data.dataset.image_geometry
+    assert isinstance(net.body, ConvEncoder) == square
     x = torch.randn(5, *shape)
     assert net.features(x).shape == (5, 12) and net(x).shape == (5, 7)
     with pytest.raises(ValueError, match="x must have shape"):
@@ -215,7 +317,7 @@ def test_feature_classifier_needs_labels():
     moons = load_dataset("moons", n=50)
     no_labels = dataclasses.replace(load_dataset("digits", n=50), y=None)
     with pytest.raises(ValueError, match="no labels"):
-        measures.feature_classifier(no_labels, moons)
+        evaluation.feature_classifier(no_labels, moons)
 
 
 # -- budgets and bad input -------------------------------------------------------------------------

@@ -4,6 +4,7 @@ schedule identities against direct Gaussian conditioning, the bound, errors, sav
 import itertools
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,7 +15,7 @@ from torch import nn
 import genlab
 from genlab.cli import run
 from genlab.data import load_dataset
-from genlab.models import Diffusion
+from genlab.models import Diffusion, FlowMatching
 from genlab.models.diffusion import (
     ddim_step,
     ddpm_step,
@@ -34,6 +35,7 @@ MEAN = np.array([1.0, -2.0])
 COV = np.array([[1.0, 0.6], [0.6, 0.5]])
 LOC, SCALE = torch.tensor([0.7, -1.8]), torch.tensor([1.3, 0.6])  # a non-trivial standardisation
 N = 6000
+FIXTURES = Path(__file__).parent / "fixtures" / "v1"
 
 
 # -- the closed-form optimal denoiser of Gaussian data --------------------------------------------
@@ -304,11 +306,81 @@ def test_guidance_combines_cond_and_null_in_one_batch():
     assert calls == [4]
 
 
+def test_log_prob_seeds_its_probes_as_the_flow_does():
+    """seed=0 (the default): the same Hutchinson probes every call; seed=None: fresh probes
+    from the OS (no longer seed 0), and neither sample nor log_prob touches the global RNG."""
+    model = gaussian_diffusion(exact_trace_max_dim=1)
+    x = torch.from_numpy(stats.multivariate_normal(MEAN, COV).rvs(20, random_state=3)).float()
+    options = {"method": "euler", "steps": 2}
+    torch.manual_seed(0)
+    state = torch.get_rng_state()
+    default = model.log_prob(x, **options)
+    assert model.log_prob_nfe_ == 2 and model.log_prob_estimator_.startswith("hutchinson")
+    torch.testing.assert_close(model.log_prob(x, seed=0, **options), default, rtol=0, atol=0)
+    fresh = model.log_prob(x, seed=None, **options)
+    assert not torch.equal(fresh, default)
+    model.sample(5, method="ddpm", steps=3)  # seed=None: noise from a generator of its own
+    assert torch.equal(torch.get_rng_state(), state)
+    torch.manual_seed(0)
+    assert not torch.equal(model.log_prob(x, seed=None, **options), fresh)
+
+
+def test_both_families_pick_the_same_net():
+    """One rule (`genlab.models.continuous.auto_net`): an MLP for the 8 x 8 digits, for either
+    family; a UNet only for larger square images."""
+    digits = load_dataset("digits", n=32)
+    for cls in (Diffusion, FlowMatching):
+        model = cls(max_steps=1, hidden=8, warmup_steps=0).fit(digits)
+        assert model.net_ == "mlp" and model.kind_ == "image", cls
+    big = torch.rand(4, 1, 20, 20)
+    model = Diffusion(max_steps=1, base_channels=4, warmup_steps=0, timesteps=10).fit(big)
+    assert model.net_ == "unet" and model.sample(2, seed=0, steps=2).shape == (2, 1, 20, 20)
+
+
+@pytest.mark.parametrize("data", ["moons", "digits"])
+def test_folders_saved_before_the_redesign_keep_their_log_prob(data):
+    """tests/fixtures/v1 was written by the code before the redesign (a UNet for the digits,
+    by the old rule: a loaded model keeps the net it was fitted with)."""
+    folder = FIXTURES / f"diffusion-{data}"
+    expected = json.loads((folder / "expected.json").read_text())
+    model = genlab.load(folder)
+    assert model.net_ == {"moons": "mlp", "digits": "unet"}[data]
+    x = load_dataset(data, split="test", n=5).x[:5]
+    lp = model.log_prob(x, steps=4, method="rk4")
+    torch.testing.assert_close(lp.double(), torch.tensor(expected["log_prob"]).double(),
+                               rtol=0, atol=1e-4)  # fmt: skip
+    samples = model.sample(3, seed=0).flatten(1)[:, :6].double()
+    torch.testing.assert_close(samples, torch.tensor(expected["sample"]).double(), rtol=0,
+                               atol=1e-4)  # fmt: skip
+
+
+def test_declared_capabilities():
+    assert Diffusion.sample_options == {"steps", "method", "eta", "y", "guidance",
+                                        "return_trajectory", "grid", "order", "solver", "rtol",
+                                        "atol"}  # fmt: skip
+    assert Diffusion.log_prob_options == {"steps", "method", "rtol", "atol", "seed"}
+    assert Diffusion.quick_log_prob == {"method": "rk4", "steps": 4}
+    picture = Diffusion.trajectory_picture
+    assert (picture.name, dict(picture.options), picture.paths, picture.images,
+            picture.animate) == ("denoising", {"method": "dpm++", "steps": 20}, 300, 8,
+                                 False)  # fmt: skip
+    model = Diffusion("cosine", "v", 50, "mlp")  # the positional options
+    assert (model.config.schedule, model.config.prediction, model.config.timesteps,
+            model.config.net) == ("cosine", "v", 50, "mlp")  # fmt: skip
+    assert model.schedule.alpha(torch.tensor(0.5)) == SCHEDULES["cosine"]().alpha(
+        torch.tensor(0.5))  # fmt: skip
+
+
 # -- training, images, save / load, errors ---------------------------------------------------------
 def test_fit_sample_save_load(tmp_path):
     model = Diffusion(hidden=32, max_steps=40, warmup_steps=5, batch_size=64)
     model.fit(load_dataset("moons", n=300))
     assert model.kind_ == "points" and model.net_ == "mlp"
+    summary = model.fit_summary()  # the rows `genlab fit` prints
+    assert summary["steps"] == 40 and math.isfinite(summary["final loss"])
+    rows = {"schedule": "linear", "prediction": "eps", "net": "mlp", "log_prob": "exact",
+            "conditional": False}  # fmt: skip
+    assert {k: summary[k] for k in rows} == rows
     s = model.sample(50, seed=0, method="dpm++", steps=15)
     assert s.shape == (50, 2) and model.nfe_ == 15
     run_ = model.sample(8, seed=0, method="ode", steps=5, solver="euler", return_trajectory=True)
@@ -323,7 +395,8 @@ def test_fit_sample_save_load(tmp_path):
 
 def test_conditional_images_with_guidance():
     digits = load_dataset("digits", n=64)
-    model = Diffusion(timesteps=50, base_channels=8, max_steps=2, warmup_steps=0, batch_size=16)
+    model = Diffusion(timesteps=50, net="unet", base_channels=8, max_steps=2, warmup_steps=0,
+                      batch_size=16)  # fmt: skip
     model.fit(digits, y=digits.y)
     assert model.net_ == "unet" and model.kind_ == "image" and model.log_prob_kind == "estimate"
     s = model.sample(4, seed=0, method="ddim", steps=3, y=7, guidance=2.0)

@@ -4,6 +4,7 @@ through every solver, training against a GMM, conditioning, images, errors and t
 import itertools
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,11 +17,15 @@ from genlab import metrics
 from genlab.cli import run
 from genlab.data import load_dataset
 from genlab.models import FlowMatching, GaussianMixture
+from genlab.models.base import TrainingData
 from genlab.models.continuous import (
+    SMALL_IMAGE_PIXELS,
+    auto_net,
     drop_labels,
     exact_divergence,
     guided,
     hutchinson_divergence,
+    resolve_net,
     standard_normal_log_prob,
 )
 from genlab.models.flow import ot_pairing
@@ -33,6 +38,7 @@ MEAN = np.array([1.0, -2.0])
 COV = np.array([[1.0, 0.6], [0.6, 0.5]])
 LOC, SCALE = torch.tensor([0.5, -1.0]), torch.tensor([2.0, 0.5])  # a non-trivial standardisation
 STEPS = {"euler": 200, "midpoint": 40, "heun": 40, "rk4": 20, "dopri5": None}
+FIXTURES = Path(__file__).parent / "fixtures" / "v1"
 
 
 # -- the closed-form optimal velocity of a Gaussian target ---------------------------------------
@@ -233,6 +239,11 @@ def test_conditional_flow_with_guidance_and_ot(tmp_path):
                          lr=3e-3, warmup_steps=20, ema_decay=0.99, sample_steps=10)  # fmt: skip
     model.fit(train, y=train.y)
     assert model.conditional and model.n_classes_ == 8
+    summary = model.fit_summary()  # the rows `genlab fit` prints
+    assert summary["steps"] == 400 and math.isfinite(summary["final loss"])
+    rows = {"path": "linear", "coupling": "ot", "net": "mlp", "log_prob": "exact trace",
+            "conditional": True}  # fmt: skip
+    assert {k: summary[k] for k in rows} == rows
     centres = (
         2
         * math.sqrt(2)
@@ -256,6 +267,9 @@ def test_conditional_flow_with_guidance_and_ot(tmp_path):
     lp_right = model.log_prob(centres[labels], y=labels, method="rk4", steps=10)
     lp_wrong = model.log_prob(centres[labels], y=(labels + 4) % 8, method="rk4", steps=10)
     assert (lp_right > lp_wrong + 3).all()
+    three = labels == 3  # each label's rows are solved on their own: the same values
+    alone = model.log_prob(centres[labels][three], y=3, method="rk4", steps=10)
+    torch.testing.assert_close(lp_right[three], alone)
     model.save(tmp_path / "m")
     loaded = genlab.load(tmp_path / "m")
     torch.testing.assert_close(loaded.sample(20, seed=5, y=1), model.sample(20, seed=5, y=1))
@@ -265,9 +279,9 @@ def test_image_flow_maps_to_unit_interval_with_its_jacobian():
     """The untrained UNet outputs exactly zero, so the flow is the identity in [-1, 1] space:
     log p(x) = log N(2x - 1; 0, I) + D log 2 (Hutchinson of a zero Jacobian is exact)."""
     digits = load_dataset("digits", n=64)
-    model = FlowMatching(base_channels=8, max_steps=2, warmup_steps=1, sample_steps=4)
+    model = FlowMatching(net="unet", base_channels=8, max_steps=2, warmup_steps=1, sample_steps=4)
     model.fit(digits)
-    assert model.net_name_ == "unet" and model.levels_ == digits.levels
+    assert model.net_ == "unet" and model.levels_ == digits.levels and model.kind_ == "image"
     assert model.log_prob_kind == "estimate"
     samples = model.sample(6, seed=0)
     assert samples.shape == (6, 1, 8, 8) and torch.isfinite(samples).all()
@@ -286,7 +300,8 @@ def test_genlab_eval_reports_the_bits_per_dim_of_an_image_flow(tmp_path, capsys)
     """One step at lr 1e-9 leaves the zero-initialised UNet's field ~0, so the flow is the
     identity in [-1, 1] space and the density of y = (k + u) / 17 is N(2y - 1; 0, I) 2^64:
     bits/dim = (-mean log p + 64 ln 17) / (64 ln 2), at the points eval dequantises (seed 0)."""
-    model = FlowMatching(base_channels=8, max_steps=1, lr=1e-9, warmup_steps=0, sample_steps=2)
+    model = FlowMatching(net="unet", base_channels=8, max_steps=1, lr=1e-9, warmup_steps=0,
+                         sample_steps=2)  # fmt: skip
     model.fit(load_dataset("digits", n=32)).save(tmp_path / "m")
     assert run(["eval", str(tmp_path / "m"), "--data", "digits", "--n", "20", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
@@ -299,6 +314,98 @@ def test_genlab_eval_reports_the_bits_per_dim_of_an_image_flow(tmp_path, capsys)
     assert run(["plot", str(tmp_path / "m")]) == 0  # image rows from noise to sample, and a GIF
     for name in ("trajectories.png", "samples.gif"):
         assert (tmp_path / "m" / name).stat().st_size > 1000
+
+
+def test_log_prob_seeds_its_probes_and_leaves_the_global_rng_alone():
+    """seed=0 (the default): the same Hutchinson probes every call; seed=None: fresh probes
+    from the OS, not from torch's global generator, which sample and log_prob never touch."""
+    model = gaussian_flow("linear", exact_trace_max_dim=0)
+    x = gaussian_points(20, seed=4)
+    options = {"method": "euler", "steps": 2}
+    torch.manual_seed(0)
+    state = torch.get_rng_state()
+    default = model.log_prob(x, **options)
+    assert model.log_prob_nfe_ == 2 and model.log_prob_estimator_.startswith("hutchinson")
+    torch.testing.assert_close(model.log_prob(x, seed=0, **options), default, rtol=0, atol=0)
+    assert not torch.equal(model.log_prob(x, seed=1, **options), default)
+    fresh = model.log_prob(x, seed=None, **options)
+    model.sample(5, steps=2)  # seed=None: fresh noise, from a generator of its own
+    assert torch.equal(torch.get_rng_state(), state)
+    torch.manual_seed(0)
+    assert not torch.equal(model.log_prob(x, seed=None, **options), fresh)
+    assert not torch.equal(model.sample(5, steps=2), model.sample(5, steps=2))
+
+
+def test_labelled_log_prob_gives_each_label_the_probes_of_its_rows():
+    """Rows are solved per label, each label with the same seed: one label gives the probes
+    (and values) of the unlabelled call, and a label's rows alone give their own values."""
+    model = gaussian_flow("linear", exact_trace_max_dim=0)
+    model.n_classes_ = 2  # a 'conditional' flow whose field ignores the label
+    x = gaussian_points(12, seed=5)
+    options = {"method": "rk4", "steps": 2}
+    torch.testing.assert_close(model.log_prob(x, y=0, **options), model.log_prob(x, **options))
+    labels = torch.arange(12) % 2
+    mixed = model.log_prob(x, y=labels, **options)
+    torch.testing.assert_close(mixed[1::2], model.log_prob(x[1::2], y=1, **options))
+    assert not torch.equal(mixed, model.log_prob(x, **options))
+
+
+# -- the network rule, old model folders, what the family declares -------------------------------
+@pytest.mark.parametrize(
+    "shape, unit, expected",
+    [
+        ((2,), False, "mlp"),
+        ((1, 8, 8), True, "mlp"),  # 64 pixels: the digits
+        ((1, 16, 16), True, "mlp"),  # 256: still small
+        ((1, 17, 17), True, "unet"),
+        ((3, 28, 28), True, "unet"),
+        ((1, 28, 20), True, "mlp"),  # not square: no conv net
+        ((1, 28, 28), False, "mlp"),  # image-shaped, but values outside [0, 1]: points
+    ],
+)
+def test_auto_net_is_an_mlp_for_points_and_small_images(shape, unit, expected):
+    x = torch.rand(3, *shape) if unit else 3 * torch.randn(3, *shape)
+    data = TrainingData.from_input(x)
+    assert SMALL_IMAGE_PIXELS == 256
+    assert auto_net(data) == resolve_net("auto", data) == expected
+    assert resolve_net("mlp", data) == "mlp"
+
+
+def test_the_flow_picks_the_mlp_for_digits():
+    model = FlowMatching(max_steps=1, hidden=8, depth=1).fit(load_dataset("digits", n=32))
+    assert model.net_ == "mlp" and model.kind_ == "image" and model.levels_ == 17
+    assert model.sample(2, seed=0, steps=2).shape == (2, 1, 8, 8)
+
+
+@pytest.mark.parametrize("data", ["moons", "digits"])
+def test_folders_saved_before_the_redesign_keep_their_log_prob(data):
+    """tests/fixtures/v1 was written by the code before the redesign (a UNet for the digits,
+    by the old rule: a loaded model keeps the net it was fitted with)."""
+    folder = FIXTURES / f"flow-{data}"
+    expected = json.loads((folder / "expected.json").read_text())
+    model = genlab.load(folder)
+    assert model.net_ == {"moons": "mlp", "digits": "unet"}[data]
+    x = load_dataset(data, split="test", n=5).x[:5]
+    lp = model.log_prob(x, steps=4, method="rk4")
+    torch.testing.assert_close(lp.double(), torch.tensor(expected["log_prob"]).double(),
+                               rtol=0, atol=1e-4)  # fmt: skip
+    samples = model.sample(3, seed=0).flatten(1)[:, :6].double()
+    torch.testing.assert_close(samples, torch.tensor(expected["sample"]).double(), rtol=0,
+                               atol=1e-4)  # fmt: skip
+
+
+def test_declared_capabilities():
+    assert FlowMatching.sample_options == {"steps", "method", "y", "guidance",
+                                           "return_trajectory", "rtol", "atol"}  # fmt: skip
+    assert FlowMatching.log_prob_options == {"steps", "method", "rtol", "atol", "seed"}
+    assert FlowMatching.quick_log_prob == {"method": "rk4", "steps": 4}
+    assert FlowMatching.density_grid == 50 and FlowMatching.takes_labels
+    picture = FlowMatching.trajectory_picture
+    assert (picture.name, picture.paths, picture.images, picture.animate) == (
+        "trajectories", 500, 64, True)  # fmt: skip
+    assert FlowMatching("vp").config.path == "vp"  # the one positional option
+    with pytest.raises(ValueError, match="not text"):
+        FlowMatching(max_steps=1).fit("some text")
 
 
 # -- errors --------------------------------------------------------------------------------------

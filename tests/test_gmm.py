@@ -14,7 +14,7 @@ import torch
 from sklearn.mixture import GaussianMixture as SklearnGMM
 
 import genlab
-from genlab.data import NpyArray
+from genlab.data import Dataset, NpyArray
 from genlab.models import GaussianMixture, NotFittedError
 from genlab.models.gmm import FEATURES, n_features, natural_parameters, precision_cholesky
 
@@ -357,3 +357,139 @@ def test_float32_statistics_fall_back_to_float64_on_a_degenerate_component(monke
     assert f64.covariances_[1, 2, 2] == pytest.approx(1e-6, abs=5e-8)
     assert 0 < f32.covariances_[1, 2, 2] < 1e-5  # positive: never a NaN or a failed Cholesky
     torch.testing.assert_close(f32.covariances_, f64.covariances_, rtol=1e-4, atol=1e-5)
+
+
+# -- the config, declared once -----------------------------------------------------------------
+def test_config_fields_carry_help_rules_and_cli_flags():
+    from genlab.models.gmm import GMMConfig
+    from genlab.options import options
+
+    declared = {o.name: o for o in options(GMMConfig)}
+    assert all(o.help and o.check is not None for o in declared.values())
+    assert (declared["n_components"].flag, declared["n_components"].short) == ("--components", "-k")
+    assert declared["covariance_type"].flag == "--covariance"
+    assert declared["dequantize"].default is True
+    with pytest.raises(ValueError, match="n_init must be an integer >= 1, got 0"):
+        GMMConfig(n_init=0)
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        GaussianMixture(2, dtype="float16")
+    with pytest.raises(TypeError, match="no option 'n_component'"):
+        GaussianMixture(n_component=2)
+    with pytest.raises(TypeError, match="twice"):
+        GaussianMixture(2, n_components=3)
+
+
+@pytest.mark.filterwarnings("ignore::genlab.models.ConvergenceWarning")
+def test_unseeded_fit_leaves_the_global_rng_alone():
+    x = overlapping_clusters(d=2)
+    torch.manual_seed(3)
+    expected = torch.rand(3)
+    torch.manual_seed(3)
+    GaussianMixture(2, seed=None, max_iter=5).fit(x)
+    assert torch.equal(torch.rand(3), expected)
+
+
+# -- quantised images are fitted dequantised -----------------------------------------------------
+@pytest.mark.filterwarnings("ignore::genlab.models.ConvergenceWarning")
+def test_quantised_datasets_are_fitted_on_dequantised_pixels():
+    from genlab import metrics
+    from genlab.data import load_dataset
+    from genlab.solvers import local_generator
+
+    digits = load_dataset("digits", n=200)
+    kw = {"covariance_type": "diag", "max_iter": 10, "seed": 4}
+    ours = GaussianMixture(2, **kw).fit(digits)
+    noise = metrics.dequantize(digits.x, 17, generator=local_generator(5))  # seed + 1
+    by_hand = GaussianMixture(2, **kw).fit(noise)
+    torch.testing.assert_close(ours.means_, by_hand.means_, rtol=0, atol=0)
+    raw = GaussianMixture(2, dequantize=False, **kw).fit(digits)
+    torch.testing.assert_close(raw.means_, GaussianMixture(2, **kw).fit(digits.x).means_)
+    assert not torch.allclose(raw.means_, ours.means_)
+
+
+# -- model selection: one fitting path -----------------------------------------------------------
+def test_sweep_records_bic_test_nll_skips_and_errors():
+    rng = np.random.default_rng(3)
+    x = np.concatenate([rng.normal(size=(150, 2)) + c for c in ([0, 0], [6, 0], [0, 6])])
+    test = rng.normal(size=(40, 2))
+    records = GaussianMixture.sweep(x, [1, 3, 500], test=test, seed=0, covariance_type="diag")
+    assert [r["n_components"] for r in records] == [1, 3, 500]
+    for r in records[:2]:
+        model = r["model"]
+        assert model.config.n_components == r["n_components"] and r["seconds"] > 0
+        assert model.config.covariance_type == "diag"
+        assert r["bic"] == pytest.approx(model.bic(x)) and r["error"] is r["skipped"] is None
+        assert r["test_nll"] == pytest.approx(-model.score(test))
+    assert records[1]["bic"] < records[0]["bic"]
+    assert records[2]["model"] is None and "500" in records[2]["skipped"]
+    # a budget spent by the first fit: the next K are predicted to overrun it
+    quick = GaussianMixture.sweep(x, [1, 2, 4], max_seconds=1e-9)
+    assert quick[0]["model"] is not None and quick[0]["test_nll"] is None
+    assert all("overrun" in r["skipped"] and r["model"] is None for r in quick[1:])
+    # a collapsed covariance is recorded, not raised
+    collapsed = np.repeat(np.eye(3), 10, axis=0)
+    (failed,) = GaussianMixture.sweep(collapsed, [3], reg_covar=0.0)
+    assert failed["model"] is None and "reg_covar" in failed["error"]
+
+
+def test_fit_for_budget_keeps_the_lowest_bic():
+    from genlab.data import load_dataset
+
+    moons = load_dataset("moons", n=300)
+    model, details = GaussianMixture.fit_for_budget(
+        moons, seconds=None, steps=5, seed=0, options={"components": (1, 2, 8, 1000)}
+    )
+    assert set(details["bic"]) == {"1", "2", "8"}  # K above the number of rows dropped
+    best = min(details["bic"], key=details["bic"].get)
+    assert details["n_components"] == model.config.n_components == int(best)
+    assert details["steps"] is None and details["em_iterations"] == model.n_iter_
+    assert details["converged"] == model.converged_
+    assert model.config.covariance_type == "full" and model.config.seed == 0
+    assert details["options"] == {"covariance_type": "full", "n_components": int(best)}
+    assert details["bic"][best] == pytest.approx(model.bic(moons))
+    one, details = GaussianMixture.fit_for_budget(
+        moons, seconds=60, steps=None, seed=1, options={"n_components": 3, "tol": 1e-2}
+    )
+    assert one.config.n_components == 3 and one.config.tol == 1e-2 and set(details["bic"]) == {"3"}
+    collapsed = Dataset(torch.from_numpy(np.repeat(np.eye(3), 10, axis=0)), None, (3,), "points")
+    with pytest.raises(ValueError, match="no GMM could be fitted"):
+        GaussianMixture.fit_for_budget(collapsed, seconds=None, steps=None, seed=0,
+                                       options={"n_components": 3, "reg_covar": 0.0})  # fmt: skip
+    with pytest.raises(ValueError, match="reg_covar"):  # a bad option is not a failed fit
+        GaussianMixture.fit_for_budget(moons, seconds=None, steps=None, seed=0,
+                                       options={"reg_covar": -1.0})  # fmt: skip
+
+
+# -- what callers ask ----------------------------------------------------------------------------
+@pytest.mark.parametrize("cov", COV_TYPES)
+def test_ellipses_2d_are_the_components_as_matrices(cov):
+    x = overlapping_clusters(d=2)
+    m = GaussianMixture(3, covariance_type=cov, seed=0).fit(x)
+    means, covs, weights = m.ellipses_2d()
+    assert (
+        covs.shape == (3, 2, 2)
+        and torch.equal(means, m.means_)
+        and torch.equal(weights, m.weights_)
+    )
+    # each matrix is the covariance of that component's samples
+    s, labels = m.sample(100_000, seed=0, return_labels=True)
+    for k in range(3):
+        np.testing.assert_allclose(np.cov(s[labels == k].numpy().T), covs[k].numpy(), rtol=0.05,
+                                   atol=0.05)  # fmt: skip
+    assert GaussianMixture(2).fit(overlapping_clusters(d=3)).ellipses_2d() is None
+    assert m.fit_summary() == {"iterations": m.n_iter_, "converged": m.converged_}
+    assert GaussianMixture.component_study and GaussianMixture.sample_options == frozenset()
+
+
+# -- folders saved before the redesign -----------------------------------------------------------
+def test_a_folder_saved_before_the_redesign_scores_the_same():
+    from genlab.data import load_dataset
+
+    folder = Path(__file__).parent / "fixtures" / "v1" / "gmm-moons"
+    expected = json.loads((folder / "expected.json").read_text())
+    model = genlab.load(folder)
+    assert model.config.dequantize  # a field added since: its default
+    x = load_dataset("moons", split="test", n=5).x[:5]
+    np.testing.assert_allclose(model.log_prob(x).numpy(), expected["log_prob"], rtol=0, atol=1e-4)
+    s = model.sample(3, seed=0).flatten(1)[:, :6]
+    np.testing.assert_allclose(s.numpy(), expected["sample"], rtol=0, atol=1e-4)

@@ -250,3 +250,29 @@ def test_xy_curves_draws_one_coloured_line_per_series(tmp_path):
 def test_xy_curves_rejects_bad_series(tmp_path, series, match):
     with pytest.raises(ValueError, match=match):
         plots.xy_curves(series, tmp_path / "q.png", logx=True)
+
+
+# -- compare's figures, drawn from its records ----------------------------------------------------
+def test_nfe_figure_skips_points_without_a_value(tmp_path):
+    curves = {
+        "flow": {
+            "points": [{"nfe": 4, "frechet_classifier": 3.0}, {"nfe": 8, "frechet_classifier": 1.0}]
+        },
+        "diffusion": {"points": [{"nfe": None, "frechet_classifier": 2.0}]},
+    }
+    path = plots.nfe_figure(curves, "frechet_classifier", tmp_path / "nfe.png", ylabel="FD")
+    read_png(path)
+    empty = {"diffusion": curves["diffusion"]}
+    assert plots.nfe_figure(empty, "frechet_classifier", tmp_path / "none.png") is None
+    assert not (tmp_path / "none.png").exists()
+
+
+def test_study_figure_and_its_y_range(tmp_path):
+    study = {"dims": [2, 8], "components": [1, 2, 4],
+             "test_bits_per_dim": [[3.0, 2.0, 2.5], [5.0, None, 9000.0]]}  # fmt: skip
+    read_png(plots.study_figure(study, tmp_path / "study.png", title="gmm"))
+    series = {"d = 2": ([1, 2, 4], [3.0, 2.0, 2.5]), "d = 8": ([1, 4], [5.0, 9000.0])}
+    # from the lowest NLL to the highest first point, padded by 10%: the 9000 runs off the top
+    assert plots.study_ylim(series) == pytest.approx((2.0 - 0.3, 5.0 + 0.3))
+    nothing = {"dims": [2], "components": [1], "test_bits_per_dim": [[None]]}
+    assert plots.study_figure(nothing, tmp_path / "none.png") is None

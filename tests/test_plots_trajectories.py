@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 from genlab import plots
+from genlab.plots.base import evenly
 
 
 def point_trajectory(steps: int = 6, n: int = 40, seed: int = 0) -> np.ndarray:
@@ -108,9 +109,9 @@ def test_trajectory_grid_goes_from_noise_to_sample(tmp_path):
 
 
 def test_trajectory_grid_columns_are_evenly_chosen():
-    assert plots._evenly(4, 10).tolist() == [0, 3, 6, 9]
-    assert plots._evenly(10, 4).tolist() == [0, 1, 2, 3]  # never more columns than steps
-    assert plots._evenly(2, 101).tolist() == [0, 100]
+    assert evenly(4, 10).tolist() == [0, 3, 6, 9]
+    assert evenly(10, 4).tolist() == [0, 1, 2, 3]  # never more columns than steps
+    assert evenly(2, 101).tolist() == [0, 100]
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -83,3 +84,79 @@ def test_save_load_keeps_log_prob(fitted, tmp_path):
     loaded = genlab.load(tmp_path / "m")
     assert type(loaded) is type(model)
     torch.testing.assert_close(loaded.log_prob(test), model.log_prob(test))
+
+
+# -- what every family declares about itself (callers ask, they never inspect) -----------------
+@pytest.mark.parametrize("family", sorted(FACTORIES))
+def test_declared_options_are_accepted(family):
+    """Every option a family declares is a keyword of its method (an independent check, so a
+    declaration cannot drift from the code)."""
+    import inspect
+
+    cls = FAMILIES[family]
+    sample_params = inspect.signature(cls.sample).parameters
+    assert set(cls.sample_options) <= set(sample_params)
+    log_prob_params = inspect.signature(cls.log_prob).parameters
+    assert set(cls.log_prob_options) <= set(log_prob_params)
+    assert set(cls.quick_log_prob) <= set(cls.log_prob_options) | {"k"}
+    assert set(cls.picture_sample) <= set(cls.sample_options)
+
+
+@pytest.mark.parametrize("family", sorted(FACTORIES))
+def test_options_are_declared_once_with_help_and_rule(family):
+    """Each config field has a help text; the constructor takes exactly the config's fields."""
+    from genlab.options import options
+
+    cls = FAMILIES[family]
+    declared = list(options(cls.config_class))
+    assert declared and all(o.help for o in declared), [o.name for o in declared if not o.help]
+    with pytest.raises(TypeError, match="no option 'no_such_option'"):
+        cls(no_such_option=1)
+    model = FACTORIES[family][0]()
+    assert {o.name for o in declared} == set(dataclasses.asdict(model.config))
+
+
+def test_fit_sample_and_log_prob_leave_the_global_rng_alone():
+    """A library never touches RNG state it does not own: after fit, sample and log_prob, the
+    caller's torch, NumPy and Python generators continue as if nothing had run."""
+    import random
+
+    import numpy as np
+
+    for family, (make, data) in FACTORIES.items():
+        ds = load_dataset(data, n=200)
+        torch.manual_seed(11), np.random.seed(12), random.seed(13)
+        expected = (torch.rand(4), np.random.rand(2), random.random())
+        torch.manual_seed(11), np.random.seed(12), random.seed(13)
+        model = make().fit(ds)
+        model.sample(3)
+        model.log_prob(load_dataset(data, split="test", n=5))
+        got = (torch.rand(4), np.random.rand(2), random.random())
+        assert torch.equal(got[0], expected[0]), family
+        assert np.array_equal(got[1], expected[1]) and got[2] == expected[2], family
+
+
+# -- folders saved by earlier versions keep loading ---------------------------------------------
+FIXTURES = Path(__file__).parent / "fixtures" / "v1"
+
+
+@pytest.mark.parametrize("folder", sorted(p.name for p in FIXTURES.iterdir()))
+def test_folders_saved_before_the_redesign_load_and_score_the_same(folder):
+    """tests/fixtures/v1: one folder per family (and data kind) written by the code before the
+    one-source-of-truth redesign, with the log_prob it gave then (expected.json)."""
+    model = genlab.load(FIXTURES / folder)
+    expected = json.loads((FIXTURES / folder / "expected.json").read_text())
+    family, data = folder.split("-", 1)
+    assert model.family == family
+    if data == "text":
+        lp = model.log_prob(["ROMEO: to be", "First Citizen"])
+    else:
+        x = load_dataset(data, split="test", n=5).x[:5]
+        options = {"steps": 4, "method": "rk4"} if family in ("flow", "diffusion") else {}
+        lp = model.log_prob(x, **options)
+    torch.testing.assert_close(lp.double(), torch.tensor(expected["log_prob"]).double(),
+                               rtol=1e-4, atol=1e-3)  # fmt: skip
+    if "sample" in expected:
+        s = model.sample(3, seed=0).flatten(1)[:, :6].double()
+        torch.testing.assert_close(s, torch.tensor(expected["sample"]).double(), rtol=1e-4,
+                                   atol=1e-4)  # fmt: skip

@@ -1,10 +1,12 @@
-"""ODE solvers against closed-form solutions: convergence orders, tolerances, NFE, trajectories."""
+"""ODE solvers against closed-form solutions: convergence orders, tolerances, NFE, trajectories,
+and the ODE log-likelihood against the density of a linear flow."""
 
 import math
 
 import numpy as np
 import pytest
 import torch
+from scipy import stats
 from scipy.linalg import expm
 
 from genlab.solvers import (
@@ -15,8 +17,10 @@ from genlab.solvers import (
     FIXED_STEPS,
     METHODS,
     NFE_PER_STEP,
+    ODELikelihood,
     Solution,
     dopri5_step,
+    log_likelihood,
     rk4_step,
     solve,
 )
@@ -313,3 +317,77 @@ def test_field_with_wrong_output_raises(method):
 def test_registry_lists_every_method():
     assert METHODS == ("euler", "midpoint", "heun", "rk4", "dopri5")
     assert set(FIXED_STEPS) == set(METHODS) - {"dopri5"}
+
+
+# -- the ODE log-likelihood (instantaneous change of variables) --------------------------------
+LINEAR = torch.tensor([[0.3, -0.8], [0.5, -0.2]], dtype=F64)  # dx/dt = A x, tr A = 0.1
+
+
+def linear_field(t, x):
+    return x @ LINEAR.T
+
+
+def linear_flow_log_density(x: torch.Tensor, t0: float, t1: float) -> np.ndarray:
+    """x(t1) = M x(t0) with M = expm(A (t1 - t0)); if x(t1) ~ N(0, I), then
+    x(t0) ~ N(0, (M^T M)^{-1}) (scipy's density as the reference)."""
+    m = expm(LINEAR.numpy() * (t1 - t0))
+    return stats.multivariate_normal(np.zeros(2), np.linalg.inv(m.T @ m)).logpdf(x.numpy())
+
+
+def test_log_likelihood_of_a_linear_flow_is_the_gaussian_density():
+    x = torch.randn(20, 2, generator=torch.Generator().manual_seed(0), dtype=F64)
+    expected = linear_flow_log_density(x, 0.0, 1.5)
+    exact = log_likelihood(linear_field, x, 0.0, 1.5, rtol=1e-9, atol=1e-9)
+    assert isinstance(exact, ODELikelihood) and exact.estimator == "exact trace"
+    np.testing.assert_allclose(exact.log_prob.numpy(), expected, rtol=0, atol=1e-7)
+    fixed = log_likelihood(linear_field, x, 0.0, 1.5, method="rk4", steps=20, rows=7)
+    np.testing.assert_allclose(fixed.log_prob.numpy(), expected, rtol=0, atol=1e-5)
+    assert fixed.nfe == 80
+    wrong = log_likelihood(linear_field, x, 0.0, 1.0, method="rk4", steps=20)  # other t1
+    assert np.abs(wrong.log_prob.numpy() - expected).max() > 0.05
+
+
+def test_hutchinson_log_likelihood_is_unbiased():
+    """For a linear field each probe e gives the divergence e^T A e, constant along the path:
+    the estimate varies from probe to probe, its mean over many rows is the exact value."""
+    point = torch.tensor([[0.4, -1.1]], dtype=F64)
+    exact = log_likelihood(linear_field, point, 0.0, 1.5, method="rk4", steps=10).log_prob
+    many = point.expand(4000, 2)
+    est = log_likelihood(linear_field, many, 0.0, 1.5, divergence="hutchinson", probes=1,
+                         method="rk4", steps=10, rows=1000)  # fmt: skip
+    assert est.estimator == "hutchinson (1 rademacher probe)"
+    lp = est.log_prob
+    assert lp.std() > 0.1  # a genuine estimate (e^T A e = 0.1 +- 0.3 over the four signs)
+    assert abs(float(lp.mean() - exact)) < 4 * float(lp.std()) / math.sqrt(len(lp))
+    four = log_likelihood(linear_field, many[:500], 0.0, 1.5, divergence="hutchinson",
+                          probes=4, method="rk4", steps=10)  # fmt: skip
+    assert four.estimator == "hutchinson (4 rademacher probes)"
+    assert four.log_prob.std() < lp.std()  # more probes, less variance
+
+
+def test_log_likelihood_seed_semantics():
+    """Same seed, same probes (whatever the global RNG does); seed=None: fresh probes from the
+    OS, not from torch's global generator, whose state is left alone."""
+    x = torch.randn(50, 2, generator=torch.Generator().manual_seed(1), dtype=F64)
+
+    def estimate(seed):
+        options = {"divergence": "hutchinson", "method": "euler", "steps": 2, "rows": 20}
+        return log_likelihood(linear_field, x, 0.0, 1.0, seed=seed, **options).log_prob
+
+    torch.manual_seed(0)
+    state = torch.get_rng_state()
+    a = estimate(3)
+    assert torch.equal(torch.get_rng_state(), state)
+    torch.manual_seed(123)
+    torch.testing.assert_close(estimate(3), a, rtol=0, atol=0)
+    assert not torch.equal(estimate(4), a)
+    torch.manual_seed(0)
+    fresh = estimate(None)
+    assert torch.equal(torch.get_rng_state(), state)
+    torch.manual_seed(0)
+    assert not torch.equal(estimate(None), fresh)  # not drawn from the (reseeded) global RNG
+
+
+def test_log_likelihood_refuses_an_unknown_divergence():
+    with pytest.raises(ValueError, match="divergence"):
+        log_likelihood(linear_field, X0, 0.0, 1.0, divergence="trace")

@@ -337,3 +337,84 @@ def test_bad_labels_raise_clear_errors():
         model.encode(x[:4])
     with pytest.raises(TypeError, match="integer"):
         model.sample(2, y=torch.tensor([0.5, 1.0]))
+
+
+# -- defaults decided once, capabilities, what `genlab fit` prints ------------------------------
+def test_latent_dim_auto_is_min_16_d_and_is_saved(tmp_path):
+    from genlab.models.vae import default_latent_dim
+
+    assert [default_latent_dim(d) for d in (1, 2, 16, 64, 784)] == [1, 2, 16, 16, 16]
+    moons = load_dataset("moons", n=100)
+    model = VAE(max_steps=2, **TINY).fit(moons)
+    assert model.config.latent_dim is None and model.latent_dim_ == 2
+    assert model.encode(moons.x[:3]).mu.shape == (3, 2)
+    model.save(tmp_path / "m")
+    loaded = genlab.load(tmp_path / "m")
+    assert loaded.latent_dim_ == 2 and loaded.kind_ == "points"
+    torch.testing.assert_close(loaded.log_prob(moons.x[:5]), model.log_prob(moons.x[:5]))
+    digits = VAE(max_steps=1, net="mlp", **TINY).fit(load_dataset("digits", n=50))
+    assert digits.latent_dim_ == 16 and digits.kind_ == "image"
+    assert VAE(3, max_steps=1, **TINY).fit(moons).latent_dim_ == 3  # positional latent_dim
+
+
+def test_capabilities_and_fit_summary(binary_vae):
+    model, _ = binary_vae
+    assert VAE.has_encoder and VAE.picture_sample == {"mean": True}
+    assert VAE.quick_log_prob == {"k": 16} and VAE.density_grid == 100
+    assert {"y", "mean"} <= VAE.sample_options and VAE.example_data == "digits"
+    summary = model.fit_summary()
+    assert summary["steps"] == 100 and math.isfinite(summary["final loss"])
+    assert (summary["likelihood"], summary["net"], summary["conditional"]) == (
+        "bernoulli", "mlp", False)  # fmt: skip
+
+
+def test_score_rows_is_the_train_elbo():
+    from genlab.data import Dataset
+
+    digits = load_dataset("digits", n=60)
+    model = VAE(latent_dim=2, max_steps=3, net="mlp", **TINY).fit(digits, digits.y)
+    label, value = model.score_rows(digits)
+    assert label == "train ELBO"
+    assert value == pytest.approx(float(model.elbo(digits.x, digits.y).double().mean()), rel=1e-6)
+    label, value = model.score_rows(digits, limit=20)
+    assert label == "train ELBO (first 20)"
+    assert value == pytest.approx(float(model.elbo(digits.x[:20], digits.y[:20]).mean()), 1e-5)
+    points = Dataset(torch.randn(2500, 2), None, (2,), "points")
+    label, _ = VAE(max_steps=1, **TINY).fit(points).score_rows(points)
+    assert label == "train ELBO (first 2000)"  # at most 2000 rows by default
+
+
+def test_gaussian_likelihood_on_quantised_images_trains_on_dequantised_batches(monkeypatch):
+    seen = []
+    original = VAE._to_model_space
+
+    def spy(self, x):
+        seen.append(x.detach().clone())
+        return original(self, x)
+
+    monkeypatch.setattr(VAE, "_to_model_space", spy)
+    digits = load_dataset("digits", n=64)
+    VAE(likelihood="gaussian", max_steps=2, net="mlp", batch_size=64, **TINY).fit(digits)
+    batch = seen[0]  # the first training batch
+    assert not torch.equal(batch * 16, torch.round(batch * 16))  # off the grid k / 16
+    k = torch.floor(batch * 17)  # (k + u) / 17 lies in the cell of k
+    assert set(k.unique().tolist()) <= set(range(17))
+    seen.clear()
+    VAE(max_steps=1, net="mlp", batch_size=64, **TINY).fit(digits)  # discretized: a mass
+    assert torch.equal(seen[0] * 16, torch.round(seen[0] * 16))
+
+
+@pytest.mark.parametrize("folder", ["vae-moons", "vae-digits"])
+def test_folders_saved_before_the_redesign_score_the_same(folder):
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).parent / "fixtures" / "v1" / folder
+    expected = json.loads((path / "expected.json").read_text())
+    model = genlab.load(path)
+    assert model.latent_dim_ == model.config.latent_dim  # old folders: an int in the config
+    x = load_dataset(folder.split("-", 1)[1], split="test", n=5).x[:5]
+    np.testing.assert_allclose(model.log_prob(x).numpy(), expected["log_prob"], rtol=1e-4,
+                               atol=1e-4)  # fmt: skip
+    s = model.sample(3, seed=0).flatten(1)[:, :6]
+    np.testing.assert_allclose(s.numpy(), expected["sample"], rtol=1e-4, atol=1e-4)

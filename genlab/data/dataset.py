@@ -170,7 +170,7 @@ def image_geometry(event_shape: tuple[int, ...]) -> tuple[int, int] | None:
 
 
 def shape_kind(event_shape: tuple[int, ...]) -> Literal["points", "image"]:
-    """"image" for image shapes (`image_shape`), else "points" (vectors of any shape)."""
+    """ "image" for image shapes (`image_shape`), else "points" (vectors of any shape)."""
     return "image" if image_shape(event_shape) is not None else "points"
 
 

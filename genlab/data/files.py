@@ -110,8 +110,9 @@ def load_file(path: str | os.PathLike, split: str) -> Dataset:
     """Rows of a `.npy` or `.csv` file as a Dataset (y is None, levels None).
 
     Shapes: (n, d) gives kind "points"; (n, H, W) is read as (n, 1, H, W); the kind of
-    (n, C, H, W) is "image" when `image_shape` says so, else "points". A `.npy` file stays on disk: x is an `NpyArray` window of
-    the split's rows, of the file's dtype. A `.csv` file is read into a float32 tensor.
+    (n, C, H, W) is "image" when `image_shape` says so, else "points". A `.npy` file stays
+    on disk: x is an `NpyArray` window of the split's rows, of the file's dtype. A `.csv`
+    file is read into a float32 tensor.
 
     Raises:
         FileNotFoundError: the file does not exist.

@@ -26,10 +26,9 @@ follow this one rule, so `log_prob` is exact for the distribution sampled.
 from __future__ import annotations
 
 import math
-import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -48,18 +47,14 @@ from genlab.data.tokenizers import (
     tokenizer_from_json,
     train_tokenizer,
 )
-from genlab.models.base import (
-    GenerativeModel,
-    as_data,
-    as_labels,
-    check_finite,
-    check_train_labels,
-)
+from genlab.models.base import NeuralModel, TrainingData, as_data, as_labels, check_finite
 from genlab.nets.transformer import POSITIONS, Positions, Transformer
+from genlab.options import Choice, Flag, Integer, Real, option
 
 TEXT_BLOCK_SIZE = 64  # block_size=None for text (nanoGPT's CPU recipe)
 DEFAULT_NEW_TOKENS = 256  # max_new_tokens of text `sample` / `generate` when not given
 EVAL_TOKENS = 1 << 16  # positions per forward pass when scoring
+SMALL_IMAGE_PIXELS = 256  # images of at most this many pixels get the small transformer
 
 
 # -- the maths, as pure functions ----------------------------------------------------------------
@@ -131,38 +126,55 @@ def check_sampling(temperature: float, top_k: int | None, top_p: float | None) -
 
 
 # -- config ---------------------------------------------------------------------------------------
+def default_size(kind: str, dim: int) -> tuple[int, int]:
+    """(n_layer, n_embd) where the config leaves them None: 2 blocks 64 wide for images of at
+    most `SMALL_IMAGE_PIXELS` (256) pixels (8 x 8 digits, 16 x 16), so that a budget of seconds
+    trains them for hundreds of steps rather than tens; else (text, larger images) 4 blocks
+    128 wide, nanoGPT's CPU recipe size."""
+    return (2, 64) if kind == "image" and dim <= SMALL_IMAGE_PIXELS else (4, 128)
+
+
 @dataclass(frozen=True)
 class AutoregressiveConfig(train.TrainConfig):
-    tokenizer: TokenizerName = "char"
-    vocab_size: int = 512
-    n_layer: int = 4
-    n_head: int = 4
-    n_embd: int = 128
-    block_size: int | None = None
-    dropout: float = 0.0
-    positions: Positions = "rope"
-    bias: bool = False
-    levels: int | None = None
-    batch_size: int = 32
-    lr: float = 2e-3
+    tokenizer: TokenizerName = option(  # noqa: RUF009 (option() is immutable)
+        "char",
+        "Text: char (the corpus's characters), byte (UTF-8 bytes) or bpe (byte-level BPE "
+        "learned on the corpus).",
+        Choice(TOKENIZERS),
+    )
+    vocab_size: int = option(512, "BPE vocabulary size (256 bytes + merges).", Integer(257))
+    n_layer: int | None = option(
+        None, "Transformer blocks (None: 2 for images of <= 256 pixels, else 4).",
+        Integer(1, optional=True),
+    )  # fmt: skip
+    n_head: int = option(4, "Attention heads.", Integer(1))
+    n_embd: int | None = option(
+        None, "Width, divisible by n_head (None: 64 for images of <= 256 pixels, else 128).",
+        Integer(1, optional=True),
+    )  # fmt: skip
+    block_size: int | None = option(
+        None, "Context window in tokens (None: 64 for text, the pixels of an image).",
+        Integer(1, optional=True),
+    )  # fmt: skip
+    dropout: float = option(0.0, "Dropout rate (training only).", Real(0, 1, high_open=True))
+    positions: Positions = option(  # noqa: RUF009
+        "rope", "rope (rotary) or learned position embeddings.", Choice(POSITIONS)
+    )
+    bias: bool = option(False, "Biases in the Linear layers and LayerNorms.", Flag())
+    levels: int | None = option(
+        None, "Images: grey levels (None: the data's; 2 binarises).", Integer(2, optional=True)
+    )
+    batch_size: int = option(32, "Windows or images per step (the global batch).", Integer(1))
+    lr: float = option(2e-3, "Peak learning rate (AdamW).", Real(0, low_open=True))
 
     def __post_init__(self):
         super().__post_init__()
-        for name, minimum in (("vocab_size", 257), ("n_layer", 1), ("n_head", 1), ("n_embd", 1)):
-            _check_int(name, getattr(self, name), minimum)
-        for name, minimum in (("block_size", 1), ("levels", 2)):
-            if getattr(self, name) is not None:
-                _check_int(name, getattr(self, name), minimum)
-        if self.tokenizer not in TOKENIZERS:
-            raise ValueError(f"tokenizer must be one of {TOKENIZERS}, got {self.tokenizer!r}")
-        if self.positions not in POSITIONS:
-            raise ValueError(f"positions must be one of {POSITIONS}, got {self.positions!r}")
-        if self.n_embd % self.n_head:
-            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
-        if not (isinstance(self.dropout, int | float) and 0 <= self.dropout < 1):
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
-        if not isinstance(self.bias, bool):
-            raise ValueError(f"bias must be True or False, got {self.bias!r}")
+        _check_width(self.n_embd, self.n_head)
+
+
+def _check_width(n_embd: int | None, n_head: int) -> None:
+    if n_embd is not None and n_embd % n_head:
+        raise ValueError(f"n_embd ({n_embd}) must be divisible by n_head ({n_head})")
 
 
 def _check_int(name: str, v: Any, minimum: int) -> None:
@@ -171,14 +183,15 @@ def _check_int(name: str, v: Any, minimum: int) -> None:
 
 
 # -- the model ------------------------------------------------------------------------------------
-class Autoregressive(GenerativeModel, family="autoregressive"):
+class Autoregressive(NeuralModel, family="autoregressive"):
     """A causal transformer over text or pixel tokens; `log_prob` is exact (module docstring).
 
     Args:
         tokenizer: text only: "char" (the training text's characters), "byte" (UTF-8 bytes)
             or "bpe" (byte-level BPE learned on the training text).
         vocab_size: the BPE vocabulary size (256 bytes + merges); ignored otherwise.
-        n_layer, n_head, n_embd: depth, attention heads and width of the transformer.
+        n_layer, n_head, n_embd: depth, attention heads and width of the transformer
+            (n_layer, n_embd None: `default_size`; the values used are `n_layer_`, `n_embd_`).
         block_size: the most tokens one forward pass sees (None: 64 for text, the number of
             pixels for images; images need at least that many).
         dropout: dropout of the transformer (training only).
@@ -203,34 +216,11 @@ class Autoregressive(GenerativeModel, family="autoregressive"):
     log_prob_kind = "exact"
     log_prob_space = "discrete"
     config_class = AutoregressiveConfig
-
-    def __init__(
-        self,
-        tokenizer: TokenizerName = "char",
-        *,
-        vocab_size: int = 512,
-        n_layer: int = 4,
-        n_head: int = 4,
-        n_embd: int = 128,
-        block_size: int | None = None,
-        dropout: float = 0.0,
-        positions: Positions = "rope",
-        bias: bool = False,
-        levels: int | None = None,
-        device: str | torch.device | None = None,
-        **train_options: Any,
-    ):
-        try:
-            config = AutoregressiveConfig(
-                tokenizer=tokenizer, vocab_size=vocab_size, n_layer=n_layer, n_head=n_head,
-                n_embd=n_embd, block_size=block_size, dropout=dropout, positions=positions,
-                bias=bias, levels=levels, **train_options,
-            )  # fmt: skip
-        except TypeError as e:
-            names = sorted(AutoregressiveConfig.__dataclass_fields__)
-            raise TypeError(f"{e}; the autoregressive family's options are {names}") from None
-        super().__init__(config, device)
-        self.nfe_: int | None = None
+    positional: ClassVar[tuple[str, ...]] = ("tokenizer",)
+    sample_options: ClassVar[frozenset[str]] = frozenset(
+        {"prompt", "max_new_tokens", "temperature", "top_k", "top_p", "y"}
+    )
+    example_data: ClassVar[str] = "digits"
 
     # -- building ---------------------------------------------------------------------------------
     def _build(self, event_shape: tuple[int, ...], fitted: dict[str, Any]) -> None:
@@ -238,11 +228,13 @@ class Autoregressive(GenerativeModel, family="autoregressive"):
         self.kind_: Literal["text", "image"] = fitted["kind"]
         self.tokenizer_: Tokenizer = tokenizer_from_json(fitted["tokenizer"])
         self.block_size_: int = int(fitted["block_size"])
+        self.n_layer_ = int(fitted.get("n_layer") or cfg.n_layer)  # old folders: the config's
+        self.n_embd_ = int(fitted.get("n_embd") or cfg.n_embd)
         self.stride_ = max(1, self.block_size_ // 2)  # of the context rule (module docstring)
         vocab = self.tokenizer_.vocab_size
         #: tokens that can be predicted: the pixel tokens of an image model, all text tokens
         self.n_out_ = self.tokenizer_.levels if self.kind_ == "image" else vocab
-        self.net = Transformer(vocab, self.block_size_, cfg.n_layer, cfg.n_head, cfg.n_embd,
+        self.net = Transformer(vocab, self.block_size_, self.n_layer_, cfg.n_head, self.n_embd_,
                                cfg.dropout, cfg.positions, cfg.bias)  # fmt: skip
         if self.kind_ == "text":
             self.register_buffer("first_token_log_probs", torch.zeros(vocab))
@@ -251,8 +243,10 @@ class Autoregressive(GenerativeModel, family="autoregressive"):
         self.to(self.device_)
 
     def _fitted_meta(self) -> dict[str, Any]:
-        return super()._fitted_meta() | {"kind": self.kind_, "block_size": self.block_size_,
-                                         "tokenizer": self.tokenizer_.to_json()}  # fmt: skip
+        return super()._fitted_meta() | {
+            "kind": self.kind_, "block_size": self.block_size_, "n_layer": self.n_layer_,
+            "n_embd": self.n_embd_, "tokenizer": self.tokenizer_.to_json(),
+        }  # fmt: skip
 
     @property
     def is_text(self) -> bool:
@@ -263,51 +257,34 @@ class Autoregressive(GenerativeModel, family="autoregressive"):
         return self.is_fitted and self.kind_ == "image" and self.tokenizer_.n_classes is not None
 
     # -- training ---------------------------------------------------------------------------------
-    def fit(
-        self,
-        x: Any,
-        y: Any = None,
-        *,
-        out: str | os.PathLike | None = None,
-        checkpoint_every: int | None = None,
-        resume: bool = False,
-        progress: bool | None = None,
-        callback: Callable | None = None,
-        callback_every: int | None = None,
-    ) -> Autoregressive:
-        """Tokenise the data, build the transformer and train next-token cross-entropy.
+    @classmethod
+    def unsupported(cls, data: TrainingData) -> str | None:
+        """The family models text and quantised images: it refuses data without grey levels
+        whose values leave [0, 1] (continuous points such as moons). Values in [0, 1] without
+        levels can still be put on a grid by levels= (`_setup` asks for it)."""
+        if data.kind == "text" or data.levels is not None:
+            return None
+        x = data.x
+        if isinstance(x, Tensor) and not bool((x >= 0).all() and (x <= 1).all()):
+            of = f" of {data.name!r}" if data.name else ""
+            return (
+                "the autoregressive family models text and quantised images (pixel values on "
+                f"a grid of levels), not the continuous {data.kind}{of}; use another family"
+            )
+        return None
 
-        Args:
-            x: a text (a str, or a Dataset of kind "text" from `genlab.data.load_text`), or
-                quantised images (n, *event_shape) in [0, 1] (a Dataset carries its levels;
-                a tensor needs levels= in the constructor).
-            y: (n,) integer labels for a class-conditional image model, or None.
-            out, checkpoint_every, resume, progress, callback, callback_every: passed to
-                `genlab.train.fit` (checkpoints and log.jsonl go to `out`).
+    def _setup(self, data: TrainingData) -> tuple[Tensor, None]:
+        """Tokenise the data and build the transformer. Text: train the tokeniser, set
+        p(x_0), return every window of block_size + 1 tokens; images: quantise, set p(y),
+        return the (n, 1 + D) token rows [start] + pixels (labels live in the start token)."""
+        n_layer, n_embd = default_size(data.kind, data.dim)
+        size = {"n_layer": self.config.n_layer or n_layer, "n_embd": self.config.n_embd or n_embd}
+        _check_width(size["n_embd"], self.config.n_head)
+        if data.kind == "text":
+            return self._setup_text(data.text, size), None
+        return self._setup_images(data, size), None
 
-        Text is trained on every window of block_size + 1 consecutive tokens (drawn at
-        random, batch_size per step); images on whole rows [start] + pixels.
-        """
-        with torch.random.fork_rng(devices=[]):  # the net's init follows config.seed alone
-            torch.manual_seed(self.config.seed)
-            if isinstance(x, str) or (isinstance(x, Dataset) and x.kind == "text"):
-                if y is not None:
-                    raise ValueError("text models take no labels y")
-                rows = self._setup_text(x if isinstance(x, str) else x.text)
-            else:
-                rows = self._setup_images(x, y)
-        self.train_result_ = train.fit(
-            self, rows, None, self.config, out=out, checkpoint_every=checkpoint_every,
-            resume=resume, callback=callback, callback_every=callback_every, progress=progress,
-            device=self.device_,
-        )  # fmt: skip
-        self.eval()
-        return self
-
-    def _setup_text(self, text: str) -> Tensor:
-        """Train the tokeniser, build the net, set p(x_0); return the (N - B, B + 1) windows."""
-        if not isinstance(text, str) or not text:
-            raise ValueError("the training text is empty")
+    def _setup_text(self, text: str, size: dict[str, int]) -> Tensor:
         cfg = self.config
         tokenizer = train_tokenizer(cfg.tokenizer, text, cfg.vocab_size)
         tokens = torch.tensor(tokenizer.encode(text), dtype=torch.long)
@@ -316,45 +293,36 @@ class Autoregressive(GenerativeModel, family="autoregressive"):
             raise ValueError(f"the text has {len(tokens)} tokens, too few for windows of "
                              f"block_size + 1 = {block + 1}; use a longer text or a smaller "
                              "block_size")  # fmt: skip
-        fitted = {"kind": "text", "tokenizer": tokenizer.to_json(), "block_size": block}
+        fitted = {"kind": "text", "tokenizer": tokenizer.to_json(), "block_size": block, **size}
         self._build((), fitted)
         self.event_shape = ()
         counts = torch.bincount(tokens, minlength=tokenizer.vocab_size).double() + 1.0
         self.first_token_log_probs.copy_((counts / counts.sum()).log())
         return tokens.unfold(0, block + 1, 1)  # a view: every window, no copy
 
-    def _setup_images(self, x: Any, y: Any) -> Tensor:
-        """Quantise, build the net, set p(y); return the (n, 1 + D) token rows."""
-        levels = x.levels if isinstance(x, Dataset) else None
-        if isinstance(x, Dataset) and x.kind == "points":
-            raise ValueError(f"the autoregressive family models text and quantised images, not "
-                             f"the points of {x.name!r}; use another family")  # fmt: skip
-        x = x.x if isinstance(x, Dataset) else x
-        x, y, event_shape = as_data(x, y)
-        x = (x if isinstance(x, Tensor) else x[:]).float()
-        check_finite(x)
-        levels = self.config.levels or levels
+    def _setup_images(self, data: TrainingData, size: dict[str, int]) -> Tensor:
+        levels = self.config.levels or data.levels
         if levels is None:
             raise ValueError(
                 "the images' grey levels are unknown: pass levels= (e.g. 17 for digits, 256 "
                 "for 8-bit images), or a Dataset that carries them"
             )
+        x = data.rows()
         if self.config.levels is not None:  # requantise to the model's levels
             x = requantise(x, levels)
-        n_classes = check_train_labels(y)
-        tokenizer = ImageTokenizer(levels, event_shape, n_classes)
-        rows = tokenizer.encode(x, y)
+        tokenizer = ImageTokenizer(levels, data.event_shape, data.n_classes)
+        rows = tokenizer.encode(x, data.y)
         block = self.config.block_size or tokenizer.length - 1
         if block < tokenizer.length - 1:
             raise ValueError(
                 f"block_size={block} is shorter than the {tokenizer.length - 1} pixels of an "
                 f"image; use block_size={tokenizer.length - 1} (or None)"
             )
-        fitted = {"kind": "image", "tokenizer": tokenizer.to_json(), "block_size": block}
-        self._build(event_shape, fitted)
-        self.event_shape = event_shape
-        if n_classes is not None:
-            counts = torch.bincount(y.long(), minlength=n_classes).double()
+        fitted = {"kind": "image", "tokenizer": tokenizer.to_json(), "block_size": block, **size}
+        self._build(data.event_shape, fitted)
+        self.event_shape = data.event_shape
+        if data.n_classes is not None:
+            counts = torch.bincount(data.y.long(), minlength=data.n_classes).double()
             self.class_prior.copy_(counts / counts.sum())
         return rows
 
@@ -484,6 +452,28 @@ class Autoregressive(GenerativeModel, family="autoregressive"):
         return {"loss": nll / len(text), "bits_per_char": nll / len(text) / math.log(2),
                 "nats_per_token": nll / n_tokens, "n_chars": len(text), "n_tokens": n_tokens,
                 "window_loss": window}  # fmt: skip
+
+    # -- what `genlab fit` prints -----------------------------------------------------------------
+    def score_rows(self, data: Dataset, limit: int = 1000) -> tuple[str, float]:
+        """Images: the mean exact log-likelihood (nats) of up to `limit` training rows (with
+        their labels for a conditional model). Text: log p of the first `limit` windows'
+        worth of characters (limit * block_size), per character."""
+        if self.is_text:
+            text = data.text[: limit * self.block_size_]
+            part = "" if len(text) == len(data.text) else f" (first {len(text)} characters)"
+            (tokens,) = self._token_rows(text)
+            per_char = float(self._text_log_prob(tokens).double().sum()) / len(text)
+            return f"train log-likelihood per character{part}", per_char
+        x = data.x[:limit]
+        y = data.y[: len(x)] if self.conditional and data.y is not None else None
+        part = "" if len(x) == len(data) else f" (first {len(x)})"
+        return f"train log-likelihood{part}", float(self.log_prob(x, y).double().mean())
+
+    def fit_summary(self) -> dict[str, Any]:
+        return super().fit_summary() | {
+            "vocabulary": self.tokenizer_.vocab_size, "block size": self.block_size_,
+            "transformer": f"{self.n_layer_} blocks, {self.n_embd_} wide",
+        }  # fmt: skip
 
     # -- sampling ---------------------------------------------------------------------------------
     @torch.inference_mode()  # no_grad, and less bookkeeping per op

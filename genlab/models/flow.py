@@ -25,61 +25,44 @@ The divergence is the exact trace of the Jacobian (one autograd pass per dimensi
 `exact_trace_max_dim` dimensions, else Hutchinson's unbiased estimate eps^T (dv/dx) eps with
 `hutchinson_probes` Rademacher probes drawn once per call (FFJORD, Grathwohl et al. 2019).
 
-The net works in a normalised space z = (x - loc) / scale: points are standardised per
-dimension, images in [0, 1] are mapped to [-1, 1] (loc = scale = 1/2); `log_prob` adds
--sum(log scale) so it is a density of x as given. Quantised images (a Dataset with `levels`)
-are dequantised afresh in every batch, x = (k + u) / levels, so the density is that of the
-dequantised data, as `genlab eval` measures it.
+The net works in the normalised space of `genlab.models.continuous` (points standardised,
+images in [0, 1] mapped to [-1, 1]); `log_prob` adds the log-Jacobian, so it is a density of x
+as given. Quantised images (a Dataset with `levels`) are dequantised afresh in every batch,
+x = (k + u) / levels, so the density is that of the dequantised data, as evaluation measures it.
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
-from torch import Tensor
+from torch import Tensor, nn
 
-from genlab import train
-from genlab.data.dataset import Dataset
-from genlab.models.base import (
-    GenerativeModel,
-    as_data,
-    as_labels,
-    check_finite,
-    check_train_labels,
-    image_geometry,
-)
+from genlab.models.base import TrajectoryPicture
 from genlab.models.continuous import (
+    EVAL_ROWS,
+    ContinuousConfig,
+    ContinuousModel,
     SampleTrajectory,
     check_guidance,
     drop_labels,
-    exact_divergence,
-    guided,
-    hutchinson_divergence,
-    standard_normal_log_prob,
+    guided_call,
 )
 from genlab.nets import MLP, UNet
+from genlab.options import Choice, Integer, Real, option
 from genlab.schedules import PATHS, Schedule
 from genlab.solvers import METHODS, solve
 
 PathName = Literal["linear", "vp"]
 CouplingName = Literal["independent", "ot"]
-FlowNetName = Literal["auto", "mlp", "unet"]
 SolverName = Literal["euler", "midpoint", "heun", "rk4", "dopri5"]
 COUPLINGS = ("independent", "ot")
-FLOW_NETS = ("auto", "mlp", "unet")
 TIME_FEATURES = 64  # sinusoidal time features of the MLP
-EVAL_ROWS = {"mlp": 4096, "unet": 256}  # rows per ODE solve in sample / log_prob
 
 
 # -- the maths, as pure functions ----------------------------------------------------------------
-
-
 def ot_pairing(x0: Tensor, eps: Tensor, groups: Tensor | None = None) -> Tensor:
     """The permutation pi minimising sum_i |x0_i - eps_pi(i)|^2 (exact, Hungarian / LAPJV).
 
@@ -106,51 +89,43 @@ def unet_levels(side: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
 
 # -- config and model -----------------------------------------------------------------------------
 @dataclass(frozen=True)
-class FlowConfig(train.TrainConfig):
-    path: PathName = "linear"
-    coupling: CouplingName = "independent"
-    sigma_min: float = 0.0
-    net: FlowNetName = "auto"
-    hidden: int = 128
-    depth: int = 3
-    base_channels: int = 32
-    label_dropout: float = 0.1
-    dequantize: bool = True
-    exact_trace_max_dim: int = 16
-    hutchinson_probes: int = 1
-    sample_steps: int = 50
-    sample_method: SolverName = "heun"
+class FlowConfig(ContinuousConfig):
+    """Flow matching's options: the path, the coupling, the MLP and the default solver (after
+    the shared ones of `ContinuousConfig` and `genlab.train.TrainConfig`)."""
+
+    path: PathName = option(  # noqa: RUF009 (option() is immutable)
+        "linear", "Probability path: linear (conditional OT) or vp (cosine).", Choice(tuple(PATHS))
+    )
+    coupling: CouplingName = option(  # noqa: RUF009
+        "independent",
+        "Noise-data pairs: independent, or ot (minibatch transport).",
+        Choice(COUPLINGS),
+    )
+    sigma_min: float = option(
+        0.0, "Width of the linear path at the data end.", Real(0, 1, high_open=True)
+    )
+    hidden: int = option(128, "MLP width.", Integer(1))
+    depth: int = option(3, "MLP residual blocks.", Integer(1))
+    sample_steps: int = option(50, "Default solver steps of sample, eval and plot.", Integer(1))
+    sample_method: SolverName = option(  # noqa: RUF009
+        "heun", "Default solver of sample, eval and plot.", Choice(METHODS)
+    )
 
     def __post_init__(self):
         super().__post_init__()
-        for name, minimum in (("hidden", 1), ("depth", 1), ("base_channels", 4),
-                              ("exact_trace_max_dim", 0), ("hutchinson_probes", 1),
-                              ("sample_steps", 1)):  # fmt: skip
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < minimum:
-                raise ValueError(f"{name} must be an integer >= {minimum}, got {v!r}")
-        for name, options in (("path", tuple(PATHS)), ("coupling", COUPLINGS),
-                              ("net", FLOW_NETS), ("sample_method", METHODS)):  # fmt: skip
-            if getattr(self, name) not in options:
-                raise ValueError(f"{name} must be one of {options}, got {getattr(self, name)!r}")
-        if not (isinstance(self.sigma_min, int | float) and 0 <= self.sigma_min < 1):
-            raise ValueError(f"sigma_min must be a number in [0, 1), got {self.sigma_min!r}")
         if self.path != "linear" and self.sigma_min != 0:
             raise ValueError('sigma_min belongs to path="linear"; set it to 0 for path="vp"')
-        if not (isinstance(self.label_dropout, int | float) and 0 <= self.label_dropout < 1):
-            raise ValueError(f"label_dropout must be in [0, 1), got {self.label_dropout!r}")
-        if not isinstance(self.dequantize, bool):
-            raise ValueError(f"dequantize must be True or False, got {self.dequantize!r}")
 
 
-class FlowMatching(GenerativeModel, family="flow"):
+class FlowMatching(ContinuousModel, family="flow"):
     """A continuous normalising flow trained by flow matching; exact ODE likelihood.
 
-    Args:
+    Options (`FlowConfig`; path may be positional):
         path: "linear" (conditional OT / rectified) or "vp" (cosine) probability path.
         coupling: "independent" or "ot" (exact minibatch optimal transport per batch).
         sigma_min: width of the linear path at the data end (0: the data themselves).
-        net: None or "auto" (a UNet for square images, else an MLP), "mlp" or "unet".
+        net: "auto" (`genlab.models.continuous.auto_net`: an MLP for points and small
+            images, a UNet for larger square images), "mlp" or "unet".
         hidden, depth: MLP width and number of residual blocks.
         base_channels: UNet width of the first level.
         label_dropout: probability of training on the null label (classifier-free guidance).
@@ -158,10 +133,8 @@ class FlowMatching(GenerativeModel, family="flow"):
         exact_trace_max_dim: `log_prob` uses the exact trace up to this many dimensions.
         hutchinson_probes: Rademacher probes of Hutchinson's estimator above that.
         sample_steps, sample_method: the default solver of `sample`.
+        and the fields of `genlab.train.TrainConfig` (max_steps, max_time, batch_size, ...).
         device: "cuda", "cpu" or None (cuda when present).
-        **train_options: the fields of `genlab.train.TrainConfig` (max_steps, max_time,
-            batch_size, lr, weight_decay, warmup_steps, min_lr_ratio, grad_clip, ema_decay,
-            seed, precision, compile).
 
     Labels are used only when passed as `y=` (a Dataset's labels are ignored): `fit(x, y)`
     trains v(x, t | y), dropping labels to the null class with probability label_dropout, and
@@ -170,39 +143,11 @@ class FlowMatching(GenerativeModel, family="flow"):
     """
 
     config_class = FlowConfig
-
-    def __init__(
-        self,
-        path: PathName = "linear",
-        *,
-        coupling: CouplingName = "independent",
-        sigma_min: float = 0.0,
-        net: FlowNetName | None = None,
-        hidden: int = 128,
-        depth: int = 3,
-        base_channels: int = 32,
-        label_dropout: float = 0.1,
-        dequantize: bool = True,
-        exact_trace_max_dim: int = 16,
-        hutchinson_probes: int = 1,
-        sample_steps: int = 50,
-        sample_method: SolverName = "heun",
-        device: str | torch.device | None = None,
-        **train_options: Any,
-    ):
-        try:
-            config = FlowConfig(
-                path=path, coupling=coupling, sigma_min=sigma_min, net=net or "auto",
-                hidden=hidden, depth=depth, base_channels=base_channels,
-                label_dropout=label_dropout, dequantize=dequantize,
-                exact_trace_max_dim=exact_trace_max_dim, hutchinson_probes=hutchinson_probes,
-                sample_steps=sample_steps, sample_method=sample_method, **train_options,
-            )  # fmt: skip
-        except TypeError as e:
-            names = sorted(FlowConfig.__dataclass_fields__)
-            raise TypeError(f"{e}; the flow's options are {names}") from None
-        super().__init__(config, device)
-        self.nfe_: int | None = None
+    positional = ("path",)
+    sample_options: ClassVar[frozenset[str]] = frozenset(
+        {"steps", "method", "y", "guidance", "return_trajectory", "rtol", "atol"}
+    )
+    trajectory_picture = TrajectoryPicture("trajectories", {}, paths=500, images=64, animate=True)
 
     @property
     def schedule(self) -> Schedule:
@@ -210,111 +155,29 @@ class FlowMatching(GenerativeModel, family="flow"):
         cfg = self.config
         return PATHS[cfg.path](cfg.sigma_min) if cfg.path == "linear" else PATHS[cfg.path]()
 
-    @property
-    def dim(self) -> int:
-        self.check_is_fitted()
-        return int(np.prod(self.event_shape))
-
-    @property
-    def log_prob_kind(self) -> Literal["exact", "estimate"]:
-        """What log_prob returns: "exact" (autograd trace) up to exact_trace_max_dim
-        dimensions, else "estimate" (Hutchinson's unbiased estimator)."""
-        exact = not self.is_fitted or self.dim <= self.config.exact_trace_max_dim
-        return "exact" if exact else "estimate"
-
-    @property
-    def conditional(self) -> bool:
-        return self.is_fitted and self.n_classes_ is not None
+    def fit_summary(self) -> dict[str, Any]:
+        cfg = self.config
+        k = cfg.hutchinson_probes  # as `genlab.solvers.log_likelihood` names it
+        hutchinson = f"hutchinson ({k} rademacher probe{'s' * (k > 1)})"
+        estimator = "exact trace" if self.divergence == "exact" else hutchinson
+        return {**super().fit_summary(), "path": cfg.path, "coupling": cfg.coupling,
+                "net": self.net_, "log_prob": estimator,
+                "conditional": self.conditional}  # fmt: skip
 
     # -- building and training --------------------------------------------------------------------
-    def _build(self, event_shape: tuple[int, ...], fitted: dict[str, Any]) -> None:
+    def _build_net(self, d: int) -> nn.Module:
         cfg = self.config
-        self.net_name_, self.levels_ = fitted["net"], fitted.get("levels")
-        self.n_classes_ = fitted.get("n_classes")
-        d = int(np.prod(event_shape))
-        if self.net_name_ == "mlp":
-            self.net_shape_: tuple[int, ...] = (d,)
-            self.net = MLP(d, d, hidden=(cfg.hidden,) * cfg.depth, time_dim=TIME_FEATURES,
-                           n_classes=self.n_classes_)  # fmt: skip
-        else:
-            channels, side = image_geometry(event_shape)
-            mults, attention = unet_levels(side)
-            self.net_shape_ = (channels, side, side)
-            self.net = UNet(channels, side, base_channels=cfg.base_channels, channel_mults=mults,
-                            attention_resolutions=attention, n_classes=self.n_classes_)  # fmt: skip
-        self.register_buffer("data_loc", torch.zeros(d))
-        self.register_buffer("data_scale", torch.ones(d))
-
-    def _fitted_meta(self) -> dict[str, Any]:
-        return {**super()._fitted_meta(), "net": self.net_name_, "levels": self.levels_,
-                "n_classes": self.n_classes_}  # fmt: skip
-
-    def _resolve_net(self, event_shape: tuple[int, ...]) -> str:
-        image = image_geometry(event_shape)
-        if self.config.net == "unet" and image is None:
-            raise ValueError(
-                f'net="unet" needs square images (C, S, S) or (S, S) with S >= 4, got samples '
-                f'of shape {event_shape}; use net="mlp"'
-            )
-        if self.config.net == "auto":
-            return "unet" if image is not None else "mlp"
-        return self.config.net
-
-    def fit(
-        self,
-        x: Any,
-        y: Any = None,
-        *,
-        out: str | os.PathLike | None = None,
-        checkpoint_every: int | None = None,
-        resume: bool = False,
-        progress: bool | None = None,
-        callback: Callable | None = None,
-        callback_every: int | None = None,
-    ) -> FlowMatching:
-        """Build the velocity net for the data and train it with `genlab.train.fit`.
-
-        Args:
-            x: (n, *event_shape) Tensor, array or Dataset (its `levels` and `kind` are used;
-                its labels are not).
-            y: (n,) integer labels for a class-conditional flow, or None.
-            out, checkpoint_every, resume, progress, callback, callback_every: passed to
-                `genlab.train.fit` (checkpoints and log.jsonl go to `out`).
-        """
-        levels, kind = (x.levels, x.kind) if isinstance(x, Dataset) else (None, None)
-        x, y, event_shape = as_data(x.x if isinstance(x, Dataset) else x, y)
-        x = x if isinstance(x, Tensor) else x[:]
-        x = x.float() if x.dtype != torch.float32 else x
-        check_finite(x)
-        n_classes = check_train_labels(y)
-        unit = (kind or ("image" if image_geometry(event_shape) else "points")) == "image"
-        unit = unit and bool(x.min() >= 0 and x.max() <= 1)
-        fitted = {"net": self._resolve_net(event_shape), "n_classes": n_classes,
-                  "levels": levels if (unit and self.config.dequantize) else None}  # fmt: skip
-        with torch.random.fork_rng(devices=[]):  # the net's init follows config.seed alone
-            torch.manual_seed(self.config.seed)
-            self._build(event_shape, fitted)
-        self.event_shape = event_shape
-        with torch.no_grad():
-            flat = x.reshape(len(x), -1).double()
-            loc, scale = (0.5, 0.5) if unit else (flat.mean(0), flat.std(0, correction=0))
-            self.data_loc.copy_(torch.as_tensor(loc).expand(flat.shape[1]))
-            self.data_scale.copy_(torch.as_tensor(scale).expand(flat.shape[1]).clamp(min=1e-6))
-        self.train_result_ = train.fit(
-            self, x, y, self.config, out=out, checkpoint_every=checkpoint_every, resume=resume,
-            callback=callback, callback_every=callback_every, progress=progress,
-            device=self.device_,
-        )  # fmt: skip
-        self.eval()
-        return self
+        if self.net_ == "mlp":
+            return MLP(d, d, hidden=(cfg.hidden,) * cfg.depth, time_dim=TIME_FEATURES,
+                       n_classes=self.n_classes_)  # fmt: skip
+        channels, side = self.net_shape_[:2]
+        mults, attention = unet_levels(side)
+        return UNet(channels, side, base_channels=cfg.base_channels, channel_mults=mults,
+                    attention_resolutions=attention, n_classes=self.n_classes_)  # fmt: skip
 
     def loss(self, batch: tuple[Tensor, ...], step: int) -> dict[str, Tensor]:
         """Flow-matching regression: mean over batch and dimensions of |v(x_t, t) - u_t|^2."""
-        x0 = batch[0]
-        if self.levels_ is not None:  # fresh uniform dequantisation: (k + u) / levels
-            k = torch.round(x0 * (self.levels_ - 1))
-            x0 = (k + torch.rand_like(x0)) / self.levels_
-        z0 = self._to_model_space(x0)
+        z0 = self._train_rows(batch[0])
         y = batch[1] if len(batch) > 1 else None
         eps = torch.randn_like(z0)
         if self.config.coupling == "ot":
@@ -327,49 +190,19 @@ class FlowMatching(GenerativeModel, family="flow"):
         loss = (self.net(x_t, t, y) - target).square().mean()
         return {"loss": loss}
 
-    # -- spaces, labels and the field -------------------------------------------------------------
-    def _to_model_space(self, x: Tensor) -> Tensor:
-        """z = (x - loc) / scale as (B, *net_shape) in the buffers' dtype."""
-        flat = x.reshape(len(x), -1).to(self.data_loc.dtype)
-        return ((flat - self.data_loc) / self.data_scale).reshape(len(x), *self.net_shape_)
-
-    def _to_data_space(self, z: Tensor) -> Tensor:
-        flat = z.reshape(len(z), -1) * self.data_scale + self.data_loc
-        return flat.reshape(len(z), *self.event_shape)
-
-    def _prepare(self, x: Any) -> Tensor:
-        """Validated model-space z (n, *net_shape) of data x."""
-        return self._to_model_space(self.checked_rows(x))
-
-    def _labels(self, y: Any, n: int) -> Tensor | None:
-        """(n,) long labels on the device from an int, a sequence or a tensor; None stays None."""
-        if y is None:
-            if self.conditional and self.config.label_dropout == 0:
-                raise ValueError(
-                    "this flow was trained with label_dropout=0, so it has no unconditional "
-                    "field: pass y (an int or (n,) labels)"
-                )
-            return None
-        if not self.conditional:
-            raise ValueError("this flow was fitted without labels, so it takes no y")
-        return as_labels(y, n, self.n_classes_).to(self.device)
-
-    def velocity(self, z: Tensor, t: Tensor | float, y: Tensor | None = None) -> Tensor:
-        """The learned dz/dt at schedule time t: z (B, *net_shape), t () or (B,) -> like z."""
+    # -- the field --------------------------------------------------------------------------------
+    def velocity(
+        self, z: Tensor, t: Tensor | float, y: Tensor | None = None, guidance: float = 0.0
+    ) -> Tensor:
+        """The learned dz/dt at schedule time t: z (B, *net_shape), t () or (B,) -> like z;
+        with guidance w, v_null + (1 + w)(v_y - v_null) from one batched net call."""
         t = torch.as_tensor(t, dtype=z.dtype, device=z.device).expand(len(z))
-        return self.net(z, t, y)
+        return guided_call(self.net, z, t, y, guidance, self.n_classes_)
 
-    def _field(self, y: Tensor | None, w: float) -> Callable[[Tensor, Tensor], Tensor]:
-        """f(t, z) for the solver; with guidance, cond and null rows go through one net call."""
-        if y is None or w == 0:
-            return lambda t, z: self.velocity(z, t, y)
-        null = torch.full_like(y, self.n_classes_)
-
-        def f(t: Tensor, z: Tensor) -> Tensor:
-            cond, uncond = self.velocity(torch.cat([z, z]), t, torch.cat([y, null])).chunk(2)
-            return guided(cond, uncond, w)
-
-        return f
+    def _likelihood_ode(self, method: SolverName, steps: int | None):
+        """log_prob integrates dz/dt = v(z, t) from the data (t = 0); fixed-step methods
+        default to config.sample_steps."""
+        return self.velocity, 0.0, *self._solver(method, steps)
 
     def _solver(self, method: str | None, steps: int | None) -> tuple[str, int | None]:
         """(method, steps) with the config's defaults; dopri5 takes no steps."""
@@ -420,12 +253,15 @@ class FlowMatching(GenerativeModel, family="flow"):
         method, steps = self._solver(method, steps)
         g = self.generator(seed)
         eps = torch.randn(n, *self.net_shape_, generator=g, device=self.device,
-                          dtype=self.data_loc.dtype)  # fmt: skip
-        rows = max(n, 1) if return_trajectory else EVAL_ROWS[self.net_name_]
+                          dtype=self.model_dtype)  # fmt: skip
+        rows = max(n, 1) if return_trajectory else EVAL_ROWS[self.net_]
         kw = {"method": method, "steps": steps, "rtol": rtol, "atol": atol,
               "return_trajectory": return_trajectory}  # fmt: skip
-        sols = [solve(self._field(None if labels is None else labels[i : i + rows], w),
-                      eps[i : i + rows], 1.0, 0.0, **kw) for i in range(0, n, rows)]  # fmt: skip
+        sols = []
+        for i in range(0, n, rows):
+            yb = None if labels is None else labels[i : i + rows]
+            field = lambda t, z, yb=yb: self.velocity(z, t, yb, w)  # noqa: E731
+            sols.append(solve(field, eps[i : i + rows], 1.0, 0.0, **kw))
         self.nfe_ = max((s.nfe for s in sols), default=0)
         samples = self._to_data_space(torch.cat([s.x for s in sols])) if sols else eps
         if n == 0:
@@ -439,62 +275,3 @@ class FlowMatching(GenerativeModel, family="flow"):
         states = self._to_data_space(traj.reshape(-1, *self.net_shape_))
         trajectory = states.reshape(len(traj), n, *self.event_shape).cpu()
         return SampleTrajectory(samples, trajectory, sols[0].times.cpu())
-
-    @torch.no_grad()
-    def log_prob(
-        self,
-        x: Any,
-        y: Any = None,
-        *,
-        steps: int | None = None,
-        method: SolverName = "dopri5",
-        rtol: float = 1e-5,
-        atol: float = 1e-5,
-        seed: int | None = 0,
-    ) -> Tensor:
-        """log p(x) (or log p(x | y)) by the instantaneous change of variables, nats: (n,).
-
-            log p(x) = log N(z(1); 0, I) + int_0^1 div v(z(t), t) dt - sum_d log scale_d
-
-        integrating (z, delta) from the data z(0) = (x - loc) / scale to the noise end. The
-        divergence is the exact Jacobian trace (autograd, one pass per dimension) when the
-        dimension is at most config.exact_trace_max_dim; above it, Hutchinson's unbiased
-        estimator with config.hutchinson_probes Rademacher probes per row, drawn once from a
-        generator seeded by `seed` and held fixed along the path (`log_prob_kind` says which,
-        and `log_prob_estimator_` names it after each call). Sets `log_prob_nfe_`.
-
-        Args:
-            x: (n, *event_shape) Tensor, array or Dataset (whose labels are ignored).
-            y: labels for log p(x | y) of a conditional flow; None: the unconditional field.
-            steps, method: the solver; fixed-step methods default to config.sample_steps.
-            rtol, atol: dopri5's tolerances.
-            seed: seed of Hutchinson's probes (None: fresh probes).
-        """
-        z = self._prepare(x)
-        labels = self._labels(y, len(z))
-        method, steps = self._solver(method, steps)
-        exact = self.log_prob_kind == "exact"
-        k = self.config.hutchinson_probes
-        self.log_prob_estimator_ = (
-            "exact trace" if exact else f"hutchinson ({k} rademacher probe{'s' * (k > 1)})"
-        )
-        g = self.generator(seed)
-        rows, out, self.log_prob_nfe_ = EVAL_ROWS[self.net_name_], [], 0
-        for i in range(0, len(z), rows):
-            zb, yb = z[i : i + rows], None if labels is None else labels[i : i + rows]
-            probes = None
-            if not exact:
-                bits = torch.randint(0, 2, (k, *zb.shape), generator=g, device=zb.device)
-                probes = (2 * bits - 1).to(zb.dtype)
-
-            def f(t: Tensor, state: tuple[Tensor, Tensor], yb=yb, probes=probes):
-                v = lambda u: self.velocity(u, t, yb)  # noqa: E731
-                return exact_divergence(v, state[0]) if probes is None else (
-                    hutchinson_divergence(v, state[0], probes))  # fmt: skip
-
-            start = (zb, torch.zeros(len(zb), dtype=zb.dtype, device=zb.device))
-            sol = solve(f, start, 0.0, 1.0, method=method, steps=steps, rtol=rtol, atol=atol)
-            self.log_prob_nfe_ = max(self.log_prob_nfe_, sol.nfe)
-            z1, delta = sol.x
-            out.append(standard_normal_log_prob(z1) + delta)
-        return torch.cat(out) - torch.log(self.data_scale).sum()

@@ -2,36 +2,31 @@
 
     log p(x) = logsumexp_k [ log w_k + log N(x | mu_k, Sigma_k) ]        (exact, nats)
 
-With the precision P_k = Sigma_k^-1 = U_k U_k^T (U_k: Cholesky factor of the precision) and the
-data centred at a fixed point c (z = x - c, nu_k = mu_k - c), every log-term is linear in the
-feature map phi(z) = [1, z, z_i z_j (i <= j)]:
-
-    log w_k + log N(z | nu_k, P_k) = Theta_k . phi(z),
-    Theta_k = [log w_k - D/2 log 2pi + log|U_k| - nu_k^T P_k nu_k / 2,  P_k nu_k,  -P_k / 2 (vech)]
-
-so an E-step is one matrix product Theta phi(Z)^T (K x n) and a log-sum-exp, and the
-M-step's sufficient statistics (sum r, sum r z, sum r z z^T) are one product R^T phi(Z)
-(K x p). Both run over chunks of rows, so memory is set by `chunk_size`, not by n;
-statistics are summed in float64 and, under `torch.distributed`, all-reduced across
-processes. diag and spherical mixtures use the smaller maps [1, z, z^2] and [1, z, |z|^2];
-tied shares one P across components.
+The maths (feature maps phi(z), natural parameters Theta, the E- and M-steps, k-means++) are
+pure functions in `genlab.models.gmm_maths`; this module runs the loop: an E-step is one
+matrix product Theta phi(Z)^T and a log-sum-exp over chunks of rows, so memory is set by
+`chunk_size`, not by n; statistics are summed in float64 and, under `torch.distributed`,
+all-reduced across processes. `GaussianMixture.sweep` fits one mixture per number of
+components (model selection by BIC, and the components-vs-dimension study).
 """
 
 from __future__ import annotations
 
 import math
-import numbers
+import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, NamedTuple, get_args
+from typing import Any, ClassVar, Literal, get_args
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from genlab.data.dataset import ArrayLike
+from genlab import metrics
+from genlab.data.dataset import ArrayLike, Dataset
+from genlab.distributed import all_reduce, is_distributed, rank_and_world
 from genlab.models.base import (
     ConvergenceWarning,
     GenerativeModel,
@@ -40,295 +35,114 @@ from genlab.models.base import (
     iter_chunks,
     resolve_dtype,
 )
+from genlab.models.gmm_maths import (  # re-exported: the maths' public home is gmm_maths
+    FEATURES,
+    Params,
+    _Scratch,
+    component_noise,
+    covariance_shape,
+    covariances_from_precisions,
+    dense_covariances,
+    e_step,
+    initial_responsibilities,
+    m_step,
+    n_features,
+    n_free_parameters,
+    natural_parameters,
+    positive_definite,
+    precision_cholesky,
+)
+from genlab.options import Choice, Flag, Integer, Real, option, validate
+from genlab.solvers import local_generator
+
+__all__ = [  # and, from gmm_maths, the maths that callers import from here
+    "COVARIANCE_TYPES",
+    "FEATURES",
+    "INIT_METHODS",
+    "CovarianceType",
+    "GMMConfig",
+    "GaussianMixture",
+    "InitMethod",
+    "dequantized_rows",
+    "n_features",
+    "natural_parameters",
+    "precision_cholesky",
+]
 
 CovarianceType = Literal["full", "tied", "diag", "spherical"]
 InitMethod = Literal["kmeans", "k-means++", "random", "random_from_data"]
 COVARIANCE_TYPES: tuple[str, ...] = get_args(CovarianceType)
 INIT_METHODS: tuple[str, ...] = get_args(InitMethod)
 INIT_SAMPLE = 100_000  # rows on which the initial parameters are computed
-LLOYD_STEPS = 10  # Lloyd iterations after k-means++ seeding for init="kmeans"
 DEAD_MASS = 1e-3  # a component with less total responsibility than this is re-seeded
 CHUNK_ROWS = 4096  # default rows per chunk: its K x n scratch stays in cache (measured best)
 FEATURE_BUDGET = 2**23  # at most this many elements of phi(z) per chunk by default
+SWEEP_COMPONENTS: tuple[int, ...] = (1, 2, 4, 8, 16, 32)  # `fit_for_budget`'s default sweep
+OVERRUN = "skipped: predicted to overrun the budget (EM's cost grows with K d^2)"
 
 
 @dataclass(frozen=True)
 class GMMConfig:
-    n_components: int = 1
-    covariance_type: CovarianceType = "full"
-    tol: float = 1e-3
-    reg_covar: float = 1e-6
-    max_iter: int = 100
-    n_init: int = 1
-    init: InitMethod = "kmeans"
-    seed: int | None = 0
-    dtype: Literal["float32", "float64"] = "float64"
-    chunk_size: int | None = None
+    """The mixture's options (what config.json stores and `genlab fit gmm` offers)."""
 
-    def __post_init__(self):
-        def positive_int(name: str, minimum: int) -> None:
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < minimum:
-                raise ValueError(f"{name} must be an integer >= {minimum}, got {v!r}")
-
-        positive_int("n_components", 1)
-        positive_int("max_iter", 0)
-        positive_int("n_init", 1)
-        if self.chunk_size is not None:
-            positive_int("chunk_size", 1)
-        if self.covariance_type not in COVARIANCE_TYPES:
-            raise ValueError(
-                f"covariance_type must be one of {COVARIANCE_TYPES}, got {self.covariance_type!r}"
-            )
-        if self.init not in INIT_METHODS:
-            raise ValueError(f"init must be one of {INIT_METHODS}, got {self.init!r}")
-        if not (isinstance(self.tol, numbers.Real) and self.tol >= 0):
-            raise ValueError(f"tol must be a number >= 0, got {self.tol!r}")
-        if not (isinstance(self.reg_covar, numbers.Real) and self.reg_covar >= 0):
-            raise ValueError(f"reg_covar must be a number >= 0, got {self.reg_covar!r}")
-        resolve_dtype(self.dtype)
-
-
-class Params(NamedTuple):
-    """Mixture parameters in float64: weights (K,), means (K, D), covariances (type's shape)."""
-
-    weights: torch.Tensor
-    means: torch.Tensor
-    covariances: torch.Tensor
-
-
-# -- feature maps phi(z) and the natural parameters Theta, one pair per covariance type ----------
-def _vech_index(d: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    i, j = torch.triu_indices(d, d, device=device)
-    return i, j
-
-
-def _full_features(z: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-    """(n, D) -> phi(z)^T (1 + D + D(D+1)/2, n): [1, z, z_i z_j for i <= j] (row-major vech).
-
-    Built transposed, one contiguous broadcast product per row of the upper triangle: 5-20x
-    faster than gathering columns; matrix products take the transposed view for free.
-    """
-    n, d = z.shape
-    phi = z.new_empty(1 + d + d * (d + 1) // 2, n) if out is None else out
-    phi[0] = 1
-    phi[1 : 1 + d] = z.T
-    start = 1 + d
-    for i in range(d):
-        torch.mul(phi[1 + i : 2 + i], phi[1 + i : 1 + d], out=phi[start : start + d - i])
-        start += d - i
-    return phi
-
-
-def _diag_features(z: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-    """(n, D) -> phi(z)^T (1 + 2D, n): [1, z, z^2]."""
-    n, d = z.shape
-    phi = z.new_empty(1 + 2 * d, n) if out is None else out
-    phi[0] = 1
-    phi[1 : 1 + d] = z.T
-    torch.mul(phi[1 : 1 + d], phi[1 : 1 + d], out=phi[1 + d :])
-    return phi
-
-
-def _spherical_features(z: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-    """(n, D) -> phi(z)^T (2 + D, n): [1, z, |z|^2]."""
-    n, d = z.shape
-    phi = z.new_empty(2 + d, n) if out is None else out
-    phi[0] = 1
-    phi[1 : 1 + d] = z.T
-    torch.linalg.vector_norm(z, dim=1, out=phi[1 + d]).square_()
-    return phi
-
-
-FEATURES: dict[str, Callable[..., torch.Tensor]] = {
-    "full": _full_features,
-    "tied": _full_features,
-    "diag": _diag_features,
-    "spherical": _spherical_features,
-}
-
-
-def n_features(covariance_type: str, d: int) -> int:
-    """Length of phi(z) for data of dimension d."""
-    return {"full": 1 + d + d * (d + 1) // 2, "diag": 1 + 2 * d, "spherical": 2 + d}[
-        "full" if covariance_type == "tied" else covariance_type
-    ]
-
-
-def precision_cholesky(covariances: torch.Tensor, covariance_type: str) -> torch.Tensor:
-    """U with U U^T = Sigma^-1 (upper triangular for full/tied, 1/sigma for diag/spherical).
-
-    Raises:
-        ValueError: a covariance is not positive definite (collapsed component).
-    """
-    fix = (
-        "some components have an ill-defined covariance (a component collapsed onto too few "
-        "or identical points); increase reg_covar, use fewer components, or scale the data"
+    n_components: int = option(
+        1, "Number of mixture components K.", Integer(1), flag="--components", short="-k"
     )
-    if covariance_type in ("full", "tied"):
-        chol, info = torch.linalg.cholesky_ex(covariances)
-        if (info != 0).any():
-            raise ValueError(f"Fitting the mixture failed: {fix}")
-        eye = torch.eye(covariances.shape[-1], dtype=covariances.dtype, device=covariances.device)
-        return torch.linalg.solve_triangular(chol, eye.expand_as(chol), upper=False).mT
-    if (covariances <= 0).any():
-        raise ValueError(f"Fitting the mixture failed: {fix}")
-    return covariances.rsqrt()
+    covariance_type: CovarianceType = option(  # noqa: RUF009 (option() is immutable)
+        "full",
+        "Covariance per component: full, one tied, diagonal or spherical.",
+        Choice(COVARIANCE_TYPES),
+        flag="--covariance",
+    )
+    tol: float = option(
+        1e-3, "Stop when the mean log-likelihood (nats) changes by less than this.", Real(0)
+    )
+    reg_covar: float = option(1e-6, "Added to each covariance's diagonal.", Real(0))
+    max_iter: int = option(100, "EM iterations per initialisation.", Integer(0))
+    n_init: int = option(
+        1, "Initialisations; the one with the best likelihood is kept.", Integer(1)
+    )
+    init: InitMethod = option(  # noqa: RUF009
+        "kmeans",
+        "How the first parameters are chosen: kmeans, k-means++, random or random_from_data.",
+        Choice(INIT_METHODS),
+    )
+    seed: int | None = option(
+        0, "Seed of the initialisation and the dequantisation (None: fresh).",
+        Integer(0, optional=True),
+    )  # fmt: skip
+    dtype: Literal["float32", "float64"] = option(
+        "float64",
+        "Precision of the E-step (float64: scikit-learn's answers; float32: faster).",
+        Choice(("float32", "float64")),
+    )
+    chunk_size: int | None = option(
+        None, "Rows per chunk of the E/M passes (None: 4096, fewer when D is large).",
+        Integer(1, optional=True),
+    )  # fmt: skip
+    dequantize: bool = option(
+        True,
+        "Fit quantised images (digits, MNIST) on uniformly dequantised pixels (k + u) / levels.",
+        Flag(),
+    )
+
+    def __post_init__(self) -> None:
+        validate(self)
 
 
-def positive_definite(covariances: torch.Tensor, covariance_type: str) -> bool:
-    if covariance_type in ("full", "tied"):
-        return bool((torch.linalg.cholesky_ex(covariances).info == 0).all())
-    return bool((covariances > 0).all())
+def dequantized_rows(x: Any, seed: int | None) -> Any:
+    """x as a mixture learns from it: a Dataset of quantised images (`levels` set) becomes its
+    rows dequantised once, (k + u) / levels with u ~ U[0, 1) from a generator seeded `seed`
+    (None: fresh), so that the density is that of the dequantised data, as evaluation
+    measures it; anything else is returned unchanged."""
+    if not isinstance(x, Dataset) or x.levels is None:
+        return x
+    rows = x.x if isinstance(x.x, torch.Tensor) else x.x[:]
+    return metrics.dequantize(rows.float(), x.levels, generator=local_generator(seed))
 
 
-def log_det_cholesky(prec_chol: torch.Tensor, covariance_type: str, d: int) -> torch.Tensor:
-    """log |U_k| = log sqrt|P_k| for each component: (K,) (a scalar for tied)."""
-    if covariance_type in ("full", "tied"):
-        return prec_chol.diagonal(dim1=-2, dim2=-1).log().sum(-1)
-    if covariance_type == "diag":
-        return prec_chol.log().sum(-1)
-    return d * prec_chol.log()
-
-
-def natural_parameters(
-    log_weights: torch.Tensor, nu: torch.Tensor, prec_chol: torch.Tensor, covariance_type: str
-) -> torch.Tensor:
-    """Theta (K, p) with Theta_k . phi(z) = log w_k + log N(z | nu_k, P_k), nats."""
-    k, d = nu.shape
-    log_det = log_det_cholesky(prec_chol, covariance_type, d)
-    if covariance_type in ("full", "tied"):
-        prec = prec_chol @ prec_chol.mT  # (K, D, D) or (D, D)
-        prec = prec.expand(k, d, d)
-        linear = (prec @ nu.unsqueeze(-1)).squeeze(-1)  # (K, D)
-        i, j = _vech_index(d, nu.device)
-        quadratic = -prec[:, i, j] * torch.where(i == j, 0.5, 1.0).to(prec)
-    else:
-        prec = prec_chol**2  # (K, D) or (K,)
-        prec_d = prec if covariance_type == "diag" else prec.unsqueeze(-1).expand(k, d)
-        linear = prec_d * nu
-        quadratic = -0.5 * (prec if covariance_type == "diag" else prec.unsqueeze(-1))
-    const = log_weights - 0.5 * d * math.log(2 * math.pi) + log_det - 0.5 * (linear * nu).sum(-1)
-    return torch.cat([const.unsqueeze(-1), linear, quadratic], dim=1)
-
-
-def m_step(stats: torch.Tensor, covariance_type: str, reg_covar: float, d: int) -> Params:
-    """Weights, centred means nu and covariances from the statistics R^T phi(z) (K, p), float64.
-
-    Sigma_k = sum r z z^T / N_k - nu_k nu_k^T + reg I (tied: pooled over components).
-    """
-    nk = stats[:, 0] + 10 * torch.finfo(stats.dtype).eps
-    nu = stats[:, 1 : 1 + d] / nk.unsqueeze(-1)
-    second = stats[:, 1 + d :]
-    if covariance_type in ("full", "tied"):
-        i, j = _vech_index(d, stats.device)
-        s2 = stats.new_zeros(len(stats), d, d)
-        s2[:, i, j] = second
-        s2[:, j, i] = second
-        if covariance_type == "full":
-            cov = s2 / nk[:, None, None] - nu.unsqueeze(-1) * nu.unsqueeze(-2)
-        else:
-            cov = (s2.sum(0) - torch.einsum("k,ki,kj->ij", nk, nu, nu)) / nk.sum()
-        cov = cov + reg_covar * torch.eye(d, dtype=stats.dtype, device=stats.device)
-    elif covariance_type == "diag":
-        cov = second / nk.unsqueeze(-1) - nu**2 + reg_covar
-    else:
-        cov = (second[:, 0] / nk - (nu**2).sum(-1)) / d + reg_covar
-    return Params(nk / nk.sum(), nu, cov)
-
-
-def e_step(
-    phi_t: torch.Tensor, theta: torch.Tensor, out: torch.Tensor | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-row log p(x) (n,) and responsibilities R^T (K, n) from phi^T (p, n) and Theta (K, p).
-
-    Rows of data are columns here: with K x n logits, both matrix products of an EM pass
-    take their fastest BLAS layouts (measured 1.5-5x faster than n x K in float64). The
-    logits are computed into `out` when given, and R^T overwrites them.
-    exp() is clamped below (e^-80 in float32, e^-700 in float64): the CPU exp is 10-25x slower
-    when most results underflow, and what the clamp keeps is below 1e-35 of the row's total.
-    """
-    logits = torch.mm(theta, phi_t, out=out)
-    top = logits.amax(dim=0, keepdim=True)
-    floor = -80.0 if logits.dtype == torch.float32 else -700.0
-    e = logits.sub_(top).clamp_(min=floor).exp_()
-    total = e.sum(dim=0, keepdim=True)
-    return (top + total.log()).squeeze(0), e.div_(total)
-
-
-class _Scratch:
-    """Tensors reused from chunk to chunk: a fresh multi-MB tensor per chunk costs page faults
-    (measured: building phi into a reused buffer is 1.5-3x faster)."""
-
-    def __init__(self, device: torch.device):
-        self.device, self.store = device, {}
-
-    def __call__(self, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-        t = self.store.get(name)
-        if t is None or t.shape != shape or t.dtype != dtype:
-            t = self.store[name] = torch.empty(shape, dtype=dtype, device=self.device)
-        return t
-
-
-# -- initialisation -----------------------------------------------------------------------------
-def kmeans_plusplus(x: torch.Tensor, k: int, g: torch.Generator) -> torch.Tensor:
-    """Greedy k-means++ seeding (Arthur & Vassilvitskii 2007): (k, D) centres from rows of x.
-
-    g is a CPU generator (random draws are made on the CPU, then moved to x's device).
-    """
-    n = len(x)
-    trials = 2 + int(math.log(k))
-    centres = [x[torch.randint(n, (1,), generator=g).to(x.device)]]
-    closest = torch.cdist(x, centres[0]).squeeze(1) ** 2
-    for _ in range(1, k):
-        total = closest.sum()
-        if total <= 0:  # fewer distinct points than k: pick any
-            idx = torch.randint(n, (trials,), generator=g)
-        else:
-            idx = torch.multinomial((closest / total).cpu(), trials, replacement=True, generator=g)
-        idx = idx.to(x.device)
-        cand = torch.minimum(closest.unsqueeze(0), (torch.cdist(x[idx], x) ** 2))  # (trials, n)
-        best = int(cand.sum(1).argmin())
-        centres.append(x[idx[best]].unsqueeze(0))
-        closest = cand[best]
-    return torch.cat(centres)
-
-
-def lloyd(x: torch.Tensor, centres: torch.Tensor, steps: int) -> torch.Tensor:
-    """A few Lloyd iterations; an empty cluster keeps its centre."""
-    for _ in range(steps):
-        labels = torch.cdist(x, centres).argmin(1)
-        counts = torch.bincount(labels, minlength=len(centres)).to(x.dtype)
-        sums = torch.zeros_like(centres).index_add_(0, labels, x)
-        moved = counts > 0
-        centres = torch.where(moved.unsqueeze(1), sums / counts.clamp(min=1).unsqueeze(1), centres)
-    return centres
-
-
-def initial_responsibilities(x: torch.Tensor, k: int, method: str, g: torch.Generator):
-    """(m, K) responsibilities of the init sample x (m, D) for the first M-step."""
-    if method == "random":
-        r = torch.rand(len(x), k, generator=g, dtype=x.dtype).to(x.device)
-        return r / r.sum(1, keepdim=True)
-    if method == "random_from_data":
-        centres = x[torch.randperm(len(x), generator=g)[:k].to(x.device)]
-    else:
-        centres = kmeans_plusplus(x, k, g)
-        if method == "kmeans":
-            centres = lloyd(x, centres, LLOYD_STEPS)
-    labels = torch.cdist(x, centres).argmin(1)
-    return torch.nn.functional.one_hot(labels, k).to(x.dtype)
-
-
-# -- distributed helpers (no-ops in a single process) -------------------------------------------
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized()
-
-
-def _all_reduce(t: torch.Tensor) -> torch.Tensor:
-    if _distributed():
-        dist.all_reduce(t)
-    return t
+def _error_text(e: BaseException) -> str:
+    return f"{type(e).__name__}: {' '.join(str(e).split())}"
 
 
 class GaussianMixture(GenerativeModel, family="gmm"):
@@ -354,6 +168,7 @@ class GaussianMixture(GenerativeModel, family="gmm"):
             the rest of the run use float64 statistics.
         chunk_size: rows per chunk of the E/M passes (peak memory ~ chunk_size * p elements,
             p = 1 + D + D(D+1)/2 for full); default 4096 rows, fewer when p is large.
+        dequantize: fit a Dataset of quantised images on its dequantised pixels (see `fit`).
         device: "cuda", "cpu" or None (cuda when present).
         weights_init, means_init, precisions_init: optional starting values (scikit-learn's
             shapes); they replace what `init` computes. Not saved with the model.
@@ -367,35 +182,21 @@ class GaussianMixture(GenerativeModel, family="gmm"):
 
     config_class = GMMConfig
     log_prob_kind = "exact"
+    positional: ClassVar[tuple[str, ...]] = ("n_components",)
+    component_study: ClassVar[bool] = True
 
     def __init__(
         self,
-        n_components: int = 1,
-        *,
-        covariance_type: CovarianceType = "full",
-        tol: float = 1e-3,
-        reg_covar: float = 1e-6,
-        max_iter: int = 100,
-        n_init: int = 1,
-        init: InitMethod = "kmeans",
-        seed: int | None = 0,
-        dtype: Literal["float32", "float64"] = "float64",
-        chunk_size: int | None = None,
+        *args: Any,
         device: str | torch.device | None = None,
         weights_init: Any = None,
         means_init: Any = None,
         precisions_init: Any = None,
+        **options: Any,
     ):
-        config = GMMConfig(
-            n_components, covariance_type, tol, reg_covar, max_iter, n_init, init, seed, dtype,
-            chunk_size,
-        )  # fmt: skip
-        super().__init__(config, device)
-        self.weights_init, self.means_init, self.precisions_init = (
-            weights_init,
-            means_init,
-            precisions_init,
-        )
+        super().__init__(*args, device=device, **options)
+        self.weights_init, self.means_init = weights_init, means_init
+        self.precisions_init = precisions_init
         self.converged_, self.n_iter_ = False, 0
         self.lower_bound_, self.lower_bounds_ = -math.inf, []
 
@@ -405,10 +206,7 @@ class GaussianMixture(GenerativeModel, family="gmm"):
         return resolve_dtype(self.config.dtype)
 
     def _cov_shape(self, d: int) -> tuple[int, ...]:
-        k = self.config.n_components
-        return {"full": (k, d, d), "tied": (d, d), "diag": (k, d), "spherical": (k,)}[
-            self.config.covariance_type
-        ]
+        return covariance_shape(self.config.covariance_type, self.config.n_components, d)
 
     def _build(self, event_shape: tuple[int, ...], fitted: dict[str, Any]) -> None:
         d, k = int(np.prod(event_shape)), self.config.n_components
@@ -458,14 +256,7 @@ class GaussianMixture(GenerativeModel, family="gmm"):
     def n_parameters(self) -> int:
         """Free parameters: K-1 weights, K*D means and the covariances' free entries."""
         self.check_is_fitted()
-        k, d = self.config.n_components, self.n_dims
-        cov = {
-            "full": k * d * (d + 1) // 2,
-            "tied": d * (d + 1) // 2,
-            "diag": k * d,
-            "spherical": k,
-        }[self.config.covariance_type]
-        return cov + k * d + k - 1
+        return n_free_parameters(self.config.covariance_type, self.config.n_components, self.n_dims)
 
     # -- passes over the data -------------------------------------------------------------------
     def _chunk_size(self, d: int) -> int:
@@ -522,7 +313,7 @@ class GaussianMixture(GenerativeModel, family="gmm"):
         cfg, theta = self.config, self._theta(centre)
         for in_float64 in dict.fromkeys([exact, True]):
             total, stats = self._em_pass(x, centre, theta, in_float64)
-            _all_reduce(total), _all_reduce(stats)
+            all_reduce(total), all_reduce(stats)
             p = m_step(stats, cfg.covariance_type, cfg.reg_covar, self.n_dims)
             if in_float64 or positive_definite(p.covariances, cfg.covariance_type):
                 break
@@ -552,7 +343,7 @@ class GaussianMixture(GenerativeModel, family="gmm"):
                 raise ValueError(str(e).replace("row ", f"row {start} + ")) from None
             n += len(chunk)
             total += chunk.sum(0)
-        _all_reduce(n), _all_reduce(total)
+        all_reduce(n), all_reduce(total)
         return int(n.item()), total / n
 
     def _init_sample(self, x: ArrayLike, n_total: int, g: torch.Generator) -> torch.Tensor:
@@ -560,23 +351,32 @@ class GaussianMixture(GenerativeModel, family="gmm"):
         d = self.n_dims
         m = min(n_total, INIT_SAMPLE)
         chosen = torch.randperm(n_total, generator=g, device="cpu")[:m].sort().values
-        offset = 0
-        if _distributed():
-            sizes = torch.zeros(dist.get_world_size(), dtype=torch.float64, device=self.device)
-            sizes[dist.get_rank()] = len(x)
-            offset = int(_all_reduce(sizes)[: dist.get_rank()].sum().item())
+        rank, world = rank_and_world()
+        sizes = torch.zeros(world, dtype=torch.float64, device=self.device)
+        sizes[rank] = len(x)
+        offset = int(all_reduce(sizes)[:rank].sum().item())
         mine = (chosen >= offset) & (chosen < offset + len(x))
         sample = torch.zeros(m, d, dtype=torch.float64, device=self.device)
         rows = x[(chosen[mine] - offset).numpy()] if mine.any() else None
         if rows is not None:
             sample[mine.to(self.device)] = rows.reshape(len(rows), d).to(self.device, torch.float64)
-        return _all_reduce(sample)
+        return all_reduce(sample)
 
     # -- fit -------------------------------------------------------------------------------------
     def fit(self, x: Any, y: Any = None, *, progress: bool | None = None) -> GaussianMixture:
-        """Fit by EM (`y` is ignored). x: (n, *event_shape) Tensor, array, Dataset or NpyArray."""
-        x, _, event_shape = as_data(x, y)
+        """Fit by EM (`y` is ignored).
+
+        Args:
+            x: (n, *event_shape) Tensor, array, NpyArray or Dataset. A Dataset of quantised
+                images (`levels` set: digits, MNIST) is fitted on its pixels dequantised once,
+                (k + u) / levels (config.dequantize; the noise is drawn with seed + 1, apart
+                from evaluation's dequantisation of test points with the seed itself).
+            progress: a tqdm bar of the EM iterations (None: only on a TTY).
+        """
         cfg = self.config
+        if cfg.dequantize:
+            x = dequantized_rows(x, None if cfg.seed is None else cfg.seed + 1)
+        x, _, event_shape = as_data(x, y)
         self._build(event_shape, {})
         self.event_shape = event_shape
         d = self.n_dims
@@ -586,8 +386,7 @@ class GaussianMixture(GenerativeModel, family="gmm"):
                 f"n_samples={n} should be >= n_components={cfg.n_components}; "
                 "use fewer components or more data"
             )
-        g = torch.Generator(device="cpu")
-        g.manual_seed(cfg.seed if cfg.seed is not None else int(torch.randint(2**62, ()).item()))
+        g = local_generator(cfg.seed)  # on the CPU; None: OS entropy, never the global RNG
         best = None
         for run in range(cfg.n_init):
             sample = self._init_sample(x, n, g)
@@ -636,17 +435,7 @@ class GaussianMixture(GenerativeModel, family="gmm"):
             prec = torch.as_tensor(np.asarray(self.precisions_init), **f64)
             if prec.shape != self._cov_shape(d):
                 raise ValueError(f"precisions_init must have shape {self._cov_shape(d)} for {ct}")
-            if ct in ("full", "tied"):
-                if not torch.allclose(prec, prec.mT):
-                    raise ValueError("precisions_init must be symmetric")
-                chol, info = torch.linalg.cholesky_ex(prec)
-                if (info != 0).any():
-                    raise ValueError("precisions_init must be symmetric positive definite")
-                cov = torch.cholesky_inverse(chol)
-            else:
-                if (prec <= 0).any():
-                    raise ValueError("precisions_init must be positive")
-                cov = 1.0 / prec
+            cov = covariances_from_precisions(prec, ct)
             self.covariances_ = cov
             self.precisions_cholesky_ = precision_cholesky(cov, ct)
 
@@ -655,7 +444,7 @@ class GaussianMixture(GenerativeModel, family="gmm"):
         history: list[float] = []
         exact = self.compute_dtype == torch.float64  # float32 runs switch once they must
         self.converged_ = False
-        show = progress if not _distributed() else bool(progress) and dist.get_rank() == 0
+        show = progress if rank_and_world()[0] == 0 else False
         bar = tqdm(
             range(cfg.max_iter),
             desc=f"EM {run + 1}/{cfg.n_init}" if cfg.n_init > 1 else "EM",
@@ -679,7 +468,7 @@ class GaussianMixture(GenerativeModel, family="gmm"):
         bar.close()
         if not history:  # max_iter=0: the initial parameters' mean log-likelihood ranks runs
             total, _ = self._em_pass(x, centre, self._theta(centre), exact=True)
-            history.append(float(_all_reduce(total).item()) / n)
+            history.append(float(all_reduce(total).item()) / n)
         return history
 
     def _reseed_dead(self, p: Params, mass: torch.Tensor, worst, n: int) -> Params:
@@ -760,32 +549,145 @@ class GaussianMixture(GenerativeModel, family="gmm"):
         else:
             labels = torch.multinomial(self.weights_, n, replacement=True, generator=g)
         z = torch.randn(n, self.n_dims, generator=g, device=self.device, dtype=torch.float64)
-        ct, cov = self.config.covariance_type, self.covariances_
-        if ct == "full":
-            noise = torch.empty_like(z)
-            chol = torch.linalg.cholesky(cov)
-            for k in labels.unique():
-                rows = labels == k
-                noise[rows] = z[rows] @ chol[k].T
-        elif ct == "tied":
-            noise = z @ torch.linalg.cholesky(cov).T
-        elif ct == "diag":
-            noise = z * cov[labels].sqrt()
-        else:
-            noise = z * cov[labels].sqrt().unsqueeze(1)
+        noise = component_noise(z, labels, self.covariances_, self.config.covariance_type)
         x = (self.means_[labels] + noise).to(self.compute_dtype)
         x = x.reshape(n, *self.event_shape)
         return (x, labels) if return_labels else x
 
+    # -- what callers ask ------------------------------------------------------------------------
+    def ellipses_2d(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """(means (K, 2), covariances (K, 2, 2) whatever the covariance type, weights (K,)) on
+        the CPU, for pictures of a 2-D mixture; None for other dimensions."""
+        self.check_is_fitted()
+        if self.n_dims != 2:
+            return None
+        cov = dense_covariances(self.covariances_, self.config.covariance_type,
+                                self.config.n_components, 2)  # fmt: skip
+        return self.means_.cpu(), cov.cpu(), self.weights_.cpu()
+
+    def fit_summary(self) -> dict[str, Any]:
+        return {"iterations": self.n_iter_, "converged": self.converged_}
+
+    # -- model selection ------------------------------------------------------------------------
+    @classmethod
+    def sweep(
+        cls,
+        x: Any,
+        components: Sequence[int],
+        *,
+        test: Any = None,
+        seed: int | None = 0,
+        max_seconds: float = math.inf,
+        device: str | torch.device | None = None,
+        **options: Any,
+    ) -> list[dict[str, Any]]:
+        """Fit one mixture per number of components K: the one fitting path of model
+        selection (BIC) and of the components-vs-dimension study.
+
+        A K whose fit, predicted from the last one (EM's cost grows like K d^2), would end
+        after `max_seconds` (counted from the start of the sweep) is skipped (the first fit is
+        always made), as is a K above the number of rows. A fit that fails with ValueError (a
+        covariance that is not positive definite) is recorded, not raised; convergence
+        warnings are silenced.
+
+        Args:
+            x: (n, *event_shape) training rows, or a Dataset (quantised images dequantised as
+                `fit` does, once for all K).
+            components: the numbers of components K, in the order fitted.
+            test: held-out rows (a quantised Dataset is dequantised with `seed`, as evaluation
+                does) whose mean log-likelihood is recorded, or None.
+            seed, device, **options: the constructor's seed, device and other options.
+
+        Returns:
+            One dict per K: "n_components", "bic" (on x; lower is better), "test_nll" (mean
+            nats per test row), "seconds", "model", "error" and "skipped" (a reason), each
+            None where it does not apply.
+        """
+        if options.get("dequantize", True):
+            x = dequantized_rows(x, None if seed is None else seed + 1)
+            test = dequantized_rows(test, seed)
+        x, _, _ = as_data(x)
+        start, last, records = time.perf_counter(), None, []
+        for k in components:
+            record = dict.fromkeys(("bic", "test_nll", "seconds", "model", "error", "skipped"))
+            records.append({"n_components": k, **record})
+            began, n = time.perf_counter(), len(x)
+            if k > n:
+                records[-1]["skipped"] = f"skipped: K={k} > {n} rows"
+                continue
+            # cost ∝ K d^2 (d is fixed within a sweep); the first fit has no prediction
+            if last is not None and began - start + last[1] * k / last[0] > max_seconds:
+                records[-1]["skipped"] = OVERRUN
+                continue
+            model = cls(k, seed=seed, device=device, **options)  # bad options raise here
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                try:
+                    model.fit(x, progress=False)
+                    records[-1]["bic"] = model.bic(x)
+                    if test is not None:
+                        records[-1]["test_nll"] = -model.score(test)
+                    records[-1]["model"] = model
+                except ValueError as e:  # e.g. a covariance that is not positive definite
+                    records[-1]["error"] = _error_text(e)
+            last = (k, time.perf_counter() - began)
+            records[-1]["seconds"] = last[1]
+        return records
+
+    @classmethod
+    def fit_for_budget(
+        cls,
+        data: Dataset,
+        *,
+        seconds: float | None,
+        steps: int | None,
+        seed: int,
+        device: str | None = None,
+        progress: bool = False,
+        options: Mapping[str, Any] | None = None,
+    ) -> tuple[GaussianMixture, dict[str, Any]]:
+        """Sweep K (`sweep`) and keep the lowest BIC on the training data (EM has no step
+        budget: `steps` is ignored; `seconds` bounds the sweep; `progress` shows no bar).
+
+        options: constructor options (covariance_type "full" unless given), plus
+        `n_components` (fit that K only) or the reserved `components` (the K to sweep,
+        default `SWEEP_COMPONENTS`, those above the number of rows dropped).
+
+        Returns:
+            (model, {"steps": None, "n_components", "bic": {str(K): BIC or the reason it
+            has none}, "converged", "em_iterations", "options"}).
+
+        Raises:
+            ValueError: no K could be fitted.
+        """
+        options = {"covariance_type": "full", **(options or {})}
+        grid = options.pop("components", SWEEP_COMPONENTS)
+        if "n_components" in options:
+            grid = [options.pop("n_components")]
+        else:
+            grid = [k for k in grid if k <= len(data)]
+        budget = math.inf if seconds is None else seconds
+        records = cls.sweep(data, grid, seed=seed, max_seconds=budget, device=device, **options)
+        bics = {str(r["n_components"]): r["bic"] if r["bic"] is not None
+                else r["error"] or r["skipped"] for r in records}  # fmt: skip
+        fitted = [r for r in records if r["model"] is not None]
+        if not fitted:
+            raise ValueError(f"no GMM could be fitted: {bics}")
+        model = min(fitted, key=lambda r: r["bic"])["model"]
+        k = model.config.n_components
+        return model, {"steps": None, "n_components": k, "bic": bics,
+                       "converged": bool(model.converged_), "em_iterations": model.n_iter_,
+                       "options": {**options, "n_components": k}}  # fmt: skip
+
 
 def _gather_worst(lp: torch.Tensor, z: torch.Tensor, k: int):
     """All processes' worst rows (padded to k rows each with log p = +inf)."""
-    if not _distributed():
+    if not is_distributed():
         return lp, z
     pad = k - len(lp)
     lp = torch.cat([lp, lp.new_full((pad,), math.inf)])
     z = torch.cat([z, z.new_zeros(pad, z.shape[1])])
-    world = dist.get_world_size()
+    _, world = rank_and_world()
     lps, zs = (
         [torch.empty_like(lp) for _ in range(world)],
         [torch.empty_like(z) for _ in range(world)],

@@ -28,27 +28,21 @@ The decoder's likelihood p(x | z) follows the data ("auto"):
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal, NamedTuple
+from typing import Any, ClassVar, Literal, NamedTuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from genlab import train
-from genlab.data.dataset import Dataset
-from genlab.models.base import (
-    GenerativeModel,
-    as_data,
-    as_labels,
-    check_finite,
-    check_train_labels,
-    image_geometry,
-)
+from genlab import metrics, train
+from genlab.data.dataset import Dataset, image_geometry
+from genlab.models.base import NeuralModel, TrainingData, as_labels, check_finite
 from genlab.nets import MLP, ConvDecoder, ConvEncoder
+from genlab.options import Choice, Integer, Real, option
+from genlab.solvers import local_generator
 
 LikelihoodName = Literal["auto", "bernoulli", "gaussian", "discretized"]
 NetName = Literal["auto", "mlp", "conv"]
@@ -59,6 +53,8 @@ EVAL_BATCH = 4096  # decoder evaluations (rows x importance samples) per forward
 LOG_VAR_RANGE = (-20.0, 10.0)  # clamp of the encoder's log-variance (overflow guard)
 LOG_SCALE_MIN = -7.0  # floor of the discretized logistic's log-scale (in [0, 1] units)
 MAX_LEVELS = 256  # largest number of grey levels `infer_levels` looks for
+MAX_LATENT = 16  # latent_dim=None: min(MAX_LATENT, D)
+SCORE_ROWS = 2000  # training rows of the ELBO that `genlab fit` prints
 
 
 # -- the maths, as pure functions ----------------------------------------------------------------
@@ -227,36 +223,40 @@ class Posterior(NamedTuple):
 
 
 # -- config and model -----------------------------------------------------------------------------
+def default_latent_dim(dim: int) -> int:
+    """latent_dim when the config leaves it None ("auto"): min(16, D) for samples of D numbers
+    (a 2-D toy gets a 2-D latent; images, 16)."""
+    return min(MAX_LATENT, dim)
+
+
 @dataclass(frozen=True)
 class VAEConfig(train.TrainConfig):
-    latent_dim: int = 16
-    likelihood: LikelihoodName = "auto"
-    beta: float = 1.0
-    kl_warmup_steps: int = 0
-    hidden: int = 256
-    net: NetName = "auto"
-    iwae_samples: int = 100
-
-    def __post_init__(self):
-        super().__post_init__()
-        for name, minimum in (("latent_dim", 1), ("kl_warmup_steps", 0), ("hidden", 8),
-                              ("iwae_samples", 1)):  # fmt: skip
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < minimum:
-                raise ValueError(f"{name} must be an integer >= {minimum}, got {v!r}")
-        if self.likelihood not in LIKELIHOODS:
-            raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {self.likelihood!r}")
-        if self.net not in NETS:
-            raise ValueError(f"net must be one of {NETS}, got {self.net!r}")
-        if not (isinstance(self.beta, int | float) and math.isfinite(self.beta) and self.beta >= 0):
-            raise ValueError(f"beta must be a finite number >= 0, got {self.beta!r}")
+    latent_dim: int | None = option(
+        None, "Size of the latent z (None: min(16, D)).", Integer(1, optional=True)
+    )
+    likelihood: LikelihoodName = option(  # noqa: RUF009 (option() is immutable)
+        "auto",
+        "p(x|z): auto (bernoulli for binary data, discretized logistic for quantised images, "
+        "else gaussian), or one of those.",
+        Choice(LIKELIHOODS),
+    )
+    beta: float = option(1.0, "Weight of the KL term in the training loss (1: the ELBO).", Real(0))
+    kl_warmup_steps: int = option(
+        0, "Steps over which the KL weight rises from 0 to beta.", Integer(0)
+    )
+    hidden: int = option(256, "MLP width (conv nets: channels hidden/8, hidden/4).", Integer(8))
+    net: NetName = option(  # noqa: RUF009
+        "auto", "auto: conv for square images, else mlp.", Choice(NETS)
+    )
+    iwae_samples: int = option(100, "Importance samples k of log_prob's IWAE estimate.", Integer(1))
 
 
-class VAE(GenerativeModel, family="vae"):
+class VAE(NeuralModel, family="vae"):
     """A VAE with a Gaussian encoder and a likelihood chosen by the data; `log_prob` is an estimate.
 
     Args:
-        latent_dim: size of z.
+        latent_dim: size of z (None: `default_latent_dim`, min(16, D); the value used is
+            `latent_dim_`).
         likelihood: "auto" (by the data, see the module docstring), "bernoulli",
             "discretized" or "gaussian".
         beta: weight of the KL term in the training loss (1: the ELBO; `elbo` and
@@ -271,6 +271,9 @@ class VAE(GenerativeModel, family="vae"):
             batch_size, lr, weight_decay, warmup_steps, min_lr_ratio, grad_clip, ema_decay,
             seed, precision, compile).
 
+    `fit(x, y=None)` (`NeuralModel.fit`) trains the ELBO; a gaussian likelihood fitted on
+    quantised images (a Dataset with `levels`) sees them freshly dequantised in every batch,
+    (k + u) / levels, so it is a density of the dequantised data, as evaluation measures it.
     Labels are used only when passed as `y=` (a Dataset's labels are ignored): `fit(x, y)`
     trains p(x | y), the label's embedding entering encoder and decoder. A conditional VAE
     given no y marginalises over the training label frequencies p(y): `sample` draws y ~ p(y),
@@ -279,31 +282,16 @@ class VAE(GenerativeModel, family="vae"):
 
     log_prob_kind = "estimate"
     config_class = VAEConfig
-
-    def __init__(
-        self,
-        latent_dim: int = 16,
-        *,
-        likelihood: LikelihoodName = "auto",
-        beta: float = 1.0,
-        kl_warmup_steps: int = 0,
-        hidden: int = 256,
-        net: NetName = "auto",
-        iwae_samples: int = 100,
-        device: str | torch.device | None = None,
-        **train_options: Any,
-    ):
-        try:
-            config = VAEConfig(
-                latent_dim=latent_dim, likelihood=likelihood, beta=beta,
-                kl_warmup_steps=kl_warmup_steps, hidden=hidden, net=net,
-                iwae_samples=iwae_samples, **train_options,
-            )  # fmt: skip
-        except TypeError as e:
-            names = sorted(VAEConfig.__dataclass_fields__)
-            raise TypeError(f"{e}; the VAE's options are {names}") from None
-        super().__init__(config, device)
-        self.likelihood_: str | None = None
+    positional: ClassVar[tuple[str, ...]] = ("latent_dim",)
+    has_encoder: ClassVar[bool] = True
+    sample_options: ClassVar[frozenset[str]] = frozenset({"y", "mean"})
+    log_prob_options: ClassVar[frozenset[str]] = frozenset({"k", "seed"})
+    quick_log_prob: ClassVar[dict[str, Any]] = {"k": 16}
+    picture_sample: ClassVar[dict[str, Any]] = {"mean": True}
+    density_grid: ClassVar[int] = 100
+    example_data: ClassVar[str] = "digits"
+    likelihood_: str | None = None  # before fit
+    _dequantize_levels: int | None = None  # gaussian on quantised data: training dequantises
 
     @property
     def log_prob_space(self) -> Literal["continuous", "discrete"]:
@@ -323,8 +311,9 @@ class VAE(GenerativeModel, family="vae"):
         self.levels_ = fitted.get("levels")
         self.n_classes_ = fitted.get("n_classes")
         self.net_ = fitted["net"]
-        self.data_kind_ = fitted.get("kind", "points")
-        d, latent = int(np.prod(event_shape)), cfg.latent_dim
+        self.kind_ = fitted.get("kind", "points")
+        d = int(np.prod(event_shape))
+        self.latent_dim_ = latent = int(fitted.get("latent_dim") or cfg.latent_dim)
         n_out = LIKELIHOOD_FNS[self.likelihood_].n_outputs
         if self.net_ == "conv":
             c, side = image_geometry(event_shape)
@@ -349,7 +338,8 @@ class VAE(GenerativeModel, family="vae"):
             "levels": self.levels_,
             "n_classes": self.n_classes_,
             "net": self.net_,
-            "kind": self.data_kind_,
+            "kind": self.kind_,
+            "latent_dim": self.latent_dim_,
         }
 
     # -- the networks -----------------------------------------------------------------------------
@@ -393,56 +383,27 @@ class VAE(GenerativeModel, family="vae"):
         return x.reshape(len(x), *self.event_shape)
 
     # -- training ---------------------------------------------------------------------------------
-    def fit(
-        self,
-        x: Any,
-        y: Any = None,
-        *,
-        out: str | os.PathLike | None = None,
-        checkpoint_every: int | None = None,
-        resume: bool = False,
-        progress: bool | None = None,
-        callback: Callable | None = None,
-        callback_every: int | None = None,
-    ) -> VAE:
-        """Build the nets for the data and train the ELBO with `genlab.train.fit`.
-
-        Args:
-            x: (n, *event_shape) Tensor, array or Dataset (its levels and kind guide
-                likelihood="auto"; its labels are ignored).
-            y: (n,) integer labels for a conditional VAE, or None.
-            out, checkpoint_every, resume, progress, callback, callback_every: passed to
-                `genlab.train.fit` (checkpoints and log.jsonl go to `out`).
-        """
-        levels, kind = (x.levels, x.kind) if isinstance(x, Dataset) else (None, None)
-        x = x.x if isinstance(x, Dataset) else x
-        x, y, event_shape = as_data(x, y)
-        x = _as_float_tensor(x)
-        check_finite(x)
-        kind = kind or ("image" if len(event_shape) >= 2 else "points")
-        likelihood, levels = resolve_likelihood(x, self.config.likelihood, kind, levels)
-        n_classes = check_train_labels(y)
-        fitted = {"likelihood": likelihood, "levels": levels, "kind": kind,
-                  "n_classes": n_classes, "net": self._resolve_net(event_shape)}  # fmt: skip
-        with torch.random.fork_rng(devices=[]):  # the nets' init follows config.seed alone
-            torch.manual_seed(self.config.seed)
-            self._build(event_shape, fitted)
-        self.event_shape = event_shape
+    def _setup(self, data: TrainingData) -> tuple[Tensor, Tensor | None]:
+        """Resolve the likelihood, the net and latent_dim for the data, build the nets, set the
+        standardisation (gaussian) and p(y) (conditional); return (rows, labels)."""
+        x = data.rows()
+        likelihood, levels = resolve_likelihood(x, self.config.likelihood, data.kind, data.levels)
+        latent = self.config.latent_dim or default_latent_dim(data.dim)
+        fitted = {"likelihood": likelihood, "levels": levels, "kind": data.kind,
+                  "n_classes": data.n_classes, "net": self._resolve_net(data.event_shape),
+                  "latent_dim": latent}  # fmt: skip
+        self._build(data.event_shape, fitted)
+        self.event_shape = data.event_shape
+        self._dequantize_levels = data.levels if likelihood == "gaussian" else None
         with torch.no_grad():
             if likelihood == "gaussian":
                 flat = x.reshape(len(x), -1).double()
                 self.data_loc.copy_(flat.mean(0))
                 self.data_scale.copy_(flat.std(0, correction=0).clamp(min=1e-6))
-            if n_classes is not None:
-                counts = torch.bincount(y, minlength=n_classes).double()
+            if data.n_classes is not None:
+                counts = torch.bincount(data.y, minlength=data.n_classes).double()
                 self.class_prior.copy_(counts / counts.sum())
-        self.train_result_ = train.fit(
-            self, x, y, self.config, out=out, checkpoint_every=checkpoint_every, resume=resume,
-            callback=callback, callback_every=callback_every, progress=progress,
-            device=self.device_,
-        )  # fmt: skip
-        self.eval()
-        return self
+        return x, data.y
 
     def _resolve_net(self, event_shape: tuple[int, ...]) -> str:
         image = image_geometry(event_shape)
@@ -460,7 +421,7 @@ class VAE(GenerativeModel, family="vae"):
 
         loss = mean_b -(recon_b - beta_t KL_b); logs recon, kl and elbo (nats per sample).
         """
-        x = self._to_model_space(batch[0])
+        x = self._to_model_space(self.dequantize_batch(batch[0], self._dequantize_levels))
         y = batch[1] if len(batch) > 1 else None
         post = self._encode(x, y)
         z = post.mu + torch.exp(0.5 * post.log_var) * torch.randn_like(post.mu)
@@ -608,7 +569,7 @@ class VAE(GenerativeModel, family="vae"):
             return torch.zeros(0, *self.event_shape, device=self.device)
         if labels is None and self.conditional:
             labels = torch.multinomial(self.class_prior, n, replacement=True, generator=g)
-        z = torch.randn(n, self.config.latent_dim, generator=g, device=self.device)
+        z = torch.randn(n, self.latent_dim_, generator=g, device=self.device)
         theta = self._decode(z, labels)
         lik = LIKELIHOOD_FNS[self.likelihood_]
         x = lik.mean(theta) if mean else lik.sample(theta, g, self.levels_)
@@ -625,10 +586,8 @@ class VAE(GenerativeModel, family="vae"):
         """Decoder means E[x | z] in data space: (n, latent_dim) -> (n, *event_shape)."""
         self.check_is_fitted()
         z = torch.as_tensor(np.asarray(z) if not isinstance(z, Tensor) else z)
-        if z.ndim != 2 or z.shape[1] != self.config.latent_dim:
-            raise ValueError(
-                f"z must have shape (n, {self.config.latent_dim}), got {tuple(z.shape)}"
-            )
+        if z.ndim != 2 or z.shape[1] != self.latent_dim_:
+            raise ValueError(f"z must have shape (n, {self.latent_dim_}), got {tuple(z.shape)}")
         z = z.to(self.device, torch.float32)
         check_finite(z, "z")
         theta = self._decode(z, self._labels(y, len(z), required=True))
@@ -657,10 +616,24 @@ class VAE(GenerativeModel, family="vae"):
         t = torch.linspace(0, 1, int(steps), device=self.device)[:, None]
         return self.decode((1 - t) * mu[0] + t * mu[1], y)
 
+    # -- what `genlab fit` prints -----------------------------------------------------------------
+    def score_rows(self, data: Dataset, limit: int = SCORE_ROWS) -> tuple[str, float]:
+        """("train ELBO" (or "train ELBO (first N)"), the mean ELBO in nats) of up to `limit`
+        training rows, with their labels for a conditional VAE (a gaussian likelihood on
+        quantised data: at dequantised rows, as it was trained)."""
+        x = data.x[:limit]
+        x = x if isinstance(x, Tensor) else x[:]
+        if data.levels is not None and self.likelihood_ == "gaussian":
+            x = metrics.dequantize(x.float(), data.levels, generator=local_generator(0))
+        y = data.y[: len(x)] if self.conditional and data.y is not None else None
+        label = "train ELBO" if len(x) == len(data) else f"train ELBO (first {len(x)})"
+        return label, float(self.elbo(x, y).double().mean())
 
-def _as_float_tensor(x: Any) -> Tensor:
-    x = x if isinstance(x, Tensor) else x[:]
-    return x.float() if x.dtype != torch.float32 else x
+    def fit_summary(self) -> dict[str, Any]:
+        return super().fit_summary() | {
+            "likelihood": self.likelihood_, "net": self.net_, "latent dim": self.latent_dim_,
+            "conditional": self.conditional,
+        }  # fmt: skip
 
 
 def _check_k(k: Any) -> int:

@@ -7,14 +7,9 @@ from collections.abc import Sequence
 import numpy as np
 from torch import Tensor, nn
 
+from genlab.data.dataset import image_geometry
 from genlab.nets.conv import ConvEncoder
 from genlab.nets.mlp import MLP
-
-
-def is_square_image(event_shape: Sequence[int]) -> bool:
-    """Whether samples of this shape are square images (C, S, S) with C in {1, 3} and S >= 4."""
-    shape = tuple(event_shape)
-    return len(shape) == 3 and shape[0] in (1, 3) and shape[1] == shape[2] >= 4
 
 
 class FeatureClassifier(nn.Module):
@@ -23,7 +18,8 @@ class FeatureClassifier(nn.Module):
         x (B, *event_shape) -> body -> SiLU -> features (B, feature_dim) -> Linear -> (B, n_classes)
 
     The body is a `ConvEncoder` (stride-2 3x3 convolutions, then a Linear) for square images
-    (C, S, S), else an `MLP` on the flattened sample. `features` returns the penultimate layer,
+    (`genlab.data.dataset.image_geometry`: (C, S, S), or (S, S) as one channel), else an `MLP`
+    on the flattened sample. `features` returns the penultimate layer,
     the space in which Fréchet distance and k-NN precision/recall of samples are measured.
 
     Args:
@@ -48,8 +44,9 @@ class FeatureClassifier(nn.Module):
         for name, v in (("n_classes", n_classes), ("feature_dim", feature_dim)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
-        if is_square_image(self.event_shape):
-            c, side, _ = self.event_shape
+        self.geometry = image_geometry(self.event_shape)  # (channels, side) or None
+        if self.geometry is not None:
+            c, side = self.geometry
             self.body: nn.Module = ConvEncoder(c, side, feature_dim, tuple(channels))
         else:
             d = int(np.prod(self.event_shape))
@@ -63,8 +60,10 @@ class FeatureClassifier(nn.Module):
                 f"x must have shape (B, {', '.join(map(str, self.event_shape))}), "
                 f"got {tuple(x.shape)}"
             )
-        h = x if is_square_image(self.event_shape) else x.reshape(len(x), -1)
-        return nn.functional.silu(self.body(h))
+        if self.geometry is None:
+            return nn.functional.silu(self.body(x.reshape(len(x), -1)))
+        c, side = self.geometry  # (S, S) grey images get their channel axis
+        return nn.functional.silu(self.body(x.reshape(len(x), c, side, side)))
 
     def forward(self, x: Tensor) -> Tensor:
         """Class logits (B, n_classes)."""

@@ -1,26 +1,30 @@
-"""What `genlab compare` and `genlab eval` measure with a model or a data set, beyond the
+"""Model + data set -> numbers: what `genlab eval` and `genlab compare` measure, beyond the
 tensor-in functions of `genlab.metrics`:
 
 - `held_out_nll`: the test NLL on one bits/dim scale for densities and log-masses alike;
+- `evaluate_model`: `genlab eval`'s record (the NLL and the sample metrics, or a text
+  model's scores);
 - `feature_classifier`: the feature space of image samples. A small `FeatureClassifier`
   (genlab/nets/classifier.py) is trained on the labelled train split; its penultimate layer is
   the space of the Fréchet distance and of k-NN precision/recall, and its predicted labels give
   the class coverage of samples. It is cached on disk (config.json + model.safetensors, no
   pickle), keyed by a hash of the train split and of the recipe, so it is trained once;
-- `gmm_nll_vs_components`: where a Gaussian mixture stops being enough as the dimension grows.
+- `gmm_nll_vs_components`: where a Gaussian mixture stops being enough as the dimension grows
+  (fitted through the family's own `sweep`).
+
+Nothing here names a family class: a model says what it accepts (`log_prob_options`,
+`log_prob_space`, `is_text`) and families are found in `genlab.models.FAMILIES`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-import inspect
 import json
 import math
 import os
 import re
 import time
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +36,7 @@ import torch
 
 from genlab import metrics
 from genlab.data import Dataset
-from genlab.models import GaussianMixture, GenerativeModel
+from genlab.models import FAMILIES, GenerativeModel
 from genlab.nets.classifier import FeatureClassifier
 
 CLASSIFIER_VERSION = 1
@@ -42,13 +46,7 @@ BATCH_SIZE = 128
 LR = 2e-3
 
 
-# -- the NLL on one scale (shared with `genlab eval`) ---------------------------------------------
-def accepts(fn: Any, name: str) -> bool:
-    """Whether the callable `fn` takes a keyword argument `name` (or **kwargs)."""
-    params = inspect.signature(fn).parameters
-    return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
-
-
+# -- the NLL on one scale (shared by `genlab eval` and compare) -----------------------------------
 class HeldOutNLL(NamedTuple):
     """Test NLL of a model: nats per sample, bits/dim, what the bits/dim measure, and the points
     log_prob was evaluated at ((n, *event_shape): dequantised for densities of quantised data)."""
@@ -77,13 +75,15 @@ def held_out_nll(
     evaluated at test points dequantised with `seed` and bits/dim are those of the discrete
     data (`metrics.discrete_bits_per_dim`, an upper bound in expectation); a model whose
     `log_prob_space` is "discrete" gives log-masses of the quantised points themselves.
-    Otherwise the bits/dim are the continuous density's. `log_prob_options` (e.g. an ODE
-    solver's rtol and atol) go to `model.log_prob` where its signature takes them.
+    Otherwise the bits/dim are the continuous density's. Of `log_prob_options` (e.g. an ODE
+    solver's rtol and atol), those the model declares in `model.log_prob_options` go to
+    `model.log_prob`; the others are dropped, so one call serves every family.
     """
     x = _rows(test)
     discrete = model.log_prob_space == "discrete"
     at = x if discrete else _rows(dequantized(test, seed))
-    options = {k: v for k, v in log_prob_options.items() if accepts(model.log_prob, k)}
+    accepted = model.log_prob_options
+    options = {k: v for k, v in log_prob_options.items() if k in accepted}
     log_p = model.log_prob(at, **options).detach().cpu()
     nll = metrics.nll(log_p)
     if test.levels is None or discrete:
@@ -95,6 +95,53 @@ def held_out_nll(
     else:
         space = "discrete (log-mass)" if discrete else "discrete (dequantised density)"
     return HeldOutNLL(nll, bpd, space, at)
+
+
+def _evaluate_text(model: GenerativeModel, test: Dataset) -> dict[str, Any]:
+    """A text model on a text: its `evaluate_text` scores (loss in nats/char, exact;
+    bits_per_char; window_loss, nanoGPT's validation loss; counts) with what was measured."""
+    if test.kind != "text" or not model.is_text:
+        raise ValueError(
+            f"a text model needs text data (--data text:FILE.txt) and text data a text model; "
+            f"got a {model.family} model and {test.kind} data"
+        )
+    scores = model.evaluate_text(test)
+    return {"family": model.family, "data": test.name, "n_test": len(test),
+            "log_prob_kind": model.log_prob_kind, **scores}  # fmt: skip
+
+
+def evaluate_model(model: GenerativeModel, test: Dataset, seed: int) -> dict[str, Any]:
+    """`genlab eval`'s record: test NLL (nats/sample), bits/dim and sample metrics.
+
+    For quantised data (`test.levels` set) a density is evaluated at dequantised test points
+    and bits_per_dim is that of the discrete data (an upper bound in expectation); a model
+    whose `log_prob_space` is "discrete" is evaluated on the quantised points directly;
+    otherwise bits_per_dim is the continuous density's (`held_out_nll`). The sample metrics
+    (`metrics.sample_metrics`: MMD², sliced W2, energy distance) compare `len(test)` model
+    samples, drawn with `seed`, with the points the NLL was evaluated at. A text model (or
+    text data) reports the model's `evaluate_text(test)` instead.
+
+    Returns:
+        {"family", "data", "n_test", "log_prob_kind", "nll", "bits_per_dim", "mmd",
+        "sliced_wasserstein", "energy_distance"} (a text model: its scores instead of the
+        last five).
+
+    Raises:
+        ValueError: a text model on numbers, or a model of numbers on text.
+    """
+    if test.kind == "text" or model.is_text:
+        return _evaluate_text(model, test)
+    held_out = held_out_nll(model, test, seed)
+    samples = model.sample(len(test), seed=seed).detach().cpu()
+    return {
+        "family": model.family,
+        "data": test.name,
+        "n_test": len(test),
+        "log_prob_kind": model.log_prob_kind,
+        "nll": held_out.nll,
+        "bits_per_dim": held_out.bits_per_dim,
+        **metrics.sample_metrics(samples, held_out.points.cpu(), seed=seed),
+    }
 
 
 # -- the feature classifier -----------------------------------------------------------------------
@@ -236,6 +283,14 @@ def _save_classifier(net: FeatureClassifier, config: dict[str, Any], folder: Pat
 
 
 # -- the GMM study -------------------------------------------------------------------------------
+def _bits(fit: dict[str, Any] | None, d: int) -> float | None:
+    """A sweep entry's mean test NLL in bits per dimension, or None (skipped, failed, inf)."""
+    if not fit or fit.get("error") or fit.get("skipped") or fit.get("test_nll") is None:
+        return None
+    nll = float(fit["test_nll"])
+    return metrics.bits_per_dim(nll, d) if math.isfinite(nll) else None
+
+
 def gmm_nll_vs_components(
     train: torch.Tensor,
     test: torch.Tensor,
@@ -245,56 +300,50 @@ def gmm_nll_vs_components(
     seed: int = 0,
     max_seconds: float = math.inf,
     device: str | None = None,
+    family: str = "gmm",
 ) -> dict[str, Any]:
-    """Test NLL (bits per dimension) of full-covariance GMMs on the data projected by PCA.
+    """Test NLL (bits per dimension) of mixtures with K components on the data projected by PCA.
 
     The data are centred by the train mean and projected on the top-d principal axes of the
-    train split, for each d in `dims`; for each K in `components` a GMM is fitted to the
-    projected train split and its mean test NLL divided by d ln 2 is recorded (bits/dim of a
-    continuous density of the projected data). Where the curve in K turns up, more components
-    overfit: a mixture stops being enough at that dimension. A fit predicted (from the last
-    one, cost ∝ K d²) to end after `max_seconds` is skipped (None).
+    train split, for each d in `dims`; the family's `sweep` (the GMM's: full covariances, one
+    EM fit per K in `components`) fits the projected train split and scores the projected
+    test split, and its mean test NLL divided by d ln 2 is recorded (bits/dim of a continuous
+    density of the projected data). Where the curve in K turns up, more components overfit:
+    a mixture stops being enough at that dimension. The study stops after `max_seconds`: each
+    sweep gets what is left, and skips a K it predicts (cost ∝ K d²) to overrun it (None).
 
     Args:
         train: (n, D) continuous train points (dequantised images, flattened).
         test: (m, D) test points.
         dims: projection dimensions (those above D are dropped).
         components: numbers of components K.
+        family: the registry name of a family with a components sweep (`component_study`).
 
     Returns:
         {"dims": [d...], "components": [K...], "test_bits_per_dim": [[bpd or None per K] per
         d], "seconds": float}.
     """
+    sweep = FAMILIES[family].sweep
     train = train.reshape(len(train), -1).double()
     test = test.reshape(len(test), -1).double()
     mean = train.mean(0)
     _, _, vh = torch.linalg.svd(train - mean, full_matrices=False)
     dims = [d for d in dims if d <= train.shape[1]]
-    start, table, last = time.perf_counter(), [], None
+    components = [int(k) for k in components]
+    start, table = time.perf_counter(), []
     for d in dims:
+        left = max_seconds - (time.perf_counter() - start)
+        if left <= 0:
+            table.append([None] * len(components))
+            continue
         axes = vh[:d].T
         tr, te = (train - mean) @ axes, (test - mean) @ axes
-        row = []
-        for k in components:
-            elapsed = time.perf_counter() - start
-            # EM's cost grows like K d^2: skip fits predicted to end past max_seconds
-            guess = 0.0 if last is None else last[2] * (k * d * d) / (last[0] * last[1] ** 2)
-            if elapsed + guess > max_seconds or k > len(tr):
-                row.append(None)
-                continue
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                try:
-                    kw = {} if device is None else {"device": device}
-                    model = GaussianMixture(k, seed=seed, **kw).fit(tr)
-                    row.append(metrics.bits_per_dim(metrics.nll(model.log_prob(te).cpu()), d))
-                except ValueError:
-                    row.append(None)
-            last = (k, d, time.perf_counter() - start - elapsed)
-        table.append(row)
+        fits = sweep(tr, components, test=te, seed=seed, max_seconds=left, device=device)
+        by_k = {int(f["n_components"]): f for f in fits}
+        table.append([_bits(by_k.get(k), d) for k in components])
     return {
         "dims": dims,
-        "components": list(components),
+        "components": components,
         "test_bits_per_dim": table,
         "seconds": time.perf_counter() - start,
     }

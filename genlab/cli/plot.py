@@ -1,0 +1,199 @@
+"""`genlab plot`: pictures of a saved model, chosen by what the model says it can do
+(`ellipses_2d`, `quick_log_prob`, `picture_sample`, `has_encoder`, `trajectory_picture`) and by
+the shape of its samples (`genlab.data.shape_kind`)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Annotated, Any
+
+import torch
+import typer
+
+import genlab
+from genlab import plots
+from genlab.checkpoints import LOG_FILE, read_log
+from genlab.cli.common import (
+    ModelDir,
+    NOption,
+    RootOption,
+    SeedOption,
+    app,
+    check_suffix,
+    data_name,
+    echo_err,
+)
+from genlab.data import Dataset, load_dataset, shape_kind
+from genlab.models import GenerativeModel
+
+PLOT_SAMPLES = {"points": 1000, "image": 64}
+"""Default number of model samples drawn by `genlab plot`."""
+
+ENCODER_PLOT = {"reconstructions": 12, "latent_points": 2000}
+"""Models with an encoder: test images in the reconstructions grid, test points in the latent
+map."""
+
+
+def rows(x: Any) -> torch.Tensor:
+    """All rows of a data set's x (a tensor, or a lazily read `NpyArray`) as a tensor."""
+    return x if isinstance(x, torch.Tensor) else x[:]
+
+
+def labels_for(model: GenerativeModel, test: Dataset, k: int) -> torch.Tensor | None:
+    """The first k test labels when the model is class-conditional, else None."""
+    conditional = getattr(model, "n_classes_", None) is not None
+    return test.y[:k] if conditional and test.y is not None else None
+
+
+def plot_points(
+    model: GenerativeModel, test: Dataset | None, n_samples: int, seed: int, out: Path, title: str
+) -> Path:
+    """The 2-D density (cheap `quick_log_prob` options, `density_grid` points a side), model
+    samples, the test points and, for a mixture, its components' ellipses."""
+    samples = model.sample(n_samples, seed=seed).detach().cpu()
+    return plots.density_2d(
+        lambda points: model.log_prob(torch.from_numpy(points), **model.quick_log_prob).cpu(),
+        out,
+        samples=samples,
+        data=None if test is None else rows(test.x),
+        ellipses=model.ellipses_2d(),
+        grid=model.density_grid,
+        title=title,
+    )
+
+
+def plot_images(model: GenerativeModel, n_samples: int, seed: int, out: Path, title: str) -> Path:
+    """A grid of samples drawn with `picture_sample` (vae: its decoder means E[x | z])."""
+    images = model.sample(n_samples, seed=seed, **model.picture_sample)
+    if model.picture_sample.get("mean"):
+        title = f"{title} (decoder means)"
+    return plots.sample_grid(images.detach().cpu(), out, title=title)
+
+
+def plot_encoder(model: GenerativeModel, test: Dataset, kind: str, model_dir: Path) -> list[Path]:
+    """MODEL_DIR/reconstructions.png (images: test images above decode(encode(x).mu)) and,
+    for a 2-D latent space, MODEL_DIR/latent.png (posterior means coloured by label)."""
+    written = []
+    if kind == "image":
+        k = min(ENCODER_PLOT["reconstructions"], len(test))
+        x = rows(test.x[:k])
+        recon = model.reconstruct(x, labels_for(model, test, k)).detach().cpu()
+        title = "test images and their reconstructions"
+        path = model_dir / "reconstructions.png"
+        written.append(plots.sample_grid(torch.cat([x, recon]), path, nrow=k, title=title))
+    m = min(ENCODER_PLOT["latent_points"], len(test))
+    mu = model.encode(test.x[:m], labels_for(model, test, m)).mu.detach().cpu()
+    if mu.shape[1] == 2:
+        labels = None if test.y is None else test.y[:m]
+        written.append(plots.scatter_2d(mu, model_dir / "latent.png", labels=labels,
+                                        title="posterior means of test data"))  # fmt: skip
+    return written
+
+
+def plot_trajectory(
+    model: GenerativeModel, test: Dataset | None, kind: str, seed: int, model_dir: Path
+) -> list[Path]:
+    """MODEL_DIR/<name>.png (paths of 2-D points, or image rows from noise to sample) and,
+    when the family animates, MODEL_DIR/samples.gif, from one sample(..., return_trajectory)."""
+    picture = model.trajectory_picture
+    n = picture.paths if kind == "points" else picture.images
+    run = model.sample(n, seed=seed, return_trajectory=True, **picture.options)
+    how = [str(picture.options["method"])] if "method" in picture.options else []
+    how += [f"{model.nfe_} NFE"] if model.nfe_ is not None else []
+    title = f"{model.family} {picture.name}" + (f" ({', '.join(how)})" if how else "")
+    path = model_dir / f"{picture.name}.png"
+    data = None if test is None or kind != "points" else rows(test.x)
+    if kind == "points":
+        written = [plots.trajectories_2d(run.trajectory, path, data=data, title=title)]
+    else:
+        written = [plots.trajectory_grid(run.trajectory, path, title=title)]
+    if picture.animate:
+        written.append(plots.animate(run.trajectory, model_dir / "samples.gif", data=data,
+                                     title=model.family))  # fmt: skip
+    return written
+
+
+def plot_history(model: GenerativeModel, model_dir: Path) -> list[Path]:
+    """MODEL_DIR/history.png: EM log-likelihoods, or the loss rows of the trainer's log.jsonl."""
+    title = f"{model.family} training"
+    path = model_dir / "history.png"
+    history = getattr(model, "lower_bounds_", None)
+    if history:
+        return [plots.curve({"train": history}, path, ylabel="mean log-likelihood (nats)",
+                            title=title)]  # fmt: skip
+    logged = [r for r in read_log(model_dir / LOG_FILE, math.inf) if "loss" in r]
+    if not logged:
+        return []
+    every = logged[0]["step"]
+    return [plots.curve({"loss": [r["loss"] for r in logged]}, path,
+                        xlabel=f"log row (every {every} steps)", ylabel="training loss",
+                        title=title)]  # fmt: skip
+
+
+@app.command()
+def plot(
+    model_dir: ModelDir,
+    data: Annotated[
+        str | None,
+        typer.Option(
+            "--data",
+            "-d",
+            help="Overlay this data set's test points (2-D models); for a model with an "
+            "encoder (vae), also reconstruct and encode them.",
+        ),
+    ] = None,
+    n: NOption = None,
+    seed: SeedOption = 0,
+    root: RootOption = None,
+    samples: Annotated[
+        int | None,
+        typer.Option(min=1, help="Model samples to draw (default: 1000 points or 64 images)."),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            "-o",
+            callback=check_suffix((".png",)),
+            help="The .png to write (default: MODEL_DIR/plot.png).",
+        ),
+    ] = None,
+) -> None:
+    """Plot a saved model: its density and samples (2-D points) or a sample grid (images).
+
+    For 2-D point models: filled density contours, model samples, the test points of --data
+    and, for a mixture (gmm), each component's 1- and 2-sigma ellipses. For a model with an
+    encoder (vae) and --data, also MODEL_DIR/reconstructions.png (images) and, with a 2-D
+    latent space, MODEL_DIR/latent.png (posterior means coloured by label). For a model that
+    samples along a trajectory, also its picture: MODEL_DIR/trajectories.png (flow: from
+    noise to samples, with MODEL_DIR/samples.gif, the samples moving) or
+    MODEL_DIR/denoising.png (diffusion: the denoising sequence of a few samples). Also writes
+    MODEL_DIR/history.png when the model kept its training curve (EM log-likelihoods, or
+    the trainer's log.jsonl).
+    """
+    model = genlab.load(model_dir)
+    out = out or model_dir / "plot.png"
+    shape = tuple(model.event_shape or ())
+    kind = shape_kind(shape)
+    title = model.family if data is None else f"{model.family} on {data_name(data)}"
+    test = None if data is None else load_dataset(data, split="test", n=n, seed=seed, root=root)
+    if model.is_text:  # text: the training curve only (genlab sample prints text)
+        written = []
+    elif kind == "image":
+        if data is not None and not model.has_encoder:
+            echo_err("genlab: note: --data is only drawn for 2-D point models; ignoring it")
+        written = [plot_images(model, samples or PLOT_SAMPLES["image"], seed, out, title)]
+    elif shape == (2,):
+        written = [plot_points(model, test, samples or PLOT_SAMPLES["points"], seed, out, title)]
+    else:
+        raise ValueError(
+            f"genlab plot draws 2-D point and image models; this model's samples have shape {shape}"
+        )
+    if model.has_encoder and test is not None:
+        written += plot_encoder(model, test, kind, model_dir)
+    if model.trajectory_picture is not None and not model.is_text:
+        written += plot_trajectory(model, test, kind, seed, model_dir)
+    written += plot_history(model, model_dir)
+    for path in written:
+        typer.echo(f"wrote {path}")

@@ -1,0 +1,155 @@
+"""`genlab sample`: draw samples from a saved model and write them as .npy or .png (text
+models print theirs, token by token)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import torch
+import typer
+
+import genlab
+from genlab import plots
+from genlab.cli.common import ModelDir, app, check_suffix
+from genlab.data import shape_kind
+from genlab.models import GenerativeModel
+
+SAMPLER_FLAGS = {
+    "steps": "--steps", "method": "--method", "guidance": "--guidance", "y": "--label",
+    "eta": "--eta", "order": "--order", "grid": "--grid", "prompt": "--prompt",
+    "max_new_tokens": "--max-new-tokens",
+    "temperature": "--temperature", "top_k": "--top-k", "top_p": "--top-p",
+}  # fmt: skip
+"""The keywords of a family's `sample` that `genlab sample` can pass, and their options."""
+
+
+def sampler_options(model: GenerativeModel, **given: Any) -> dict[str, Any]:
+    """The given (not None) sampler keywords, checked against `model.sample_options`.
+
+    Raises:
+        ValueError: naming the options the model's `sample` does not take.
+    """
+    chosen = {k: v for k, v in given.items() if v is not None}
+    refused = [SAMPLER_FLAGS[k] for k in chosen if k not in model.sample_options]
+    if refused:
+        raise ValueError(
+            f"a {model.family} model's sample takes no {', '.join(refused)}; "
+            f"see 'genlab sample --help'"
+        )
+    return chosen
+
+
+def write_sample_png(samples: torch.Tensor, path: Path, title: str) -> Path:
+    """A scatter of 2-D points or a grid of images, chosen by the samples' shape."""
+    shape = tuple(samples.shape[1:])
+    if shape_kind(shape) == "image":
+        return plots.sample_grid(samples, path, title=title)
+    if shape == (2,):
+        return plots.scatter_2d(samples, path, title=title)
+    raise ValueError(
+        f"cannot draw samples of shape {shape} as a picture (only 2-D points and images); "
+        "write them with --out FILE.npy instead"
+    )
+
+
+def sample_text(
+    model: GenerativeModel, n: int, seed: int, out: Path | None, options: dict[str, Any]
+) -> None:
+    """Print n continuations of the prompt, streaming each token's text as it is drawn; the
+    i-th (0-based) uses seed + i, a blank line separates them."""
+    if out is not None:
+        raise ValueError("text models print their samples; redirect the output (> FILE.txt)")
+    if "y" in options:
+        raise ValueError("text models take no --label")
+    prompt = options.pop("prompt", "")
+    # one position per step is too little work to share: on the busy 2-core machine two
+    # threads streamed 17 tokens/s against 408 for one (Shakespeare model, 200 tokens)
+    torch.set_num_threads(1)
+    for i in range(n):
+        print(("\n" if i else "") + prompt, end="", flush=True)
+        for piece in model.generate(prompt, seed=seed + i, **options):
+            print(piece, end="", flush=True)
+        print(flush=True)
+
+
+@app.command()
+def sample(
+    model_dir: ModelDir,
+    n: Annotated[
+        int | None,
+        typer.Option("-n", "--n", min=1, help="Number of samples (default: 1000; text: 1)."),
+    ] = None,
+    seed: Annotated[int, typer.Option(min=0, help="Seed of the sampler.")] = 0,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            "-o",
+            callback=check_suffix((".npy", ".png")),
+            help="FILE.npy (the array) or FILE.png (a scatter of 2-D points or an image grid) "
+            "(default: MODEL_DIR/samples.npy).",
+        ),
+    ] = None,
+    steps: Annotated[
+        int | None, typer.Option(min=1, help="Iterative families: solver/sampler steps.")
+    ] = None,
+    method: Annotated[
+        str | None,
+        typer.Option(help="Iterative families: the solver or sampler (e.g. heun, dpm++)."),
+    ] = None,
+    guidance: Annotated[
+        float | None,
+        typer.Option(help="Classifier-free guidance weight w (conditional models; 0: none)."),
+    ] = None,
+    label: Annotated[
+        int | None, typer.Option("--label", min=0, help="Class label y of every sample.")
+    ] = None,
+    eta: Annotated[
+        float | None, typer.Option(min=0.0, help="DDIM noise (0: deterministic, 1: DDPM).")
+    ] = None,
+    order: Annotated[
+        int | None, typer.Option(min=1, max=3, help="dpm++ sampler: multistep order (1-3).")
+    ] = None,
+    grid: Annotated[
+        str | None,
+        typer.Option(help="ddpm/ddim/dpm++ samplers: time grid (uniform, quadratic, logsnr)."),
+    ] = None,
+    prompt: Annotated[str | None, typer.Option(help="Text models: the prompt.")] = None,
+    max_new_tokens: Annotated[
+        int | None, typer.Option(min=1, help="Text models: tokens to generate.")
+    ] = None,
+    temperature: Annotated[
+        float | None, typer.Option(help="Token samplers: softmax temperature (> 0).")
+    ] = None,
+    top_k: Annotated[
+        int | None, typer.Option(min=1, help="Token samplers: keep the k likeliest tokens.")
+    ] = None,
+    top_p: Annotated[
+        float | None, typer.Option(help="Token samplers: nucleus mass in (0, 1].")
+    ] = None,
+) -> None:
+    """Draw samples from a saved model and write them as .npy or .png.
+
+    Sampler options (--steps, --method, --guidance, --label, --eta, --order, --grid, --prompt,
+    --max-new-tokens, --temperature, --top-k, --top-p) are passed to the model's `sample` when
+    given; a model whose `sample` does not take one of them reports it.
+    """
+    model = genlab.load(model_dir)
+    options = sampler_options(model, steps=steps, method=method, guidance=guidance, y=label,
+                              eta=eta, order=order, grid=grid, prompt=prompt,
+                              max_new_tokens=max_new_tokens,
+                              temperature=temperature, top_k=top_k, top_p=top_p)  # fmt: skip
+    if model.is_text:
+        sample_text(model, n or 1, seed, out, options)
+        return
+    n = 1000 if n is None else n
+    samples = model.sample(n, seed=seed, **options).detach().cpu()
+    out = out or model_dir / "samples.npy"
+    if out.suffix.lower() == ".npy":
+        out.parent.mkdir(parents=True, exist_ok=True)
+        np.save(out, samples.numpy())
+    else:
+        write_sample_png(samples, out, title=f"{n} samples from {model.family}")
+    typer.echo(f"wrote {out} ({n} samples of shape {tuple(samples.shape[1:])})")

@@ -1,0 +1,222 @@
+"""The maths of denoising diffusion as pure functions: prediction conversions, loss weights,
+sampling grids, the DDPM / DDIM / DPM-Solver++ steps and the Gaussian terms of the bound.
+
+Notation (a `genlab.schedules` VP schedule; t in [0, 1], t = 0 the data, t = 1 the noise):
+
+    x_t = alpha_t x_0 + sigma_t eps,   eps ~ N(0, I),   alpha_t^2 + sigma_t^2 = 1
+    alpha_bar_i = alpha(i / T)^2        the discrete chain, i = 0..T (alpha_bar_0 = 1)
+    lambda_t = log(alpha_t^2 / sigma_t^2)    the log-SNR (DPM-Solver's lambda is half of it)
+
+`genlab.models.diffusion` uses them (and re-exports them); each is tested on its own.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from genlab.schedules import Schedule, broadcast_to
+from genlab.solvers import LOG_2PI
+
+MIN_SNR_GAMMA = 5.0
+
+
+def alpha_sigma(schedule: Schedule, t: Tensor, like: Tensor) -> tuple[Tensor, Tensor]:
+    """(alpha_t, sigma_t) of t (B,), shaped to broadcast against `like` (B, ...)."""
+    return broadcast_to(schedule.alpha(t), like), broadcast_to(schedule.sigma(t), like)
+
+
+def to_x0_eps(
+    out: Tensor, x_t: Tensor, alpha: Tensor, sigma: Tensor, prediction: str
+) -> tuple[Tensor, Tensor]:
+    """(x0_hat, eps_hat) from the network output under x_t = alpha x0 + sigma eps.
+
+    alpha, sigma broadcast against x_t (B, ...). For v = alpha eps - sigma x0:
+    x0 = (alpha x_t - sigma v) / (alpha^2 + sigma^2), eps = (sigma x_t + alpha v) / (...).
+    """
+    if prediction == "eps":
+        return (x_t - sigma * out) / alpha, out
+    if prediction == "x0":
+        return out, (x_t - alpha * out) / sigma
+    norm = alpha**2 + sigma**2
+    return (alpha * x_t - sigma * out) / norm, (sigma * x_t + alpha * out) / norm
+
+
+def from_x0_eps(x0: Tensor, eps: Tensor, alpha: Tensor, sigma: Tensor, prediction: str) -> Tensor:
+    """The network's target for (x0, eps): eps, x0 or v = alpha eps - sigma x0."""
+    return {"eps": eps, "x0": x0}.get(prediction, alpha * eps - sigma * x0)
+
+
+def standard_normal_prediction(x_t: Tensor, alpha: Tensor, sigma: Tensor, prediction: str):
+    """The optimal prediction for data ~ N(0, I) (VP): x0 = alpha x_t, eps = sigma x_t, v = 0."""
+    return {"eps": sigma * x_t, "x0": alpha * x_t}.get(prediction, torch.zeros_like(x_t))
+
+
+def loss_weight(log_snr: Tensor, name: str) -> Tensor:
+    """w(lambda) multiplying the eps-MSE, snr = exp(lambda) (x0-MSE = eps-MSE / snr,
+    v-MSE = eps-MSE (1 + 1 / snr)):
+
+        "simple":        w = 1                   DDPM's L_simple
+        "min_snr":       w = min(1, 5 / snr)     x0-MSE weighted by min(snr, 5) (Hang et al. 2023)
+        "truncated_snr": w = max(1, 1 / snr)     x0-MSE weighted by max(snr, 1) (Salimans & Ho 2022)
+    """
+    snr = torch.exp(log_snr)
+    if name == "simple":
+        return torch.ones_like(snr)
+    if name == "min_snr":
+        return torch.clamp(MIN_SNR_GAMMA / snr, max=1.0)
+    return torch.clamp(1.0 / snr, min=1.0)
+
+
+def sampling_times(schedule: Schedule, timesteps: int, steps: int, grid: str) -> Tensor:
+    """The steps + 1 times (float64, decreasing from 1) a discrete sampler visits.
+
+    "uniform": round(linspace(T, 0, steps + 1)) / T, the respaced chain ("trailing": it starts
+    at the end of the chain, Lin et al. 2024, and ends at the data, t = 0).
+    "logsnr": uniform in log-SNR from lambda(1) to lambda(1 / T), DPM-Solver's grid for
+    small data (Lu et al. 2022); it ends at t_min = 1 / T, the smallest trained time.
+    "quadratic": uniform in sqrt(t) from 1 to sqrt(t_min), DPM-Solver's "time_quadratic":
+    denser near the data than uniform, less so than logsnr.
+    """
+    if grid == "uniform":
+        return torch.tensor(np.round(np.linspace(timesteps, 0, steps + 1)) / timesteps)
+    if grid == "quadratic":
+        root = torch.linspace(1.0, (1.0 / timesteps) ** 0.5, steps + 1, dtype=torch.float64)
+        return root.square()
+    ends = torch.tensor([1.0, 1.0 / timesteps], dtype=torch.float64)
+    lam = schedule.log_snr(ends)
+    times = schedule.t_of_log_snr(torch.linspace(float(lam[0]), float(lam[1]), steps + 1,
+                                                 dtype=torch.float64))  # fmt: skip
+    times[0], times[-1] = ends
+    return times
+
+
+def posterior(ab_t: float, ab_s: float) -> tuple[float, float, float]:
+    """q(x_s | x_t, x_0) = N(c0 x_0 + ct x_t, var) for s < t, from alpha_bar at t and s.
+
+    With beta = 1 - ab_t / ab_s (Ho et al. eq. 7): c0 = sqrt(ab_s) beta / (1 - ab_t),
+    ct = sqrt(1 - beta) (1 - ab_s) / (1 - ab_t), var = beta (1 - ab_s) / (1 - ab_t).
+    """
+    beta = 1.0 - ab_t / ab_s
+    c0 = math.sqrt(ab_s) * beta / (1.0 - ab_t)
+    ct = math.sqrt(1.0 - beta) * (1.0 - ab_s) / (1.0 - ab_t)
+    return c0, ct, beta * (1.0 - ab_s) / (1.0 - ab_t)
+
+
+def ddpm_step(x_t: Tensor, x0_hat: Tensor, ab_t: float, ab_s: float, noise: Tensor) -> Tensor:
+    """Ancestral step x_s ~ q(x_s | x_t, x0 = x0_hat) (posterior variance beta_tilde)."""
+    c0, ct, var = posterior(ab_t, ab_s)
+    return c0 * x0_hat + ct * x_t + math.sqrt(var) * noise
+
+
+def ddim_step(
+    x0_hat: Tensor, eps_hat: Tensor, ab_t: float, ab_s: float, eta: float, noise: Tensor
+) -> Tensor:
+    """DDIM (Song et al. 2021a, eq. 12 and 16) from alpha_bar_t to alpha_bar_s > alpha_bar_t:
+
+    sigma_eta = eta sqrt((1 - ab_s) / (1 - ab_t)) sqrt(1 - ab_t / ab_s)
+    x_s = sqrt(ab_s) x0_hat + sqrt(1 - ab_s - sigma_eta^2) eps_hat + sigma_eta z
+    """
+    sigma_eta = eta * math.sqrt((1.0 - ab_s) / (1.0 - ab_t) * (1.0 - ab_t / ab_s))
+    direction = math.sqrt(max(1.0 - ab_s - sigma_eta**2, 0.0))
+    return math.sqrt(ab_s) * x0_hat + direction * eps_hat + sigma_eta * noise
+
+
+def clip_x0(x0_hat: Tensor, x_t: Tensor, ab: float) -> tuple[Tensor, Tensor]:
+    """x0_hat clipped to the image range [-1, 1] and eps_hat re-derived from it:
+    eps_hat = (x_t - sqrt(ab) x0_hat) / sqrt(1 - ab)."""
+    x0_hat = x0_hat.clamp(-1.0, 1.0)
+    return x0_hat, (x_t - math.sqrt(ab) * x0_hat) / math.sqrt(1.0 - ab)
+
+
+def half_log_snr(ab: float) -> float:
+    """DPM-Solver's lambda = log(alpha / sigma) = log(ab / (1 - ab)) / 2; +inf at ab = 1."""
+    return math.inf if ab >= 1.0 else 0.5 * math.log(ab / (1.0 - ab))
+
+
+def dpm_solver_pp_orders(steps: int, order: int) -> list[int]:
+    """The order of each of `steps` multistep updates: min(order, k + 1, steps - k) at step k,
+    so the first steps warm up on the history they have and the last ones step down to
+    first order ("lower order final" of Lu et al. 2022: it stabilises few-step sampling;
+    the last step, to t_min or sigma = 0, is the longest in log-SNR)."""
+    return [min(order, k + 1, steps - k) for k in range(steps)]
+
+
+def dpm_solver_pp_step(
+    x: Tensor, history: list[Tensor], lams: list[float], ab_t: float, ab_s: float, order: int
+) -> Tensor:
+    """One DPM-Solver++ multistep update (Lu et al. 2022, data prediction) from t to s < t.
+
+    history: the data predictions D_0, D_1, D_2 (x0_hat, newest first) at the half log-SNRs
+    lams[0] > lams[1] > lams[2] (`half_log_snr`; lams[0] is t's); order 1, 2 or 3 uses that
+    many of them. With h = lambda_s - lambda_t, r_i = (lams[i] - lams[i+1]) / h and
+    phi_1 = exp(-h) - 1, phi_2 = phi_1 / h + 1, phi_3 = phi_2 / h - 1 / 2:
+
+        1: x_s = (sigma_s / sigma_t) x - alpha_s phi_1 D_0                      (= DDIM)
+        2: ... - alpha_s phi_1 (D_0 - D_1) / (2 r_0)                            (2M)
+        3: ... + alpha_s phi_2 E_1 - alpha_s phi_3 E_2                          (3M)
+
+    with the divided differences F_0 = (D_0 - D_1) / r_0, F_1 = (D_1 - D_2) / r_1,
+    E_1 = F_0 + r_0 (F_0 - F_1) / (r_0 + r_1), E_2 = (F_0 - F_1) / (r_0 + r_1): the published
+    3M coefficients (Lu et al.'s code, and diffusers). A Taylor expansion puts twice this
+    weight on E_2 (order exactly 3 on Gaussian data); the published weight has the lower error
+    at 10-20 steps on trained 2-D models (benchmarks/diffusion_solver_error.py). A step to
+    sigma_s = 0 (h = inf) is taken at first order: x_s = D_0.
+    """
+    a_s, s_s, s_t = math.sqrt(ab_s), math.sqrt(1 - ab_s), math.sqrt(1 - ab_t)
+    h = half_log_snr(ab_s) - lams[0]
+    if not math.isfinite(h):
+        return history[0]
+    phi_1 = math.expm1(-h)
+    x_s = (s_s / s_t) * x - a_s * phi_1 * history[0]
+    if order == 1:
+        return x_s
+    r_0 = (lams[0] - lams[1]) / h
+    f_0 = (history[0] - history[1]) / r_0
+    if order == 2:
+        return x_s - 0.5 * a_s * phi_1 * f_0
+    r_1 = (lams[1] - lams[2]) / h
+    f_1 = (history[1] - history[2]) / r_1
+    phi_2 = phi_1 / h + 1.0
+    phi_3 = phi_2 / h - 0.5
+    e_1 = f_0 + r_0 / (r_0 + r_1) * (f_0 - f_1)
+    e_2 = (f_0 - f_1) / (r_0 + r_1)
+    return x_s + a_s * phi_2 * e_1 - a_s * phi_3 * e_2
+
+
+def gaussian_log_prob(x: Tensor, mean: Tensor | float, var: float) -> Tensor:
+    """log N(x | mean, var I) summed over all but the first axis: (B, ...) -> (B,) nats."""
+    d = x[0].numel()
+    sq = (x - mean).reshape(len(x), -1).square().sum(1)
+    return -0.5 * (d * (LOG_2PI + math.log(var)) + sq / var)
+
+
+def discretized_gaussian_log_prob(x: Tensor, mean: Tensor, std: float, levels: int) -> Tensor:
+    """DDPM's decoder (Ho et al. eq. 13) for x in [-1, 1] on `levels` grid points: the mass of
+    N(mean, std^2) over each point's bin of half-width 1 / (levels - 1), edge bins to +-inf.
+    (B, ...) -> (B,) nats (a log-mass)."""
+    half = 1.0 / (levels - 1)
+    normal = torch.distributions.Normal(mean.double(), std)
+    upper = torch.where(x >= 1 - half / 2, 1.0, normal.cdf(x.double() + half))
+    lower = torch.where(x <= -1 + half / 2, 0.0, normal.cdf(x.double() - half))
+    mass = (upper - lower).clamp(min=1e-300)
+    return mass.log().reshape(len(x), -1).sum(1).to(x.dtype)
+
+
+class StandardNormalSkip(nn.Module):
+    """net(x_t, t, y) + `standard_normal_prediction`: the net learns the residual from the
+    optimal denoiser of N(0, I) data (EDM's c_skip with sigma_data = 1; our data are
+    standardised). It keeps eps- and x0-predictions right far out in the tails at high noise,
+    where a net with a bounded output (LayerNorm before the last layer) would saturate and
+    the deterministic samplers carry the error (x0_hat = (x_t - sigma eps_hat) / alpha)."""
+
+    def __init__(self, net: nn.Module, schedule: Schedule, prediction: str):
+        super().__init__()
+        self.net, self.schedule, self.prediction = net, schedule, prediction
+
+    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
+        alpha, sigma = alpha_sigma(self.schedule, t, x)
+        return self.net(x, t, y) + standard_normal_prediction(x, alpha, sigma, self.prediction)
