@@ -61,6 +61,7 @@ from genlab.evaluation import (
     held_out_nll,
 )
 from genlab.models import FAMILIES, GenerativeModel
+from genlab.models.base import Budget as FitBudget
 from genlab.models.base import TrainingData
 from genlab.options import Constraint, Integer, Real, option, validate
 from genlab.report import FLOOR, QUALITY_LABELS, json_safe, write_report
@@ -270,10 +271,9 @@ def _fit(family: str, run: _Run) -> tuple[GenerativeModel, dict[str, Any]]:
     (quantised images keep their `levels`): the family chooses its own defaults for the
     budget, and returns the model and details ("steps", the options it chose, ...)."""
     options = {**settings_options(run.settings).get(family, {}), **run.options.get(family, {})}
-    return FAMILIES[family].fit_for_budget(
-        run.train, seconds=run.budget.seconds, steps=run.budget.steps, seed=run.seed,
-        device=run.device, progress=run.progress, options=options,
-    )  # fmt: skip
+    budget = FitBudget(run.budget.seconds, run.budget.steps, run.seed, run.device,
+                       run.progress, options)  # fmt: skip
+    return FAMILIES[family].fit_for_budget(run.train, budget)
 
 
 # -- one family -----------------------------------------------------------------------------------

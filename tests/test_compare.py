@@ -260,9 +260,9 @@ def test_compare_fits_through_the_familys_own_recipe(monkeypatch):
     for name in ("gmm", "flow"):
         original = FAMILIES[name].fit_for_budget
 
-        def spy(cls, data, *, _original=original, _name=name, **kwargs):
-            calls[_name] = kwargs
-            model, details = _original(data, **kwargs)
+        def spy(cls, data, budget, *, _original=original, _name=name):
+            calls[_name] = budget._asdict()
+            model, details = _original(data, budget)
             returned[_name] = {k: v for k, v in details.items() if k != "steps"}
             return model, details
 

@@ -434,10 +434,11 @@ def test_sweep_records_bic_test_nll_skips_and_errors():
 
 def test_fit_for_budget_keeps_the_lowest_bic():
     from genlab.data import load_dataset
+    from genlab.models.base import Budget
 
     moons = load_dataset("moons", n=300)
     model, details = GaussianMixture.fit_for_budget(
-        moons, seconds=None, steps=5, seed=0, options={"components": (1, 2, 8, 1000)}
+        moons, Budget(steps=5, seed=0, options={"components": (1, 2, 8, 1000)})
     )
     assert set(details["bic"]) == {"1", "2", "8"}  # K above the number of rows dropped
     best = min(details["bic"], key=details["bic"].get)
@@ -448,16 +449,16 @@ def test_fit_for_budget_keeps_the_lowest_bic():
     assert details["options"] == {"covariance_type": "full", "n_components": int(best)}
     assert details["bic"][best] == pytest.approx(model.bic(moons))
     one, details = GaussianMixture.fit_for_budget(
-        moons, seconds=60, steps=None, seed=1, options={"n_components": 3, "tol": 1e-2}
+        moons, Budget(seconds=60, seed=1, options={"n_components": 3, "tol": 1e-2})
     )
     assert one.config.n_components == 3 and one.config.tol == 1e-2 and set(details["bic"]) == {"3"}
     collapsed = Dataset(torch.from_numpy(np.repeat(np.eye(3), 10, axis=0)), None, (3,), "points")
     with pytest.raises(ValueError, match="no GMM could be fitted"):
-        GaussianMixture.fit_for_budget(collapsed, seconds=None, steps=None, seed=0,
-                                       options={"n_components": 3, "reg_covar": 0.0})  # fmt: skip
+        GaussianMixture.fit_for_budget(
+            collapsed, Budget(options={"n_components": 3, "reg_covar": 0.0})
+        )
     with pytest.raises(ValueError, match="reg_covar"):  # a bad option is not a failed fit
-        GaussianMixture.fit_for_budget(moons, seconds=None, steps=None, seed=0,
-                                       options={"reg_covar": -1.0})  # fmt: skip
+        GaussianMixture.fit_for_budget(moons, Budget(options={"reg_covar": -1.0}))
 
 
 # -- what callers ask ----------------------------------------------------------------------------

@@ -136,12 +136,10 @@ def default_size(kind: str, dim: int) -> tuple[int, int]:
 
 @dataclass(frozen=True)
 class AutoregressiveConfig(train.TrainConfig):
-    tokenizer: TokenizerName = option(  # noqa: RUF009 (option() is immutable)
-        "char",
-        "Text: char (the corpus's characters), byte (UTF-8 bytes) or bpe (byte-level BPE "
-        "learned on the corpus).",
+    tokenizer: TokenizerName = option(
+        "char", "Text: char, byte (UTF-8) or bpe (byte-level BPE learned on the corpus).",
         Choice(TOKENIZERS),
-    )
+    )  # fmt: skip
     vocab_size: int = option(512, "BPE vocabulary size (256 bytes + merges).", Integer(257))
     n_layer: int | None = option(
         None, "Transformer blocks (None: 2 for images of <= 256 pixels, else 4).",
@@ -157,7 +155,7 @@ class AutoregressiveConfig(train.TrainConfig):
         Integer(1, optional=True),
     )  # fmt: skip
     dropout: float = option(0.0, "Dropout rate (training only).", Real(0, 1, high_open=True))
-    positions: Positions = option(  # noqa: RUF009
+    positions: Positions = option(
         "rope", "rope (rotary) or learned position embeddings.", Choice(POSITIONS)
     )
     bias: bool = option(False, "Biases in the Linear layers and LayerNorms.", Flag())
@@ -216,6 +214,7 @@ class Autoregressive(NeuralModel, family="autoregressive"):
     log_prob_kind = "exact"
     log_prob_space = "discrete"
     config_class = AutoregressiveConfig
+    fitted_facts = ("kind", "block_size", "n_layer", "n_embd")
     positional: ClassVar[tuple[str, ...]] = ("tokenizer",)
     sample_options: ClassVar[frozenset[str]] = frozenset(
         {"prompt", "max_new_tokens", "temperature", "top_k", "top_p", "y"}
@@ -243,10 +242,7 @@ class Autoregressive(NeuralModel, family="autoregressive"):
         self.to(self.device_)
 
     def _fitted_meta(self) -> dict[str, Any]:
-        return super()._fitted_meta() | {
-            "kind": self.kind_, "block_size": self.block_size_, "n_layer": self.n_layer_,
-            "n_embd": self.n_embd_, "tokenizer": self.tokenizer_.to_json(),
-        }  # fmt: skip
+        return super()._fitted_meta() | {"tokenizer": self.tokenizer_.to_json()}
 
     @property
     def is_text(self) -> bool:

@@ -211,6 +211,19 @@ class TrainingData(NamedTuple):
         return x
 
 
+class Budget(NamedTuple):
+    """What `fit_for_budget` may spend and how: wall-clock seconds and/or optimisation steps
+    (None: no limit of that kind), the seed, the device, a progress bar, and the caller's
+    options for the family (constructor options; a family may reserve keys of its own)."""
+
+    seconds: float | None = None
+    steps: int | None = None
+    seed: int = 0
+    device: str | None = None
+    progress: bool = False
+    options: Mapping[str, Any] = {}
+
+
 class TrajectoryPicture(NamedTuple):
     """How `genlab plot` and compare draw a family's sampling trajectory."""
 
@@ -319,9 +332,14 @@ class GenerativeModel(nn.Module):
     def _build(self, event_shape: tuple[int, ...], fitted: dict[str, Any]) -> None:
         raise NotImplementedError
 
+    #: the JSON-able fitted facts that config.json stores besides the tensors: each name k
+    #: is the attribute `k_` (set by `_build` from the `fitted` dict it is given)
+    fitted_facts: ClassVar[tuple[str, ...]] = ()
+
     def _fitted_meta(self) -> dict[str, Any]:
-        """JSON-able fitted facts besides tensors (subclasses extend)."""
-        return {"event_shape": list(self.event_shape or ())}
+        """config.json's "fitted": event_shape and the `fitted_facts`."""
+        facts = {name: getattr(self, f"{name}_") for name in self.fitted_facts}
+        return {"event_shape": list(self.event_shape or ()), **facts}
 
     # -- helpers for subclasses -------------------------------------------------------------------
     @property
@@ -409,17 +427,7 @@ class GenerativeModel(nn.Module):
         return f"train log-likelihood{part}", value
 
     @classmethod
-    def fit_for_budget(
-        cls,
-        data: Dataset,
-        *,
-        seconds: float | None,
-        steps: int | None,
-        seed: int,
-        device: str | None = None,
-        progress: bool = False,
-        options: Mapping[str, Any] | None = None,
-    ) -> tuple[GenerativeModel, dict[str, Any]]:
+    def fit_for_budget(cls, data: Dataset, budget: Budget) -> tuple[GenerativeModel, dict]:
         """Fit within a budget (what compare calls): a neural family trains with max_time /
         max_steps; a family with its own model selection (the GMM's BIC) overrides this.
         Returns the model and details for the record ("steps", "options")."""
@@ -535,26 +543,16 @@ class NeuralModel(GenerativeModel):
         return rows
 
     @classmethod
-    def fit_for_budget(
-        cls,
-        data: Dataset,
-        *,
-        seconds: float | None,
-        steps: int | None,
-        seed: int,
-        device: str | None = None,
-        progress: bool = False,
-        options: Mapping[str, Any] | None = None,
-    ) -> tuple[GenerativeModel, dict[str, Any]]:
+    def fit_for_budget(cls, data: Dataset, budget: Budget) -> tuple[GenerativeModel, dict]:
         """Construct with max_time=seconds / max_steps=steps (and `options`) and fit on the
         data as `genlab fit` gives it, without its labels."""
-        kwargs = {"seed": seed, "max_time": seconds, "max_steps": steps, **(options or {})}
-        if device is not None:
-            kwargs.setdefault("device", device)
+        b = budget
+        kwargs = {"seed": b.seed, "max_time": b.seconds, "max_steps": b.steps, **b.options}
+        if b.device is not None:
+            kwargs.setdefault("device", b.device)
         model = cls(**kwargs)
-        model.fit(dataclasses.replace(data, y=None), progress=progress)
-        chosen = {k: v for k, v in (options or {}).items()}
-        return model, {"steps": model.train_result_.steps, "options": chosen}
+        model.fit(dataclasses.replace(data, y=None), progress=b.progress)
+        return model, {"steps": model.train_result_.steps, "options": dict(b.options)}
 
 
 def load(path: str | os.PathLike, device: str | torch.device | None = None) -> GenerativeModel:

@@ -119,7 +119,7 @@ def check_guidance(guidance: Any, labels: Tensor | None) -> float:
 class ContinuousConfig(train.TrainConfig):
     """The options flow matching and diffusion share (network, labels, likelihood)."""
 
-    net: NetName = option(  # noqa: RUF009 (option() is immutable)
+    net: NetName = option(
         "auto", "auto: an MLP for points and small images, a UNet for larger ones.", Choice(NETS)
     )
     base_channels: int = option(32, "UNet width of the first level (images).", Integer(4))
@@ -147,6 +147,7 @@ class ContinuousModel(NeuralModel):
     )
     quick_log_prob: ClassVar[dict[str, Any]] = {"method": "rk4", "steps": 4}
     density_grid: ClassVar[int] = 50
+    fitted_facts: ClassVar[tuple[str, ...]] = ("net", "kind", "levels", "n_classes")
     #: dtype of data_loc / data_scale, and of the net's space (None: the buffers' dtype)
     buffer_dtype: ClassVar[torch.dtype] = torch.float32
     space_dtype: ClassVar[torch.dtype | None] = None
@@ -199,10 +200,6 @@ class ContinuousModel(NeuralModel):
 
     def _build_net(self, d: int) -> nn.Module:
         raise NotImplementedError
-
-    def _fitted_meta(self) -> dict[str, Any]:
-        return {**super()._fitted_meta(), "net": self.net_, "kind": self.kind_,
-                "levels": self.levels_, "n_classes": self.n_classes_}  # fmt: skip
 
     def _setup(self, data: TrainingData) -> tuple[Tensor, Tensor | None]:
         """The net for the data (`resolve_net`), and loc / scale of the normalised space."""

@@ -36,15 +36,8 @@ import torch
 from torch import Tensor, nn
 
 from genlab import solvers
+from genlab.models import continuous
 from genlab.models.base import TrajectoryPicture
-from genlab.models.continuous import (
-    ContinuousConfig,
-    ContinuousModel,
-    SampleTrajectory,
-    check_guidance,
-    drop_labels,
-    guided_call,
-)
 from genlab.models.diffusion_maths import (
     MIN_SNR_GAMMA,
     StandardNormalSkip,
@@ -106,19 +99,19 @@ VLB_ROWS = 8192  # network rows per forward pass in vlb
 
 # -- config and model -----------------------------------------------------------------------------
 @dataclass(frozen=True)
-class DiffusionConfig(ContinuousConfig):
+class DiffusionConfig(continuous.ContinuousConfig):
     """Diffusion's options: the schedule, the prediction, the chain, the MLP and the loss (after
-    the shared ones of `ContinuousConfig` and `genlab.train.TrainConfig`)."""
+    the shared ones of `continuous.ContinuousConfig` and `genlab.train.TrainConfig`)."""
 
-    schedule: ScheduleName = option(  # noqa: RUF009 (option() is immutable)
+    schedule: ScheduleName = option(
         "linear", "Noise schedule: linear (DDPM's betas) or cosine.", Choice(tuple(SCHEDULES))
     )
-    prediction: PredictionName = option(  # noqa: RUF009 (option() is immutable)
+    prediction: PredictionName = option(
         "eps", "What the net predicts: eps, x0 or v.", Choice(PREDICTIONS)
     )
     timesteps: int = option(1000, "T, the length of the discrete chain.", Integer(2))
     hidden: int = option(256, "MLP width (three residual blocks).", Integer(8))
-    loss_weight: LossWeightName = option(  # noqa: RUF009 (option() is immutable)
+    loss_weight: LossWeightName = option(
         "simple", "Loss weighting: simple, min_snr or truncated_snr.", Choice(LOSS_WEIGHTS)
     )
     clip_denoised: bool = option(
@@ -126,7 +119,7 @@ class DiffusionConfig(ContinuousConfig):
     )
 
 
-class Diffusion(ContinuousModel, family="diffusion"):
+class Diffusion(continuous.ContinuousModel, family="diffusion"):
     """A denoising diffusion model; `log_prob` is exact along the probability-flow ODE.
 
     Options (`DiffusionConfig`; schedule, prediction, timesteps and net may be positional):
@@ -200,7 +193,7 @@ class Diffusion(ContinuousModel, family="diffusion"):
         eps = torch.randn_like(x0)
         x_t = alpha * x0 + sigma * eps
         if y is not None:
-            y = drop_labels(y, self.config.label_dropout, self.n_classes_)
+            y = continuous.drop_labels(y, self.config.label_dropout, self.n_classes_)
         _, eps_hat = to_x0_eps(self.net(x_t, t, y), x_t, alpha, sigma, self.config.prediction)
         mse = (eps_hat - eps).square().reshape(len(x0), -1).mean(1)
         w = loss_weight(self.schedule.log_snr(t), self.config.loss_weight).to(mse.dtype)
@@ -217,7 +210,7 @@ class Diffusion(ContinuousModel, family="diffusion"):
 
         (w = 0: plain conditional; the conditional and null rows run as one batch). t: (B,).
         """
-        return guided_call(self.net, x, t, y, guidance, self.n_classes_)
+        return continuous.guided_call(self.net, x, t, y, guidance, self.n_classes_)
 
     def _predict(self, x: Tensor, t: float | Tensor, y: Tensor | None, guidance: float):
         """(x0_hat, eps_hat) at x_t (B, ...), t a float or (B,)."""
@@ -249,7 +242,7 @@ class Diffusion(ContinuousModel, family="diffusion"):
         solver: solvers.Method | None = None,
         rtol: float = 1e-5,
         atol: float = 1e-5,
-    ) -> Tensor | SampleTrajectory:
+    ) -> Tensor | continuous.SampleTrajectory:
         """n samples from x_1 ~ N(0, I) by a reverse-time sampler: (n, *event_shape).
 
         Args:
@@ -262,7 +255,7 @@ class Diffusion(ContinuousModel, family="diffusion"):
             y: an int or (n,) labels for a conditional model; None samples unconditionally
                 (the null label).
             guidance: classifier-free guidance weight w (needs y), see `denoiser`.
-            return_trajectory: return a `SampleTrajectory` instead of the samples.
+            return_trajectory: return a `continuous.SampleTrajectory` instead of the samples.
             grid: the times of ddpm, ddim and dpm++ (`sampling_times`): "uniform" (default
                 of ddpm), "quadratic" (default of ddim and dpm++; DDIM's choice for CIFAR-10,
                 Song et al. 2021a) or "logsnr".
@@ -283,7 +276,7 @@ class Diffusion(ContinuousModel, family="diffusion"):
         self.check_is_fitted()
         n = self.check_n(n)
         labels = self._labels(y, n)
-        guidance = check_guidance(guidance, labels)
+        guidance = continuous.check_guidance(guidance, labels)
         method, steps, grid, solver = self._check_sampler(method, steps, eta, grid, solver)
         order = self._check_order(order, method, guidance)
         g = self.generator(seed)
@@ -304,7 +297,7 @@ class Diffusion(ContinuousModel, family="diffusion"):
         if not return_trajectory:
             return samples
         path = torch.stack([self._to_data_space(s).cpu() for s in states[:-1]] + [samples.cpu()])
-        return SampleTrajectory(samples, path, times.float().cpu())
+        return continuous.SampleTrajectory(samples, path, times.float().cpu())
 
     def _check_sampler(self, method, steps, eta, grid, solver):
         if method not in SAMPLERS:
@@ -376,7 +369,7 @@ class Diffusion(ContinuousModel, family="diffusion"):
 
     # -- likelihoods ------------------------------------------------------------------------------
     def _likelihood_ode(self, method: solvers.Method, steps: int | None):
-        """log_prob (`ContinuousModel.log_prob`) integrates the probability-flow ODE
+        """log_prob (`continuous.ContinuousModel.log_prob`) integrates the probability-flow ODE
         dx/dt = alpha' x0_hat + sigma' eps_hat from the data at t_min = 1 / T to t = 1:
 
             log p_tmin(x) = log N(x_1; 0, I) + int_tmin^1 div f(t, x_t) dt

@@ -93,10 +93,10 @@ class FlowConfig(ContinuousConfig):
     """Flow matching's options: the path, the coupling, the MLP and the default solver (after
     the shared ones of `ContinuousConfig` and `genlab.train.TrainConfig`)."""
 
-    path: PathName = option(  # noqa: RUF009 (option() is immutable)
+    path: PathName = option(
         "linear", "Probability path: linear (conditional OT) or vp (cosine).", Choice(tuple(PATHS))
     )
-    coupling: CouplingName = option(  # noqa: RUF009
+    coupling: CouplingName = option(
         "independent",
         "Noise-data pairs: independent, or ot (minibatch transport).",
         Choice(COUPLINGS),
@@ -107,7 +107,7 @@ class FlowConfig(ContinuousConfig):
     hidden: int = option(128, "MLP width.", Integer(1))
     depth: int = option(3, "MLP residual blocks.", Integer(1))
     sample_steps: int = option(50, "Default solver steps of sample, eval and plot.", Integer(1))
-    sample_method: SolverName = option(  # noqa: RUF009
+    sample_method: SolverName = option(
         "heun", "Default solver of sample, eval and plot.", Choice(METHODS)
     )
 

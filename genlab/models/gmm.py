@@ -13,9 +13,8 @@ components (model selection by BIC, and the components-vs-dimension study).
 from __future__ import annotations
 
 import math
-import time
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, get_args
 
@@ -24,10 +23,11 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from genlab import metrics
 from genlab.data.dataset import ArrayLike, Dataset
 from genlab.distributed import all_reduce, is_distributed, rank_and_world
+from genlab.models import gmm_selection
 from genlab.models.base import (
+    Budget,
     ConvergenceWarning,
     GenerativeModel,
     as_data,
@@ -63,7 +63,6 @@ __all__ = [  # and, from gmm_maths, the maths that callers import from here
     "GMMConfig",
     "GaussianMixture",
     "InitMethod",
-    "dequantized_rows",
     "n_features",
     "natural_parameters",
     "precision_cholesky",
@@ -77,8 +76,6 @@ INIT_SAMPLE = 100_000  # rows on which the initial parameters are computed
 DEAD_MASS = 1e-3  # a component with less total responsibility than this is re-seeded
 CHUNK_ROWS = 4096  # default rows per chunk: its K x n scratch stays in cache (measured best)
 FEATURE_BUDGET = 2**23  # at most this many elements of phi(z) per chunk by default
-SWEEP_COMPONENTS: tuple[int, ...] = (1, 2, 4, 8, 16, 32)  # `fit_for_budget`'s default sweep
-OVERRUN = "skipped: predicted to overrun the budget (EM's cost grows with K d^2)"
 
 
 @dataclass(frozen=True)
@@ -88,7 +85,7 @@ class GMMConfig:
     n_components: int = option(
         1, "Number of mixture components K.", Integer(1), flag="--components", short="-k"
     )
-    covariance_type: CovarianceType = option(  # noqa: RUF009 (option() is immutable)
+    covariance_type: CovarianceType = option(
         "full",
         "Covariance per component: full, one tied, diagonal or spherical.",
         Choice(COVARIANCE_TYPES),
@@ -102,7 +99,7 @@ class GMMConfig:
     n_init: int = option(
         1, "Initialisations; the one with the best likelihood is kept.", Integer(1)
     )
-    init: InitMethod = option(  # noqa: RUF009
+    init: InitMethod = option(
         "kmeans",
         "How the first parameters are chosen: kmeans, k-means++, random or random_from_data.",
         Choice(INIT_METHODS),
@@ -128,21 +125,6 @@ class GMMConfig:
 
     def __post_init__(self) -> None:
         validate(self)
-
-
-def dequantized_rows(x: Any, seed: int | None) -> Any:
-    """x as a mixture learns from it: a Dataset of quantised images (`levels` set) becomes its
-    rows dequantised once, (k + u) / levels with u ~ U[0, 1) from a generator seeded `seed`
-    (None: fresh), so that the density is that of the dequantised data, as evaluation
-    measures it; anything else is returned unchanged."""
-    if not isinstance(x, Dataset) or x.levels is None:
-        return x
-    rows = x.x if isinstance(x.x, torch.Tensor) else x.x[:]
-    return metrics.dequantize(rows.float(), x.levels, generator=local_generator(seed))
-
-
-def _error_text(e: BaseException) -> str:
-    return f"{type(e).__name__}: {' '.join(str(e).split())}"
 
 
 class GaussianMixture(GenerativeModel, family="gmm"):
@@ -181,6 +163,7 @@ class GaussianMixture(GenerativeModel, family="gmm"):
     """
 
     config_class = GMMConfig
+    fitted_facts = ("converged", "n_iter", "lower_bound", "lower_bounds")
     log_prob_kind = "exact"
     positional: ClassVar[tuple[str, ...]] = ("n_components",)
     component_study: ClassVar[bool] = True
@@ -219,14 +202,6 @@ class GaussianMixture(GenerativeModel, family="gmm"):
         self.n_iter_ = int(fitted.get("n_iter", 0))
         self.lower_bound_ = float(fitted.get("lower_bound", -math.inf))
         self.lower_bounds_ = [float(v) for v in fitted.get("lower_bounds", [])]
-
-    def _fitted_meta(self) -> dict[str, Any]:
-        return super()._fitted_meta() | {
-            "converged": self.converged_,
-            "n_iter": self.n_iter_,
-            "lower_bound": self.lower_bound_,
-            "lower_bounds": self.lower_bounds_,
-        }
 
     def _set_params(self, p: Params, centre: torch.Tensor, check: bool = True) -> None:
         """Store parameters (means back in data coordinates); check=False tolerates a collapsed
@@ -375,7 +350,7 @@ class GaussianMixture(GenerativeModel, family="gmm"):
         """
         cfg = self.config
         if cfg.dequantize:
-            x = dequantized_rows(x, None if cfg.seed is None else cfg.seed + 1)
+            x = gmm_selection.dequantized_rows(x, None if cfg.seed is None else cfg.seed + 1)
         x, _, event_shape = as_data(x, y)
         self._build(event_shape, {})
         self.event_shape = event_shape
@@ -568,116 +543,17 @@ class GaussianMixture(GenerativeModel, family="gmm"):
     def fit_summary(self) -> dict[str, Any]:
         return {"iterations": self.n_iter_, "converged": self.converged_}
 
-    # -- model selection ------------------------------------------------------------------------
+    # -- model selection (`gmm_selection`) -----------------------------------------------------
     @classmethod
-    def sweep(
-        cls,
-        x: Any,
-        components: Sequence[int],
-        *,
-        test: Any = None,
-        seed: int | None = 0,
-        max_seconds: float = math.inf,
-        device: str | torch.device | None = None,
-        **options: Any,
-    ) -> list[dict[str, Any]]:
-        """Fit one mixture per number of components K: the one fitting path of model
-        selection (BIC) and of the components-vs-dimension study.
-
-        A K whose fit, predicted from the last one (EM's cost grows like K d^2), would end
-        after `max_seconds` (counted from the start of the sweep) is skipped (the first fit is
-        always made), as is a K above the number of rows. A fit that fails with ValueError (a
-        covariance that is not positive definite) is recorded, not raised; convergence
-        warnings are silenced.
-
-        Args:
-            x: (n, *event_shape) training rows, or a Dataset (quantised images dequantised as
-                `fit` does, once for all K).
-            components: the numbers of components K, in the order fitted.
-            test: held-out rows (a quantised Dataset is dequantised with `seed`, as evaluation
-                does) whose mean log-likelihood is recorded, or None.
-            seed, device, **options: the constructor's seed, device and other options.
-
-        Returns:
-            One dict per K: "n_components", "bic" (on x; lower is better), "test_nll" (mean
-            nats per test row), "seconds", "model", "error" and "skipped" (a reason), each
-            None where it does not apply.
-        """
-        if options.get("dequantize", True):
-            x = dequantized_rows(x, None if seed is None else seed + 1)
-            test = dequantized_rows(test, seed)
-        x, _, _ = as_data(x)
-        start, last, records = time.perf_counter(), None, []
-        for k in components:
-            record = dict.fromkeys(("bic", "test_nll", "seconds", "model", "error", "skipped"))
-            records.append({"n_components": k, **record})
-            began, n = time.perf_counter(), len(x)
-            if k > n:
-                records[-1]["skipped"] = f"skipped: K={k} > {n} rows"
-                continue
-            # cost ∝ K d^2 (d is fixed within a sweep); the first fit has no prediction
-            if last is not None and began - start + last[1] * k / last[0] > max_seconds:
-                records[-1]["skipped"] = OVERRUN
-                continue
-            model = cls(k, seed=seed, device=device, **options)  # bad options raise here
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                try:
-                    model.fit(x, progress=False)
-                    records[-1]["bic"] = model.bic(x)
-                    if test is not None:
-                        records[-1]["test_nll"] = -model.score(test)
-                    records[-1]["model"] = model
-                except ValueError as e:  # e.g. a covariance that is not positive definite
-                    records[-1]["error"] = _error_text(e)
-            last = (k, time.perf_counter() - began)
-            records[-1]["seconds"] = last[1]
-        return records
+    def sweep(cls, x: Any, components: Sequence[int], **options: Any) -> list[dict[str, Any]]:
+        """One mixture per K: the one fitting path of model selection and of the
+        components-vs-dimension study (`genlab.models.gmm_selection.sweep`)."""
+        return gmm_selection.sweep(cls, x, components, **options)
 
     @classmethod
-    def fit_for_budget(
-        cls,
-        data: Dataset,
-        *,
-        seconds: float | None,
-        steps: int | None,
-        seed: int,
-        device: str | None = None,
-        progress: bool = False,
-        options: Mapping[str, Any] | None = None,
-    ) -> tuple[GaussianMixture, dict[str, Any]]:
-        """Sweep K (`sweep`) and keep the lowest BIC on the training data (EM has no step
-        budget: `steps` is ignored; `seconds` bounds the sweep; `progress` shows no bar).
-
-        options: constructor options (covariance_type "full" unless given), plus
-        `n_components` (fit that K only) or the reserved `components` (the K to sweep,
-        default `SWEEP_COMPONENTS`, those above the number of rows dropped).
-
-        Returns:
-            (model, {"steps": None, "n_components", "bic": {str(K): BIC or the reason it
-            has none}, "converged", "em_iterations", "options"}).
-
-        Raises:
-            ValueError: no K could be fitted.
-        """
-        options = {"covariance_type": "full", **(options or {})}
-        grid = options.pop("components", SWEEP_COMPONENTS)
-        if "n_components" in options:
-            grid = [options.pop("n_components")]
-        else:
-            grid = [k for k in grid if k <= len(data)]
-        budget = math.inf if seconds is None else seconds
-        records = cls.sweep(data, grid, seed=seed, max_seconds=budget, device=device, **options)
-        bics = {str(r["n_components"]): r["bic"] if r["bic"] is not None
-                else r["error"] or r["skipped"] for r in records}  # fmt: skip
-        fitted = [r for r in records if r["model"] is not None]
-        if not fitted:
-            raise ValueError(f"no GMM could be fitted: {bics}")
-        model = min(fitted, key=lambda r: r["bic"])["model"]
-        k = model.config.n_components
-        return model, {"steps": None, "n_components": k, "bic": bics,
-                       "converged": bool(model.converged_), "em_iterations": model.n_iter_,
-                       "options": {**options, "n_components": k}}  # fmt: skip
+    def fit_for_budget(cls, data: Dataset, budget: Budget) -> tuple[GaussianMixture, dict]:
+        """The lowest-BIC mixture of a sweep within the budget (`gmm_selection.by_bic`)."""
+        return gmm_selection.by_bic(cls, data, budget)
 
 
 def _gather_worst(lp: torch.Tensor, z: torch.Tensor, k: int):

@@ -234,20 +234,16 @@ class VAEConfig(train.TrainConfig):
     latent_dim: int | None = option(
         None, "Size of the latent z (None: min(16, D)).", Integer(1, optional=True)
     )
-    likelihood: LikelihoodName = option(  # noqa: RUF009 (option() is immutable)
-        "auto",
-        "p(x|z): auto (bernoulli for binary data, discretized logistic for quantised images, "
-        "else gaussian), or one of those.",
+    likelihood: LikelihoodName = option(
+        "auto", "p(x|z): auto (bernoulli if binary, discretized if quantised, else gaussian).",
         Choice(LIKELIHOODS),
-    )
+    )  # fmt: skip
     beta: float = option(1.0, "Weight of the KL term in the training loss (1: the ELBO).", Real(0))
     kl_warmup_steps: int = option(
         0, "Steps over which the KL weight rises from 0 to beta.", Integer(0)
     )
     hidden: int = option(256, "MLP width (conv nets: channels hidden/8, hidden/4).", Integer(8))
-    net: NetName = option(  # noqa: RUF009
-        "auto", "auto: conv for square images, else mlp.", Choice(NETS)
-    )
+    net: NetName = option("auto", "auto: conv for square images, else mlp.", Choice(NETS))
     iwae_samples: int = option(100, "Importance samples k of log_prob's IWAE estimate.", Integer(1))
 
 
@@ -282,6 +278,7 @@ class VAE(NeuralModel, family="vae"):
 
     log_prob_kind = "estimate"
     config_class = VAEConfig
+    fitted_facts = ("likelihood", "levels", "n_classes", "net", "kind", "latent_dim")
     positional: ClassVar[tuple[str, ...]] = ("latent_dim",)
     has_encoder: ClassVar[bool] = True
     sample_options: ClassVar[frozenset[str]] = frozenset({"y", "mean"})
@@ -331,16 +328,6 @@ class VAE(NeuralModel, family="vae"):
         if self.n_classes_ is not None:
             self.register_buffer("class_prior", torch.zeros(self.n_classes_))
         self.to(self.device_)
-
-    def _fitted_meta(self) -> dict[str, Any]:
-        return super()._fitted_meta() | {
-            "likelihood": self.likelihood_,
-            "levels": self.levels_,
-            "n_classes": self.n_classes_,
-            "net": self.net_,
-            "kind": self.kind_,
-            "latent_dim": self.latent_dim_,
-        }
 
     # -- the networks -----------------------------------------------------------------------------
     def _encode(self, x: Tensor, y: Tensor | None) -> Posterior:

@@ -26,16 +26,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from genlab.nets import embeddings
 from genlab.nets.conv import halved_sizes
-from genlab.nets.embeddings import (
-    LabelEmbedding,
-    check_labels,
-    init_weights,
-    null_labels,
-    time_batch,
-    time_mlp,
-    zero_module,
-)
 
 HEAD_DIM = 32  # attention heads have 32 channels where the width allows
 
@@ -74,8 +66,8 @@ class ResBlock(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        init_weights(self)
-        zero_module(self.conv2)
+        embeddings.init_weights(self)
+        embeddings.zero_module(self.conv2)
 
     def forward(self, x: Tensor, emb: Tensor) -> Tensor:
         h = self.conv1(F.silu(self.norm1(x)))
@@ -106,8 +98,8 @@ class AttentionBlock(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        init_weights(self)
-        zero_module(self.proj)
+        embeddings.init_weights(self)
+        embeddings.zero_module(self.proj)
 
     def forward(self, x: Tensor) -> Tensor:
         B, C, H, W = x.shape
@@ -223,8 +215,10 @@ class UNet(nn.Module):
         self.n_classes = n_classes
 
         emb_dim = 4 * base_channels
-        self.time_embed = time_mlp(base_channels, emb_dim)
-        self.label_embed = LabelEmbedding(n_classes, emb_dim) if n_classes is not None else None
+        self.time_embed = embeddings.time_mlp(base_channels, emb_dim)
+        self.label_embed = (
+            embeddings.LabelEmbedding(n_classes, emb_dim) if n_classes is not None else None
+        )
 
         def stage(in_ch: int, out_ch: int, size: int) -> Stage:
             layers = [ResBlock(in_ch, out_ch, emb_dim, dropout)]
@@ -261,11 +255,11 @@ class UNet(nn.Module):
         self.out_norm = group_norm(ch)
         self.out_conv = nn.Conv2d(ch, out_channels, 3, padding=1)
 
-        init_weights(self)
+        embeddings.init_weights(self)
         for m in self.modules():
             if isinstance(m, ResBlock | AttentionBlock):
                 m.reset_parameters()
-        zero_module(self.out_conv)
+        embeddings.zero_module(self.out_conv)
 
     def forward(
         self, x: Tensor, t: Tensor | float | None = None, y: Tensor | None = None
@@ -290,10 +284,10 @@ class UNet(nn.Module):
         batch = x.shape[0]
         if t is None:
             raise ValueError("UNet needs t: pass times of shape (B,) in [0, 1]")
-        check_labels(y, batch, self.n_classes, "this UNet")
-        emb = self.time_embed(time_batch(t, x))
+        embeddings.check_labels(y, batch, self.n_classes, "this UNet")
+        emb = self.time_embed(embeddings.time_batch(t, x))
         if self.label_embed is not None:
             emb = emb + self.label_embed(
-                null_labels(batch, self.n_classes, x.device) if y is None else y
+                embeddings.null_labels(batch, self.n_classes, x.device) if y is None else y
             )
         return emb

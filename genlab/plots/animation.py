@@ -7,19 +7,7 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
-from genlab.plots.base import (
-    DATA_COLOUR,
-    SAMPLE_COLOUR,
-    PathLike,
-    bounds_of,
-    check_points,
-    evenly,
-    figure_2d,
-    marker_size,
-    positive_int,
-    scatter,
-    to_numpy,
-)
+from genlab.plots import base
 from genlab.plots.images import tile_images
 from genlab.plots.trajectories import trajectory_images, trajectory_points
 
@@ -27,7 +15,7 @@ GIF_DPI = 80
 MAX_ANIMATED_IMAGES = 64  # images per frame of an animated grid
 
 
-def _gif_path(path: PathLike) -> Path:
+def _gif_path(path: base.PathLike) -> Path:
     path = Path(path)
     if path.suffix.lower() != ".gif":
         raise ValueError(f"path must end in .gif, got {str(path)!r}")
@@ -36,7 +24,7 @@ def _gif_path(path: PathLike) -> Path:
 
 def animate(
     trajectory: Any,
-    path: PathLike,
+    path: base.PathLike,
     *,
     fps: float = 12,
     data: Any = None,
@@ -62,11 +50,11 @@ def animate(
     path = _gif_path(path)
     if isinstance(fps, bool) or not isinstance(fps, int | float) or not 0 < fps <= 100:
         raise ValueError(f"fps must be a number in (0, 100], got {fps!r}")
-    max_frames = positive_int(max_frames, "max_frames", minimum=2)
-    ndim = to_numpy(trajectory, "trajectory").ndim
+    max_frames = base.positive_int(max_frames, "max_frames", minimum=2)
+    ndim = base.to_numpy(trajectory, "trajectory").ndim
     if ndim == 3:
         arr = trajectory_points(trajectory)
-        data = None if data is None else check_points(data, "data")
+        data = None if data is None else base.check_points(data, "data")
     elif ndim == 5:
         arr = trajectory_images(trajectory)[:, :MAX_ANIMATED_IMAGES]
         if data is not None:
@@ -76,15 +64,17 @@ def animate(
             "trajectory must have shape (S+1, n, 2) (points) or (S+1, n, C, H, W) (images), "
             f"got {ndim} dimensions"
         )
-    frames = evenly(max_frames, arr.shape[0])
+    frames = base.evenly(max_frames, arr.shape[0])
     last = arr.shape[0] - 1
 
     if ndim == 3:
-        fig, ax = figure_2d(bounds_of([arr.reshape(-1, 2)] + ([] if data is None else [data])))
+        fig, ax = base.figure_2d(
+            base.bounds_of([arr.reshape(-1, 2)] + ([] if data is None else [data]))
+        )
         fig.set_size_inches(4.5, 4.5 * fig.get_figheight() / fig.get_figwidth())
         if data is not None:
-            scatter(ax, data, DATA_COLOUR, 0.4, None)
-        artist = ax.scatter(*arr[0].T, s=marker_size(arr.shape[1]), c=SAMPLE_COLOUR, lw=0)
+            base.scatter(ax, data, base.DATA_COLOUR, 0.4, None)
+        artist = ax.scatter(*arr[0].T, s=base.marker_size(arr.shape[1]), c=base.SAMPLE_COLOUR, lw=0)
         fig.tight_layout()
 
         def show(i: int) -> None:

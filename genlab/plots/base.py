@@ -51,6 +51,16 @@ def png_path(path: PathLike) -> Path:
     return path
 
 
+def finish_2d(fig: Figure, ax: Any, path: Path, title: str | None, legend: bool) -> Path:
+    """Legend (top right) when asked, title, tight layout, then `save_png`."""
+    if legend:
+        ax.legend(loc="upper right", markerscale=3, fontsize="small")
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    return save_png(fig, path)
+
+
 def save_png(fig: Figure, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, format="png", dpi=DPI)

@@ -20,9 +20,9 @@ from genlab.plots.base import (
     bounds_of,
     check_points,
     figure_2d,
+    finish_2d,
     marker_size,
     png_path,
-    save_png,
     scatter,
     to_numpy,
 )
@@ -190,12 +190,7 @@ def density_2d(
         scatter(ax, samples, SAMPLE_COLOUR, 0.7, "samples")
     if comps is not None:
         _draw_ellipses(ax, *comps)
-    if data is not None or samples is not None:
-        ax.legend(loc="upper right", markerscale=3, fontsize="small")
-    if title:
-        ax.set_title(title)
-    fig.tight_layout()
-    return save_png(fig, path)
+    return finish_2d(fig, ax, path, title, legend=data is not None or samples is not None)
 
 
 def scatter_2d(
@@ -228,9 +223,4 @@ def scatter_2d(
             rows = labels == label
             ax.scatter(*points[rows].T, s=size, color=colours(i % 10), alpha=0.7, lw=0,
                        label=str(int(label)))  # fmt: skip
-    if reference is not None or labels is not None:
-        ax.legend(loc="upper right", markerscale=3, fontsize="small")
-    if title:
-        ax.set_title(title)
-    fig.tight_layout()
-    return save_png(fig, path)
+    return finish_2d(fig, ax, path, title, legend=reference is not None or labels is not None)

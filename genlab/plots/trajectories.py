@@ -18,6 +18,7 @@ from genlab.plots.base import (
     check_points,
     evenly,
     figure_2d,
+    finish_2d,
     png_path,
     positive_int,
     save_png,
@@ -96,11 +97,7 @@ def trajectories_2d(
     ax.add_collection(lines)
     scatter(ax, arr[0], NOISE_COLOUR, 0.7, "start (noise)")
     scatter(ax, arr[-1], SAMPLE_COLOUR, 0.8, "end (samples)")
-    ax.legend(loc="upper right", markerscale=3, fontsize="small")
-    if title:
-        ax.set_title(title)
-    fig.tight_layout()
-    return save_png(fig, path)
+    return finish_2d(fig, ax, path, title, legend=True)
 
 
 def trajectory_grid(

@@ -1,0 +1,139 @@
+"""Model selection for Gaussian mixtures: one fit per number of components K (`sweep`), and
+the lowest BIC within a budget (`by_bic`, what compare calls through `fit_for_budget`).
+
+    BIC = -2 sum_i log p(x_i) + n_parameters log n        (lower is better)
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from genlab import metrics
+from genlab.data.dataset import Dataset
+from genlab.models.base import Budget, GenerativeModel, as_data
+from genlab.solvers import local_generator
+
+SWEEP_COMPONENTS: tuple[int, ...] = (1, 2, 4, 8, 16, 32)  # `by_bic`'s default sweep
+OVERRUN = "skipped: predicted to overrun the budget (EM's cost grows with K d^2)"
+
+
+def dequantized_rows(x: Any, seed: int | None) -> Any:
+    """x as a mixture learns from it: a Dataset of quantised images (`levels` set) becomes its
+    rows dequantised once, (k + u) / levels with u ~ U[0, 1) from a generator seeded `seed`
+    (None: fresh), so that the density is that of the dequantised data, as evaluation
+    measures it; anything else is returned unchanged."""
+    if not isinstance(x, Dataset) or x.levels is None:
+        return x
+    rows = x.x if isinstance(x.x, torch.Tensor) else x.x[:]
+    return metrics.dequantize(rows.float(), x.levels, generator=local_generator(seed))
+
+
+def _error_text(e: BaseException) -> str:
+    return f"{type(e).__name__}: {' '.join(str(e).split())}"
+
+
+def sweep(
+    cls: type[GenerativeModel],
+    x: Any,
+    components: Sequence[int],
+    *,
+    test: Any = None,
+    seed: int | None = 0,
+    max_seconds: float = math.inf,
+    device: str | torch.device | None = None,
+    **options: Any,
+) -> list[dict[str, Any]]:
+    """Fit one mixture per number of components K: the one fitting path of model
+    selection (BIC) and of the components-vs-dimension study.
+
+    A K whose fit, predicted from the last one (EM's cost grows like K d^2), would end
+    after `max_seconds` (counted from the start of the sweep) is skipped (the first fit is
+    always made), as is a K above the number of rows. A fit that fails with ValueError (a
+    covariance that is not positive definite) is recorded, not raised; convergence
+    warnings are silenced.
+
+    Args:
+        x: (n, *event_shape) training rows, or a Dataset (quantised images dequantised as
+            `fit` does, once for all K).
+        components: the numbers of components K, in the order fitted.
+        test: held-out rows (a quantised Dataset is dequantised with `seed`, as evaluation
+            does) whose mean log-likelihood is recorded, or None.
+        seed, device, **options: the constructor's seed, device and other options.
+
+    Returns:
+        One dict per K: "n_components", "bic" (on x; lower is better), "test_nll" (mean
+        nats per test row), "seconds", "model", "error" and "skipped" (a reason), each
+        None where it does not apply.
+    """
+    if options.get("dequantize", True):
+        x = dequantized_rows(x, None if seed is None else seed + 1)
+        test = dequantized_rows(test, seed)
+    x, _, _ = as_data(x)
+    start, last, records = time.perf_counter(), None, []
+    for k in components:
+        record = dict.fromkeys(("bic", "test_nll", "seconds", "model", "error", "skipped"))
+        records.append({"n_components": k, **record})
+        began, n = time.perf_counter(), len(x)
+        if k > n:
+            records[-1]["skipped"] = f"skipped: K={k} > {n} rows"
+            continue
+        # cost ∝ K d^2 (d is fixed within a sweep); the first fit has no prediction
+        if last is not None and began - start + last[1] * k / last[0] > max_seconds:
+            records[-1]["skipped"] = OVERRUN
+            continue
+        model = cls(k, seed=seed, device=device, **options)  # bad options raise here
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                model.fit(x, progress=False)
+                records[-1]["bic"] = model.bic(x)
+                if test is not None:
+                    records[-1]["test_nll"] = -model.score(test)
+                records[-1]["model"] = model
+            except ValueError as e:  # e.g. a covariance that is not positive definite
+                records[-1]["error"] = _error_text(e)
+        last = (k, time.perf_counter() - began)
+        records[-1]["seconds"] = last[1]
+    return records
+
+
+def by_bic(cls: type[GenerativeModel], data: Dataset, budget: Budget) -> tuple[Any, dict]:
+    """Sweep K (`sweep`) and keep the lowest BIC on the training data (EM has no step
+    budget: `steps` is ignored; `seconds` bounds the sweep; `progress` shows no bar).
+
+    options: constructor options (covariance_type "full" unless given), plus
+    `n_components` (fit that K only) or the reserved `components` (the K to sweep,
+    default `SWEEP_COMPONENTS`, those above the number of rows dropped).
+
+    Returns:
+        (model, {"steps": None, "n_components", "bic": {str(K): BIC or the reason it
+        has none}, "converged", "em_iterations", "options"}).
+
+    Raises:
+        ValueError: no K could be fitted.
+    """
+    options = {"covariance_type": "full", **budget.options}
+    grid = options.pop("components", SWEEP_COMPONENTS)
+    if "n_components" in options:
+        grid = [options.pop("n_components")]
+    else:
+        grid = [k for k in grid if k <= len(data)]
+    seconds = math.inf if budget.seconds is None else budget.seconds
+    records = sweep(cls, data, grid, seed=budget.seed, max_seconds=seconds,
+                        device=budget.device, **options)  # fmt: skip
+    bics = {str(r["n_components"]): r["bic"] if r["bic"] is not None
+            else r["error"] or r["skipped"] for r in records}  # fmt: skip
+    fitted = [r for r in records if r["model"] is not None]
+    if not fitted:
+        raise ValueError(f"no GMM could be fitted: {bics}")
+    model = min(fitted, key=lambda r: r["bic"])["model"]
+    k = model.config.n_components
+    return model, {"steps": None, "n_components": k, "bic": bics,
+                   "converged": bool(model.converged_), "em_iterations": model.n_iter_,
+                   "options": {**options, "n_components": k}}  # fmt: skip
