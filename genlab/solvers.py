@@ -534,11 +534,12 @@ class ODELikelihood(NamedTuple):
 
 
 def log_likelihood(
-    field: Callable[[Tensor, Tensor], Tensor],
+    field: Callable[..., Tensor],
     x: Tensor,
     t0: float,
     t1: float,
     *,
+    context: Tensor | None = None,
     divergence: Divergence = "exact",
     probes: int = 1,
     seed: int | None = 0,
@@ -561,8 +562,10 @@ def log_likelihood(
     (None: fresh probes from OS entropy) and held fixed along each path.
 
     Args:
-        field: f(t, x) with t a 0-d tensor and x (B', ...) rows that do not interact.
+        field: f(t, x) with t a 0-d tensor and x (B', ...) rows that do not interact; with
+            `context`, f(t, x, c) where c holds the context rows of those x rows.
         x: (B, ...) points at t0.
+        context: (B, ...) per-row conditioning (e.g. class labels), sliced with x, or None.
         rows: rows per ODE solve (None: all at once); dopri5 controls the error of a whole
             solve, so results depend slightly on this batching.
         method, steps, rtol, atol: the solver (`solve`).
@@ -578,13 +581,14 @@ def log_likelihood(
     out, nfe = [], 0
     for start in range(0, len(x), rows):
         xb = x[start : start + rows]
+        cb = None if context is None else context[start : start + rows]
         e = None
         if divergence == "hutchinson":
             bits = torch.randint(0, 2, (probes, *xb.shape), generator=g, device=xb.device)
             e = (2 * bits - 1).to(xb.dtype)
 
-        def f(t: Tensor, state: tuple[Tensor, Tensor], e: Tensor | None = e) -> tuple:
-            v = lambda u: field(t, u)  # noqa: E731
+        def f(t: Tensor, state: tuple[Tensor, Tensor], e: Tensor | None = e, cb=cb) -> tuple:
+            v = (lambda u: field(t, u)) if cb is None else (lambda u: field(t, u, cb))
             return (
                 exact_divergence(v, state[0])
                 if e is None

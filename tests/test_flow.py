@@ -336,18 +336,18 @@ def test_log_prob_seeds_its_probes_and_leaves_the_global_rng_alone():
     assert not torch.equal(model.sample(5, steps=2), model.sample(5, steps=2))
 
 
-def test_labelled_log_prob_gives_each_label_the_probes_of_its_rows():
-    """Rows are solved per label, each label with the same seed: one label gives the probes
-    (and values) of the unlabelled call, and a label's rows alone give their own values."""
+def test_labelled_log_prob_draws_the_probes_of_the_unlabelled_call():
+    """Labels travel with their rows through `solvers.log_likelihood` (its `context`): the
+    probes come from one generator seeded once, row for row as without labels, so a field
+    that ignores the label gives the unlabelled values for any labels."""
     model = gaussian_flow("linear", exact_trace_max_dim=0)
     model.n_classes_ = 2  # a 'conditional' flow whose field ignores the label
     x = gaussian_points(12, seed=5)
     options = {"method": "rk4", "steps": 2}
-    torch.testing.assert_close(model.log_prob(x, y=0, **options), model.log_prob(x, **options))
-    labels = torch.arange(12) % 2
-    mixed = model.log_prob(x, y=labels, **options)
-    torch.testing.assert_close(mixed[1::2], model.log_prob(x[1::2], y=1, **options))
-    assert not torch.equal(mixed, model.log_prob(x, **options))
+    plain = model.log_prob(x, **options)
+    torch.testing.assert_close(model.log_prob(x, y=0, **options), plain)
+    torch.testing.assert_close(model.log_prob(x, y=torch.arange(12) % 2, **options), plain)
+    assert not torch.equal(plain, model.log_prob(x, seed=1, **options))
 
 
 # -- the network rule, old model folders, what the family declares -------------------------------

@@ -391,3 +391,15 @@ def test_log_likelihood_seed_semantics():
 def test_log_likelihood_refuses_an_unknown_divergence():
     with pytest.raises(ValueError, match="divergence"):
         log_likelihood(linear_field, X0, 0.0, 1.0, divergence="trace")
+
+
+def test_log_likelihood_context_travels_with_its_rows():
+    """Per-row context (labels) is sliced with x: dx/dt = -c x contracts each row by its own
+    rate, so log p(x) = log N(x e^{-c}; 0, I) - c D exactly (div = -c D), batched or not."""
+    x = torch.randn(7, 3, dtype=F64, generator=torch.Generator().manual_seed(0))
+    rate = torch.arange(7, dtype=F64) / 4
+    field = lambda t, u, c: -c[:, None] * u  # noqa: E731
+    got = log_likelihood(field, x, 0.0, 1.0, context=rate, rows=3, method="rk4", steps=20)
+    x1 = x * torch.exp(-rate)[:, None]
+    expected = -0.5 * (3 * math.log(2 * math.pi) + x1.square().sum(1)) - 3 * rate
+    torch.testing.assert_close(got.log_prob, expected, rtol=1e-6, atol=1e-6)

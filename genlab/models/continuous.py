@@ -297,8 +297,7 @@ class ContinuousModel(NeuralModel):
         Args:
             x: (n, *event_shape) Tensor, array or Dataset (whose labels are ignored).
             y: labels (an int or (n,)) for log p(x | y) of a conditional model; None: the
-                unconditional field (the null label). The rows of each label are solved
-                together, each label's rows with the same seed.
+                unconditional field (the null label).
             steps, method, rtol, atol: the solver (`genlab.solvers.solve`; dopri5 by default).
             seed: seed of the local generator of Hutchinson's probes (same seed, same
                 probes); None: fresh probes from OS entropy (never the global RNG).
@@ -312,17 +311,7 @@ class ContinuousModel(NeuralModel):
         options = {"divergence": self.divergence, "probes": self.config.hutchinson_probes,
                    "seed": seed, "rows": EVAL_ROWS[self.net_], "method": method,
                    "steps": steps, "rtol": rtol, "atol": atol}  # fmt: skip
-        if labels is None or len(labels) == 0:
-            log_p, nfe, estimator = log_likelihood(lambda t, u: field(u, t, None), z, t0, 1.0,
-                                                   **options)  # fmt: skip
-        else:
-            log_p, nfe = z.new_zeros(len(z)), 0
-            for c in labels.unique():
-                rows = (labels == c).nonzero().flatten()
-                yc = c.expand(len(rows))  # a solve of any of these rows: one label
-                record = log_likelihood(lambda t, u, yc=yc: field(u, t, yc[: len(u)]),
-                                        z[rows], t0, 1.0, **options)  # fmt: skip
-                log_p[rows], nfe = record.log_prob, max(nfe, record.nfe)
-            estimator = record.estimator
+        log_p, nfe, estimator = log_likelihood(lambda t, u, c=None: field(u, t, c), z, t0, 1.0,
+                                               context=labels, **options)  # fmt: skip
         self.log_prob_nfe_, self.log_prob_estimator_ = nfe, estimator
         return log_p + self._log_jacobian()
