@@ -1,6 +1,7 @@
 """Which network should flow matching and diffusion use on small images, at the budget?
 
     python benchmarks/net_choice.py [--data digits] [--budget 20] [--seeds 1] [--threads 1]
+    python benchmarks/net_choice.py --data mnist --budget 120 --samples 500
 
 The families' `net="auto"` rule (`genlab.models.continuous.auto_net`) picks an MLP for points
 and for images of at most 256 pixels, the UNet for larger square images. This script measures
@@ -15,8 +16,10 @@ trained for. The UNet / MLP ratio of the distance is printed side by side (> 1: 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import platform
 import time
+from pathlib import Path
 
 import torch
 
@@ -24,6 +27,9 @@ from genlab import metrics
 from genlab.data import load_dataset
 from genlab.evaluation import feature_classifier
 from genlab.models import FAMILIES
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
+N_TRAIN = 9000
 
 
 def frechet(model, classifier, test_features, n: int, seed: int, levels: int | None) -> float:
@@ -44,8 +50,14 @@ def main() -> None:
     parser.add_argument("--root", default=None)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    train = load_dataset(args.data, split="train", root=args.root)
-    test = load_dataset(args.data, split="test", root=args.root)
+    if args.data == "mnist":  # the shared folder holds MNIST's test set: 9,000 / 1,000
+        images = load_dataset("mnist", split="test", root=args.root or DATA)
+        x = images.x if isinstance(images.x, torch.Tensor) else images.x[:]
+        train = dataclasses.replace(images, x=x[:N_TRAIN], y=images.y[:N_TRAIN])
+        test = dataclasses.replace(images, x=x[N_TRAIN:], y=images.y[N_TRAIN:])
+    else:
+        train = load_dataset(args.data, split="train", root=args.root)
+        test = load_dataset(args.data, split="test", root=args.root)
     classifier = feature_classifier(train, test, seed=0)
     test_x = test.x if isinstance(test.x, torch.Tensor) else test.x[:]
     test_features, _ = classifier.features_and_labels(test_x.float())

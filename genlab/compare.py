@@ -256,8 +256,10 @@ def _quality(samples: torch.Tensor, run: _Run) -> dict[str, float]:
 # -- fitting: each family by its own recipe ------------------------------------------------------
 def settings_options(settings: Settings) -> dict[str, dict[str, Any]]:
     """Family options that come from compare's `Settings` (the caller's `options` override
-    them): the GMM's BIC sweep over `settings.gmm_components`."""
-    return {"gmm": {"components": tuple(settings.gmm_components)}}
+    them): the components swept by families with a components study (the GMM's BIC
+    sweep over `settings.gmm_components`)."""
+    components = {"components": tuple(settings.gmm_components)}
+    return {name: components for name, cls in FAMILIES.items() if cls.component_study}
 
 
 def not_applicable(family: str, train: Dataset) -> str | None:

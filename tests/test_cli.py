@@ -654,7 +654,7 @@ def test_toy_family_rules_across_options_are_runtime_errors():
 def test_generated_options_for_labels_and_training():
     class Trained(Toy):
         takes_labels = True
-        train_result_ = None
+        resumable = True
 
     command = typer.main.get_command(toy_cli(Trained)).commands["toy"]
     flags = {flag for param in command.params for flag in param.opts}

@@ -110,7 +110,7 @@ def cli_fields(cls: type[GenerativeModel]) -> list[Option]:
 
 def trains_networks(cls: type[GenerativeModel]) -> bool:
     """Whether the family trains with `genlab.train.fit` (checkpoints, --resume)."""
-    return hasattr(cls, "train_result_")
+    return cls.resumable
 
 
 # -- the options of the run -----------------------------------------------------------------------

@@ -42,8 +42,7 @@ def rows(x: Any) -> torch.Tensor:
 
 def labels_for(model: GenerativeModel, test: Dataset, k: int) -> torch.Tensor | None:
     """The first k test labels when the model is class-conditional, else None."""
-    conditional = getattr(model, "n_classes_", None) is not None
-    return test.y[:k] if conditional and test.y is not None else None
+    return test.y[:k] if model.conditional and test.y is not None else None
 
 
 def plot_points(
@@ -118,10 +117,10 @@ def plot_history(model: GenerativeModel, model_dir: Path) -> list[Path]:
     """MODEL_DIR/history.png: EM log-likelihoods, or the loss rows of the trainer's log.jsonl."""
     title = f"{model.family} training"
     path = model_dir / "history.png"
-    history = getattr(model, "lower_bounds_", None)
-    if history:
-        return [plots.curve({"train": history}, path, ylabel="mean log-likelihood (nats)",
-                            title=title)]  # fmt: skip
+    curve = model.fit_curve()
+    if curve is not None:
+        label, values = curve
+        return [plots.curve({"train": values}, path, ylabel=label, title=title)]
     logged = [r for r in read_log(model_dir / LOG_FILE, math.inf) if "loss" in r]
     if not logged:
         return []

@@ -269,6 +269,8 @@ class GenerativeModel(nn.Module):
     has_encoder: ClassVar[bool] = False
     #: whether `fit(x, y)` trains a class-conditional model on labels y
     takes_labels: ClassVar[bool] = False
+    #: whether `fit` takes out / checkpoint_every / resume (a checkpointed, resumable run)
+    resumable: ClassVar[bool] = False
     #: the data set `genlab fit <family>` uses when --data is not given
     example_data: ClassVar[str] = "moons"
     #: whether the family has a components-vs-dimension study (`sweep`, the GMM's)
@@ -396,6 +398,16 @@ class GenerativeModel(nn.Module):
         return False
 
     @property
+    def conditional(self) -> bool:
+        """Whether the fitted model is class-conditional (sample and log_prob take y)."""
+        return False
+
+    def fit_curve(self) -> tuple[str, list[float]] | None:
+        """(label, values) of a training curve the model keeps itself (EM's lower bounds), or
+        None (a neural family's curve is its run's log.jsonl)."""
+        return None
+
+    @property
     def n_parameters(self) -> int:
         """Free parameters (the network's trainable tensors' sizes; a GMM counts its own)."""
         return sum(p.numel() for p in self.parameters())
@@ -477,6 +489,7 @@ class NeuralModel(GenerativeModel):
 
     train_result_: train.TrainResult | None = None
     takes_labels: ClassVar[bool] = True
+    resumable: ClassVar[bool] = True
 
     def fit(
         self,

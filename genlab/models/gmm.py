@@ -540,6 +540,9 @@ class GaussianMixture(GenerativeModel, family="gmm"):
                                 self.config.n_components, 2)  # fmt: skip
         return self.means_.cpu(), cov.cpu(), self.weights_.cpu()
 
+    def fit_curve(self) -> tuple[str, list[float]] | None:
+        return ("mean log-likelihood (nats)", self.lower_bounds_) if self.lower_bounds_ else None
+
     def fit_summary(self) -> dict[str, Any]:
         return {"iterations": self.n_iter_, "converged": self.converged_}
 
