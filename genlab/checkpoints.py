@@ -1,13 +1,15 @@
 """Training checkpoints (torch.save, read back with weights_only=True) and the run's log.jsonl.
 
 A checkpoint holds the raw weights, the optimizer, the EMA, the step, the seconds spent, the
-position in the data order, every process's RNG states and the training config; `restore`
-puts all of it back, so a resumed run continues bit for bit.
+position in the data order, every process's RNG states, the training config and a fingerprint
+of the data (`data_fingerprint`); `restore` puts all of it back, so a resumed run continues bit
+for bit, and `load_checkpoint` refuses a checkpoint that another config or other data wrote.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import random
@@ -29,6 +31,8 @@ CHECKPOINT_KEYS = frozenset(
     ("format", "model", "optimizer", "ema", "step", "seconds", "data", "rng", "config")
 )
 RESUMABLE_CHANGES = ("max_steps", "max_time")  # the config fields a resumed run may change
+FINGERPRINT_ROWS = 4096  # rows of x and y hashed by data_fingerprint (evenly spaced)
+AFRESH = "resume with the same data, or start afresh without --resume (resume=False)"
 
 
 @dataclasses.dataclass
@@ -68,13 +72,96 @@ def config_dict(config: Any) -> dict[str, Any]:
     return json.loads(json.dumps(dataclasses.asdict(config), default=str))
 
 
+def _sha256(t: torch.Tensor) -> str:
+    flat = t.detach().cpu().contiguous().reshape(-1)
+    return hashlib.sha256(flat.view(torch.uint8).numpy().tobytes()).hexdigest()
+
+
+def data_fingerprint(x: torch.Tensor, y: torch.Tensor | None) -> dict[str, Any]:
+    """What identifies the training data in a checkpoint: x's shape and dtype, and the
+    sha256 of up to FINGERPRINT_ROWS evenly spaced rows of x and of y (cheap for any size)."""
+    n = len(x)
+    rows = torch.linspace(0, n - 1, min(n, FINGERPRINT_ROWS)).round().long().unique()
+    return {
+        "shape": list(x.shape),
+        "dtype": str(x.dtype).removeprefix("torch."),
+        "x_sha256": _sha256(x[rows]),
+        "y_sha256": None if y is None else _sha256(y[rows]),
+    }
+
+
+def check_fingerprint(path: Path, old: Any, new: dict[str, Any]) -> None:
+    """Refuse to continue a checkpoint written for other data, saying what changed (a
+    checkpoint written before fingerprints existed, old None, is trusted)."""
+    if old is None or old == new:
+        return
+    if not isinstance(old, dict):
+        raise ValueError(f"{path}: its data fingerprint is edited or corrupt; {AFRESH}")
+    if old.get("shape") != new["shape"]:
+        old_shape, new_shape = tuple(old.get("shape") or ()), tuple(new["shape"])
+        change = f"data of shape {old_shape}; this data has shape {new_shape}"
+    elif old.get("dtype") != new["dtype"]:
+        change = f"data of dtype {old.get('dtype')}; this data has dtype {new['dtype']}"
+    elif old.get("x_sha256") != new["x_sha256"]:
+        change = (
+            f"other data of the same shape {tuple(new['shape'])} (same shape, different values)"
+        )
+    else:
+        labels = {True: "labels", False: "no labels"}
+        was, now = old.get("y_sha256") is not None, new["y_sha256"] is not None
+        change = (
+            f"data with {labels[was]}; this data has {labels[now]}"
+            if was != now
+            else "the same x with other labels y (same shape, different values)"
+        )
+    raise ValueError(f"{path.name} was written for {change}: {AFRESH}")
+
+
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """torch.save(state) to path atomically."""
     atomic_write(path, lambda f: torch.save(state, f))
 
 
-def load_checkpoint(path: Path, config: Any) -> dict[str, Any]:
-    """Read a checkpoint (weights_only) and check that `config` may continue it."""
+def _is_count(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _check_fields(path: Path, state: dict[str, Any]) -> None:
+    """The type of every field (an edited checkpoint is refused here, not deep in restore)."""
+
+    def tensors(v: Any) -> bool:
+        return isinstance(v, dict) and all(isinstance(t, torch.Tensor) for t in v.values())
+
+    seconds = state["seconds"]
+    rules = {
+        "format": _is_count(state["format"]),
+        "step": _is_count(state["step"]),
+        "seconds": isinstance(seconds, int | float) and math.isfinite(seconds) and seconds >= 0,
+        "data": isinstance(state["data"], list | tuple)
+        and len(state["data"]) == 2
+        and all(map(_is_count, state["data"])),
+        "rng": isinstance(state["rng"], list) and all(isinstance(r, dict) for r in state["rng"]),
+        "config": isinstance(state["config"], dict),
+        "model": tensors(state["model"]),
+        "ema": state["ema"] is None or tensors(state["ema"]),
+        "optimizer": isinstance(state["optimizer"], dict),
+    }
+    broken = [name for name, ok in rules.items() if not ok]
+    if broken:
+        raise ValueError(
+            f"{path}: the checkpoint is edited or corrupt (field {', '.join(broken)}); delete "
+            "it to start afresh"
+        )
+
+
+def load_checkpoint(path: Path, config: Any, fingerprint: dict[str, Any] | None = None) -> dict:
+    """Read a checkpoint (weights_only) and check that `config` (and the data whose
+    `data_fingerprint` is given) may continue it.
+
+    Raises:
+        ValueError: a corrupt or edited checkpoint, or one written with another config or
+            for other data (the message says what changed).
+    """
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
@@ -83,6 +170,7 @@ def load_checkpoint(path: Path, config: Any) -> dict[str, Any]:
         ) from None
     if not isinstance(state, dict) or not set(state) >= CHECKPOINT_KEYS:
         raise ValueError(f"{path}: not a genlab training checkpoint")
+    _check_fields(path, state)
     if state["format"] > CHECKPOINT_FORMAT:
         raise ValueError(f"{path}: written by a newer genlab (format {state['format']})")
     old, new = state["config"], config_dict(config)
@@ -94,6 +182,8 @@ def load_checkpoint(path: Path, config: Any) -> dict[str, Any]:
             f"{path} was written with another config ({diffs}); only {RESUMABLE_CHANGES} may "
             "change on resume: restore the config, or pass resume=False to start afresh"
         )
+    if fingerprint is not None:
+        check_fingerprint(path, state.get("fingerprint"), fingerprint)
     return state
 
 
@@ -112,10 +202,11 @@ def read_log(path: Path, upto: float = math.inf) -> list[dict[str, float]]:
 
 
 def checkpoint(
-    path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, run: RunState, config: Any
-) -> None:
+    path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, run: RunState, config: Any,
+    fingerprint: dict[str, Any] | None = None,
+) -> None:  # fmt: skip
     """Gather every process's RNG states (all processes call this); rank 0 saves them with the
-    raw weights, optimizer, EMA, step, seconds, data position and config."""
+    raw weights, optimizer, EMA, step, seconds, data position, config and data fingerprint."""
     rank, world = rank_and_world()
     rngs = [rng_state()]
     if world > 1:
@@ -128,17 +219,37 @@ def checkpoint(
             "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
             "optimizer": optimizer.state_dict(),
             "ema": None if run.ema is None else {k: v.cpu() for k, v in run.ema.items()},
+            "fingerprint": fingerprint,
         })  # fmt: skip
 
 
 def restore(
-    ckpt: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer, device: torch.device
-) -> RunState:
-    """Load a checkpoint into the model and optimizer (and this process's RNGs)."""
+    ckpt: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer, device: torch.device,
+    path: Path | str = CHECKPOINT_FILE,
+) -> RunState:  # fmt: skip
+    """Load a checkpoint into the model and optimizer (and this process's RNGs).
+
+    Raises:
+        ValueError: the checkpoint does not fit this model (other options or data): its
+            state_dict, optimizer, EMA or RNG states cannot be loaded.
+    """
     rank, world = rank_and_world()
-    model.load_state_dict(ckpt["model"])
-    optimizer.load_state_dict(ckpt["optimizer"])
-    if len(ckpt["rng"]) == world:  # else the world size changed: keep the fresh seeds
-        set_rng_state(ckpt["rng"][rank])
-    ema = None if ckpt["ema"] is None else {k: v.to(device) for k, v in ckpt["ema"].items()}
+    try:
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        if not ckpt["rng"]:
+            raise ValueError("it holds no RNG states")
+        if len(ckpt["rng"]) == world:  # else the world size changed: keep the fresh seeds
+            set_rng_state(ckpt["rng"][rank])
+        state = model.state_dict()
+        ema = None if ckpt["ema"] is None else {k: v.to(device) for k, v in ckpt["ema"].items()}
+        for k, v in (ema or {}).items():
+            if k not in state or state[k].shape != v.shape:
+                raise KeyError(f"EMA entry {k!r} of shape {tuple(v.shape)} is not in the model")
+        floating = {k for k, v in state.items() if v.is_floating_point()}
+        if ema is not None and set(ema) != floating:
+            raise ValueError(f"its EMA holds {len(ema)} of the model's {len(floating)} weights")
+    except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as e:
+        detail = " ".join(str(e).split())[:300]
+        raise ValueError(f"{path} does not fit this model ({detail}): {AFRESH}") from None
     return RunState(ckpt["step"], ckpt["seconds"], tuple(ckpt["data"]), ema)

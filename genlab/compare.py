@@ -26,9 +26,11 @@ spent) and measured on the test split with `genlab.evaluation` and `genlab.metri
 
 The floor row ("data") measures real train images against the same test split with the
 same number of samples: what a model that samples the data distribution itself would score.
-A family that is not registered is reported as "missing"; one that cannot model the data
-(its `unsupported(data)` gives a reason, e.g. the autoregressive family on continuous points)
-as "not applicable", with the reason; one that fails, with its error; the others go on.
+A family name that is not registered is an error before anything is loaded or trained
+(`check_families`), and so is a data set that does not load (`load_pair`). A family that
+cannot model the data (its `unsupported(data)` gives a reason, e.g. the autoregressive family
+on continuous points) is reported as "not applicable", with the reason; one that fails, with
+its error; the others go on.
 The records are plain dicts (JSON-able), one per family plus the floor. Nothing here names a
 family class: what differs between families, they say themselves (`genlab.models.base`).
 """
@@ -291,12 +293,6 @@ def _measure(record: dict[str, Any], what: str, fn: Callable[[], Any]) -> Any:
 
 def _run_family(family: str, run: _Run) -> dict[str, Any]:
     record = _new_record(run.name, family)
-    if family not in FAMILIES:
-        known = ", ".join(sorted(FAMILIES))
-        record.update(status="missing", error=f"family {family!r} is not registered "
-                      f"(registered: {known})")  # fmt: skip
-        run.say(f"{family}: missing ({record['error']})")
-        return record
     reason = not_applicable(family, run.train)
     if reason is not None:
         record.update(status="not applicable", error=reason)
@@ -420,7 +416,8 @@ def _floor_record(run: _Run) -> dict[str, Any]:
     if c is not None:
         record["details"]["classifier"] = {"test_accuracy": c.accuracy, "cached": c.cached,
                                            "folder": None if c.folder is None else str(c.folder),
-                                           "n_classes": c.n_classes}  # fmt: skip
+                                           "n_classes": c.n_classes,
+                                           "rebuilt": c.rebuilt}  # fmt: skip
     path = run.figure("data-test")
     if path is not None:
         test = run.test_points
@@ -455,18 +452,54 @@ def _component_study(record: dict[str, Any], run: _Run) -> None:
 
 
 # -- the public entry points ----------------------------------------------------------------------
-def _load_pair(data: str | Dataset, test: Dataset | None, n_train, n_test, seed, root):
+def check_families(families: str | Sequence[str]) -> list[str]:
+    """The family names of a comparison (a comma-separated str or a sequence), checked.
+
+    Raises:
+        ValueError: no names, an empty name, or a name that is not registered (the message
+            lists the registered families).
+    """
+    if isinstance(families, str):
+        families = [f.strip() for f in families.split(",")]
+    families = [str(f) for f in families]
+    if not families or not all(families):
+        raise ValueError("families must name at least one family, e.g. ['gmm', 'vae']")
+    unknown = [f for f in families if f not in FAMILIES]
+    if unknown:
+        raise ValueError(
+            f"unknown famil{'ies' if len(unknown) > 1 else 'y'} {', '.join(map(repr, unknown))}: "
+            f"the families are {', '.join(sorted(FAMILIES))}"
+        )
+    return families
+
+
+def load_pair(
+    data: str | os.PathLike | Dataset,
+    test: Dataset | None = None,
+    *,
+    n_train: int | None = None,
+    n_test: int | None = None,
+    seed: int = 0,
+    root: str | os.PathLike | None = None,
+) -> tuple[Dataset, Dataset]:
+    """The (train, test) pair compare measures on: a data set's two splits (`load_dataset`),
+    or a train Dataset and its `test`; checked to be points or images of one shape with at
+    least 2 samples each. `genlab compare` loads every data set first, so that a bad name
+    fails before anything trains.
+
+    Raises:
+        ValueError, FileNotFoundError: a data set that does not load (the message names it),
+            text data, splits of different shapes or with fewer than 2 samples.
+    """
     if isinstance(data, Dataset):
         if test is None:
             raise ValueError("pass test=<Dataset> with a train Dataset (or a data set name)")
-        return data, test
-    if test is not None:
+        train = data
+    elif test is not None:
         raise ValueError("test= is only for a train Dataset; a named data set has its own split")
-    train = load_dataset(data, split="train", n=n_train, seed=seed, root=root)
-    return train, load_dataset(data, split="test", n=n_test, seed=seed, root=root)
-
-
-def _check_data(train: Dataset, test: Dataset) -> None:
+    else:
+        train = load_dataset(data, split="train", n=n_train, seed=seed, root=root)
+        test = load_dataset(data, split="test", n=n_test, seed=seed, root=root)
     if train.kind not in ("points", "image"):
         raise ValueError(
             f"compare measures points and images; {train.name!r} holds {train.kind} data"
@@ -477,6 +510,7 @@ def _check_data(train: Dataset, test: Dataset) -> None:
         )
     if len(train) < 2 or len(test) < 2:
         raise ValueError("compare needs at least 2 train and 2 test samples")
+    return train, test
 
 
 def compare(
@@ -502,7 +536,7 @@ def compare(
     Args:
         data: a data set name (`genlab.data.load_dataset`; with n_train, n_test, seed and
             root), or a train `Dataset` (then pass `test`).
-        families: registry names; names not registered are reported as "missing".
+        families: registry names (a name not registered is a ValueError).
         budget_seconds: wall-clock training seconds of each family (a neural family's
             max_time; the GMM's BIC sweep stops once they are spent).
         budget_steps: optimisation steps of each neural family (max_steps). At least one of
@@ -522,18 +556,17 @@ def compare(
     Returns:
         One record per family in the order given, then the floor row (family "data"): dicts
         with the keys `RECORD_KEYS`. status is "ok", "partial" (some measurement failed; see
-        "errors"), "failed" (fitting failed; see "error"), "missing" (not registered) or
-        "not applicable" (the family cannot model this kind of data; "error" says why).
+        "errors"), "failed" (fitting failed; see "error") or "not applicable" (the family
+        cannot model this kind of data; "error" says why).
+
+    Raises:
+        ValueError: an unknown family (`check_families`), a bad budget or settings, or data
+            that does not load (`load_pair`), all before anything trains.
     """
-    if isinstance(families, str):
-        families = [f.strip() for f in families.split(",")]
-    families = [str(f) for f in families]
-    if not families or not all(families):
-        raise ValueError("families must name at least one family, e.g. ['gmm', 'vae']")
+    families = check_families(families)
     budget = Budget(budget_seconds, budget_steps)
     settings = settings or Settings()
-    train, test = _load_pair(data, test, n_train, n_test, seed, root)
-    _check_data(train, test)
+    train, test = load_pair(data, test, n_train=n_train, n_test=n_test, seed=seed, root=root)
     run = _Run(train, test, _data_label(data, train), budget, int(seed), settings, options or {},
                None if out is None else Path(out), device, progress)  # fmt: skip
     test_points = _rows(test).float()

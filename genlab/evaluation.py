@@ -8,7 +8,8 @@ tensor-in functions of `genlab.metrics`:
   (genlab/nets/classifier.py) is trained on the labelled train split; its penultimate layer is
   the space of the Fréchet distance and of k-NN precision/recall, and its predicted labels give
   the class coverage of samples. It is cached on disk (config.json + model.safetensors, no
-  pickle), keyed by a hash of the train split and of the recipe, so it is trained once;
+  pickle), keyed by a hash of the train split and of the recipe, so it is trained once; a
+  cache entry that does not load or does not match its recipe is rebuilt, with a warning;
 - `gmm_nll_vs_components`: where a Gaussian mixture stops being enough as the dimension grows
   (fitted through the family's own `sweep`).
 
@@ -24,7 +25,9 @@ import json
 import math
 import os
 import re
+import shutil
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +47,7 @@ CACHE_ENV = "GENLAB_CACHE"
 ARCHITECTURE = {"feature_dim": 128, "channels": [32, 64]}
 BATCH_SIZE = 128
 LR = 2e-3
+MAX_CLASSES = 1000  # labels beyond max(this, train samples) are not class indices
 
 
 # -- the NLL on one scale (shared by `genlab eval` and compare) -----------------------------------
@@ -147,13 +151,15 @@ def evaluate_model(model: GenerativeModel, test: Dataset, seed: int) -> dict[str
 # -- the feature classifier -----------------------------------------------------------------------
 @dataclass
 class TrainedClassifier:
-    """A `FeatureClassifier` trained on a train split, with its test accuracy and cache folder."""
+    """A `FeatureClassifier` trained on a train split, with its test accuracy and cache folder
+    (`cached`: loaded from it; `rebuilt`: why the cache entry found there was replaced)."""
 
     net: FeatureClassifier
     n_classes: int
     accuracy: float
     folder: Path | None
     cached: bool
+    rebuilt: str | None = None
 
     @torch.no_grad()
     def features_and_labels(
@@ -233,7 +239,9 @@ def feature_classifier(
     """The feature classifier of a labelled image data set: loaded from the cache, or trained.
 
     The cache is `cache_root()/classifiers/<name>-<hash>/` (config.json + model.safetensors).
-    The accuracy reported is on `test` (measured when the classifier is trained).
+    The accuracy reported is on `test` (measured when the classifier is trained). A cache
+    entry that does not load (truncated, edited, of another recipe: `load_cached`) is
+    deleted and rebuilt, with a warning "rebuilt the feature classifier cache at ...".
 
     Raises:
         ValueError: the data set has no labels.
@@ -241,28 +249,91 @@ def feature_classifier(
     if train.y is None or test.y is None:
         raise ValueError(f"{train.name!r} has no labels: a feature classifier needs them")
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    n_classes = int(max(int(train.y.max()), int(test.y.max()))) + 1
+    low, high = int(min(train.y.min(), test.y.min())), int(max(train.y.max(), test.y.max()))
+    limit = max(MAX_CLASSES, len(train))
+    if low < 0 or high >= limit:
+        raise ValueError(
+            f"{train.name!r}: labels must be class indices 0..K-1 with K at most {limit}; "
+            f"they span [{low}, {high}]"
+        )
+    n_classes = high + 1
     folder = cache_root() / "classifiers" / classifier_key(train, epochs, seed)
     arch = {"event_shape": list(train.event_shape), "n_classes": n_classes, **ARCHITECTURE}
-    if cache and (folder / "model.safetensors").is_file():
-        config = json.loads((folder / "config.json").read_text())
-        net = FeatureClassifier(**arch)
-        net.load_state_dict(safetensors.torch.load_file(folder / "model.safetensors"))
-        net = net.to(device).eval()
-        return TrainedClassifier(net, n_classes, float(config["test_accuracy"]), folder, True)
+    rebuilt = None
+    if cache and (folder.exists() or folder.is_symlink()):
+        try:
+            net, accuracy = load_cached(folder, arch)
+            return TrainedClassifier(net.to(device).eval(), n_classes, accuracy, folder, True)
+        except ValueError as e:
+            rebuilt = str(e)
+            _discard(folder)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         net = FeatureClassifier(**arch).to(device)
     x, y = _rows(train).float(), train.y.long()
     train_classifier(net, x, y, epochs=epochs, seconds=seconds, seed=seed)
-    result = TrainedClassifier(net, n_classes, 0.0, None, False)
+    result = TrainedClassifier(net, n_classes, 0.0, None, False, rebuilt)
     _, predicted = result.features_and_labels(_rows(test))
     result.accuracy = float((predicted == test.y.cpu()).double().mean())
     if cache:
         config = {**arch, "test_accuracy": result.accuracy, "data": train.name,
                   "n_train": len(train), "version": CLASSIFIER_VERSION}  # fmt: skip
         result.folder = _save_classifier(net, config, folder)
+        if rebuilt is not None:
+            warnings.warn(
+                f"rebuilt the feature classifier cache at {folder}: it was corrupt ({rebuilt})",
+                stacklevel=2,
+            )
     return result
+
+
+def load_cached(folder: Path, arch: dict[str, Any]) -> tuple[FeatureClassifier, float]:
+    """(net, test accuracy) of a cache entry written by `feature_classifier` for `arch`.
+
+    Raises:
+        ValueError: saying what is wrong: a missing or unreadable file, a config.json of
+            another recipe (version, architecture) or without a test accuracy in [0, 1],
+            tensors that do not fit the net, or tensors holding NaN or infinity.
+    """
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"config.json: {type(e).__name__}: {e}") from None
+    if not isinstance(config, dict):
+        raise ValueError("config.json does not hold an object")
+    for key, value in {**arch, "version": CLASSIFIER_VERSION}.items():
+        if config.get(key) != value:
+            raise ValueError(f"config.json has {key}={config.get(key)!r}, expected {value!r}")
+    accuracy = config.get("test_accuracy")
+    if (
+        isinstance(accuracy, bool)
+        or not isinstance(accuracy, int | float)
+        or not 0 <= accuracy <= 1
+    ):
+        raise ValueError(f"config.json has test_accuracy={accuracy!r}, not a number in [0, 1]")
+    try:
+        state = safetensors.torch.load_file(folder / "model.safetensors")
+    except Exception as e:  # safetensors raises its own error types for torn files
+        raise ValueError(f"model.safetensors: {type(e).__name__}: {e}") from None
+    net = FeatureClassifier(**arch)
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as e:
+        message = " ".join(str(e).split())[:300]
+        raise ValueError(f"model.safetensors does not fit the net: {message}") from None
+    if not all(torch.isfinite(t).all() for t in state.values() if t.is_floating_point()):
+        raise ValueError("model.safetensors holds NaN or infinity")
+    return net, float(accuracy)
+
+
+def _discard(folder: Path) -> None:
+    """Remove a corrupt cache entry (moved aside first, so no reader sees half of it)."""
+    aside = folder.with_name(f"{folder.name}.corrupt-{os.getpid()}")
+    os.replace(folder, aside)
+    if aside.is_dir() and not aside.is_symlink():
+        shutil.rmtree(aside)
+    else:
+        aside.unlink()
 
 
 def _save_classifier(net: FeatureClassifier, config: dict[str, Any], folder: Path) -> Path:

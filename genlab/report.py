@@ -188,7 +188,7 @@ def _data_summary(rows: Sequence[Mapping[str, Any]]) -> list[str]:
 def _problems(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     out = []
     for r in rows:
-        if r.get("status") in ("missing", "failed", "not applicable"):
+        if r.get("status") not in ("ok", "partial"):  # failed, not applicable
             out.append(f"{r['family']} ({r['status']}): {r.get('error')}")
         for what, message in (r.get("errors") or {}).items():
             out.append(f"{r['family']}: {what}: {message}")

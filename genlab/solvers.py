@@ -47,6 +47,13 @@ Field = Callable[[Tensor, State], State]
 Method = Literal["euler", "midpoint", "heun", "rk4", "dopri5"]
 METHODS: tuple[str, ...] = ("euler", "midpoint", "heun", "rk4", "dopri5")
 
+
+class SolverError(RuntimeError, ValueError):
+    """The adaptive solver could not meet its tolerance (too many steps, or a step size that
+    underflows: a stiff field, or one that returns NaN/inf): a ValueError to callers, so the
+    CLI reports it as one line."""
+
+
 SAFETY = 0.9  # the step-size controller aims at 0.9 of the step that would just meet the tolerance
 MIN_FACTOR = 0.2  # the next step is at least 0.2 and at most 10 times the current one
 MAX_FACTOR = 10.0
@@ -251,13 +258,13 @@ def _solve_dopri5(
     for target in outputs[1:]:
         while (target - t) * direction > 0:
             if attempts >= max_steps:
-                raise RuntimeError(
+                raise SolverError(
                     f"dopri5 took more than max_steps={max_steps} steps and stopped at t={t:.6g} "
                     f"before t1={outputs[-1]:.6g} at rtol={rtol:g}, atol={atol:g}; loosen "
                     "rtol/atol, raise max_steps, or use a fixed-step method if f is stiff"
                 )
             if h < 1e-12 * max(1.0, abs(t)):
-                raise RuntimeError(
+                raise SolverError(
                     f"dopri5 step size underflow ({h:.3g}) at t={t:.6g} with rtol={rtol:g}, "
                     f"atol={atol:g}: f may return NaN/inf or be stiff; loosen rtol/atol or "
                     "check f"

@@ -36,6 +36,7 @@ from genlab.checkpoints import (
     LOG_FILE,
     RunState,
     checkpoint,
+    data_fingerprint,
     load_checkpoint,
     read_log,
     restore,
@@ -46,13 +47,29 @@ from genlab.distributed import (
     rank0_seconds,
     rank_and_world,
 )
-from genlab.io import atomic_write
+from genlab.io import atomic_write, remove_stale_temps
 from genlab.options import Choice, Flag, Integer, Real, option, validate
 
-__all__ = ["CHECKPOINT_FILE", "LOG_FILE", "TrainConfig", "TrainResult", "fit", "read_log"]
+__all__ = [
+    "CHECKPOINT_FILE",
+    "LOG_FILE",
+    "DivergedError",
+    "TrainConfig",
+    "TrainResult",
+    "fit",
+    "read_log",
+]
 
 DEFAULT_MAX_STEPS = 2000
 """Optimisation steps of a run given neither max_steps nor max_time."""
+
+
+class DivergedError(FloatingPointError, ValueError):
+    """Training diverged (a non-finite loss, weights or samples): "training diverged: ...".
+
+    A ValueError too, so callers that turn user errors into one line (the CLI) catch it; the
+    message says the fix (a lower learning rate, cleaner data). Also `genlab.models.base.
+    DivergedError` and `genlab.models.DivergedError` (defined here, below the models)."""
 
 
 @dataclass(frozen=True)
@@ -88,7 +105,9 @@ class TrainConfig:
         "Decay of the exponential moving average of the weights used for sampling (None: off).",
         Real(0, 1, high_open=True, optional=True),
     )
-    seed: int = option(0, "Seed of the initialisation, the data order and the noise.", Integer(0))
+    seed: int = option(
+        0, "Seed of the initialisation, the data order and the noise.", Integer(0, 2**63 - 1)
+    )
     precision: Literal["fp32", "bf16"] = option(
         "fp32", "bf16: bfloat16 autocast in training.", Choice(("fp32", "bf16"))
     )
@@ -265,15 +284,44 @@ def _summarise(
         dist.all_reduce(means)
     row = dict(zip(sums, means.tolist(), strict=True))
     if not math.isfinite(row["loss"]):
-        raise FloatingPointError(f"loss is {row['loss']} at step {step}: lower lr or check data")
+        raise DivergedError(
+            f"training diverged: the loss is {row['loss']} at step {step}; lower the learning "
+            "rate (lr) or check the data for extreme values"
+        )
     return row
+
+
+def checked_device(device: str | torch.device) -> torch.device:
+    """torch.device(device), refused up front when this machine does not have it.
+
+    Raises:
+        ValueError: an unknown device name, CUDA on a machine without it, or a GPU index
+            beyond the visible GPUs.
+    """
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(
+            f"device must be 'cpu', 'cuda', 'cuda:N' or None, got {device!r} ({e})"
+        ) from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError("CUDA is not available on this machine; use device='cpu' or None")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"device {str(device)!r}: this machine has {torch.cuda.device_count()} GPU(s); "
+                "use cuda:0 .. cuda:N-1, 'cpu' or None"
+            )
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError("MPS is not available on this machine; use device='cpu' or None")
+    return device
 
 
 def _resolve_device(device: str | torch.device | None, world: int) -> torch.device:
     """None: cuda when available, else cpu; a bare "cuda" under torchrun: this process's GPU."""
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(device)
+    device = checked_device(device)
     if device.type == "cuda" and device.index is None:
         index = int(os.environ.get("LOCAL_RANK", 0)) if world > 1 else torch.cuda.current_device()
         device = torch.device("cuda", index)
@@ -323,7 +371,8 @@ def fit(
 
     Args:
         out: folder for checkpoint.pt and log.jsonl (None: no files). Without resume (or
-            without a checkpoint to resume), a checkpoint and log already there are replaced.
+            without a checkpoint to resume), a checkpoint and log already there are replaced;
+            temp files of killed writes are removed.
         checkpoint_every: steps between checkpoints (one is also written at the end).
         resume: continue exactly from out/checkpoint.pt when it exists.
         callback: called as callback(step, model) every `callback_every` steps, on every
@@ -339,7 +388,10 @@ def fit(
         raw weights when ema_decay is None); the checkpoint keeps both.
 
     Raises:
-        ValueError: bad arguments, a corrupt checkpoint or one written with another config.
+        ValueError: bad arguments, a device this machine lacks, a corrupt checkpoint, or one
+            written with another config or for other data (its fingerprint: shape, dtype and
+            a hash of sampled rows of x and y) or for another model.
+        DivergedError: the loss became NaN or infinite.
     """
     rank, world = rank_and_world()
     _check_fit_args(x, y, config, out, checkpoint_every, resume, callback, callback_every,
@@ -361,9 +413,13 @@ def _run(model, x, y, config, device, out, checkpoint_every, resume, callback, c
     folder = None if out is None else Path(out)
     ckpt_path = None if folder is None else folder / CHECKPOINT_FILE
 
+    fingerprint = None if folder is None else data_fingerprint(x, y)
+    if rank == 0 and folder is not None:  # killed writes' temp files (can be large)
+        remove_stale_temps(folder, (CHECKPOINT_FILE, LOG_FILE))
     run = RunState()
     if resume and ckpt_path.is_file():
-        run = restore(load_checkpoint(ckpt_path, config), model, optimizer, device)
+        ckpt = load_checkpoint(ckpt_path, config, fingerprint)
+        run = restore(ckpt, model, optimizer, device, ckpt_path)
     elif world > 1:
         broadcast_state(model)
     state = model.state_dict()  # tensors sharing storage with the model's
@@ -427,13 +483,13 @@ def _run(model, x, y, config, device, out, checkpoint_every, resume, callback, c
                 emit({"step": run.step, **row, "seconds": time.perf_counter() - start})
             if checkpoint_every is not None and run.step % checkpoint_every == 0:
                 run.seconds = time.perf_counter() - start
-                checkpoint(ckpt_path, model, optimizer, run, config)
+                checkpoint(ckpt_path, model, optimizer, run, config, fingerprint)
                 saved = run.step
         if count:  # the steps since the last row
             emit({"step": run.step, **_summarise(sums, count, weight, run.step), "lr": lr,
                   "seconds": run.seconds})  # fmt: skip
         if ckpt_path is not None and saved != run.step:
-            checkpoint(ckpt_path, model, optimizer, run, config)
+            checkpoint(ckpt_path, model, optimizer, run, config, fingerprint)
     finally:
         bar.close()
         if log is not None:

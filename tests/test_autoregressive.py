@@ -3,6 +3,7 @@
 import itertools
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -109,9 +110,11 @@ def test_first_token_takes_smoothed_training_frequencies(text_model):
 
 def test_text_probabilities_sum_to_one_over_all_sequences():
     model = Autoregressive(block_size=2, max_steps=3, **TINY).fit("abcab" * 20, progress=False)
-    strings = ["".join(s) for s in itertools.product("abc", repeat=5)]  # 243, the window moves
+    # the vocabulary: a, b, c and the unknown token, which "?" (unseen) maps to
+    strings = ["".join(s) for s in itertools.product("abc?", repeat=5)]  # 1024; the window moves
     total = model.log_prob(strings).double().exp().sum()
     assert float(total) == pytest.approx(1.0, abs=1e-5)
+    assert model.unknown_chars_ == 5 * 4**4  # each of the 5 positions is "?" in 4^4 strings
     ids = torch.tensor([model.tokenizer_.encode(s) for s in strings])
     torch.testing.assert_close(model.log_prob(ids), model.log_prob(strings))
 
@@ -367,8 +370,6 @@ def test_capabilities_score_rows_and_fit_summary(text_model, image_model, digits
 
 @pytest.mark.parametrize("folder", ["autoregressive-digits", "autoregressive-text"])
 def test_folders_saved_before_the_redesign_score_the_same(folder):
-    from pathlib import Path
-
     path = Path(__file__).parent / "fixtures" / "v1" / folder
     expected = json.loads((path / "expected.json").read_text())
     model = genlab.load(path)
@@ -435,3 +436,114 @@ def test_cli_fits_digits_and_refuses_text_options_for_images(tmp_path, capsys):
     assert np.load(tmp_path / "s.npy").shape == (4, 1, 8, 8)
     code, _, err = cli(capsys, "sample", out, "--prompt", "hi")
     assert code == 1 and "no prompt" in err
+
+
+# -- bad input: 8-bit pixels, edited tokenizers, unseen characters, absurd sizes ------------------
+def test_8_bit_pixels_are_refused_never_clamped(image_model, digits):
+    pixels = torch.randint(0, 256, (20, 1, 4, 4), generator=torch.Generator().manual_seed(0))
+    for levels in (256, None):
+        with pytest.raises(ValueError, match=r"k / \(levels - 1\).*divide 8-bit images"):
+            Autoregressive(levels=levels, max_steps=1, **TINY).fit(pixels.float())
+    with pytest.raises(ValueError, match=r"k / 16 in \[0, 1\].*divide 8-bit images"):
+        image_model.log_prob(digits[1].x[:2] * 16)  # the digits' raw 0..16 counts
+    from genlab.data import Dataset
+
+    raw = Dataset(pixels.float(), None, (1, 4, 4), "image", "raw", levels=256)  # claims levels
+    for levels in (256, 2, None):
+        with pytest.raises(ValueError, match=r"'raw' are integers in \[0, 254\]: divide 8-bit"):
+            Autoregressive(levels=levels, max_steps=1, **TINY).fit(raw)
+    binary = Autoregressive(levels=2, max_steps=1, **TINY).fit(pixels.float() / 255)
+    with pytest.raises(ValueError, match=r"k / 1 in \[0, 1\].*divide 8-bit"):  # never clamped
+        binary.log_prob(pixels[:2].float())
+
+
+@pytest.mark.parametrize(
+    "edit, fragment",
+    [
+        (lambda f: f["tokenizer"].update(event_shape=[1, 4, 16]), "tokenizer.event_shape"),
+        (lambda f: f["tokenizer"].update(event_shape=[1, 8, "8"]), "event_shape must be"),
+        (lambda f: f["tokenizer"].update(levels="17"), "levels must be an integer"),
+        (lambda f: f["tokenizer"].update(levels=16), "does not match"),
+        (lambda f: f["tokenizer"].update(n_classes=3), "does not match"),
+        (lambda f: f["tokenizer"].pop("levels"), r"missing \['levels'\]"),
+        (lambda f: f["tokenizer"].update(colour=True), r"unknown \['colour'\]"),
+        (lambda f: f.update(tokenizer={"kind": "char", "chars": "ab"}), "cannot serve"),
+        (lambda f: f.update(tokenizer=["image"]), "unknown tokenizer spec"),
+        (lambda f: f.update(block_size=3), "shorter than the 64 pixels"),
+        (lambda f: f.update(n_embd="x"), "n_embd must be an integer"),
+        (lambda f: f.update(kind="video"), "kind must be"),
+        (lambda f: f.pop("tokenizer"), "tokenizer is missing"),
+    ],
+)
+def test_edited_tokenizer_facts_are_refused_at_load(image_model, tmp_path, edit, fragment):
+    image_model.save(tmp_path / "m")
+    path = tmp_path / "m" / "config.json"
+    meta = json.loads(path.read_text())
+    edit(meta["fitted"])
+    path.write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=fragment):
+        genlab.load(tmp_path / "m")
+
+
+def test_unseen_characters_are_the_unknown_token_and_counted(text_model, tmp_path):
+    tok = text_model.tokenizer_
+    assert tok.unk_id == tok.vocab_size - 1 and "Z" not in tok.chars
+    held_out = "the cat sat on the Zoo. é!"  # Z, é: not in the training text
+    scores = text_model.evaluate_text(held_out)
+    assert scores["unknown_chars"] == 2 and math.isfinite(scores["loss"])
+    lp = text_model.log_prob([held_out, "the cat"])
+    assert torch.isfinite(lp).all() and text_model.unknown_chars_ == 2
+    assert text_model.evaluate_text("the cat sat")["unknown_chars"] == 0
+    # the same as the text with each unseen character replaced by another unseen one
+    torch.testing.assert_close(lp[:1], text_model.log_prob(held_out.replace("é", "\u4e16")))
+    text_model.save(tmp_path / "m")
+    torch.testing.assert_close(genlab.load(tmp_path / "m").log_prob([held_out, "the cat"]), lp)
+    old = genlab.load(Path(__file__).parent / "fixtures" / "v1" / "autoregressive-text")
+    assert old.tokenizer_.unk_id is None  # saved before the unknown token: unseen is an error
+    with pytest.raises(ValueError, match=r"'Z' \(U\+005A\)"):
+        old.log_prob("Zebra")
+
+
+def test_cli_fits_a_corpus_whose_held_out_tail_has_an_unseen_character(tmp_path, capsys):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(CORPUS + "Zürich!", encoding="utf-8")  # Z, ü, r, i: in the last 10 % only
+    out = tmp_path / "run"
+    code, _, err = cli(capsys, "fit", "autoregressive", "--data", f"text:{corpus}",
+                       "--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block-size",
+                       "8", "--max-steps", "3", "--out", out, "--no-progress")  # fmt: skip
+    assert code == 0, err
+    val = load_dataset(f"text:{corpus}", split="test").text
+    scores = genlab.load(out).evaluate_text(val)
+    assert scores["unknown_chars"] == 4 and math.isfinite(scores["loss"])
+
+
+def test_absurd_sizes_and_diverged_weights_are_refused(text_model):
+    import copy
+
+    from genlab.models import DivergedError
+
+    with pytest.raises(ValueError, match=r"transformer .* of memory.*smaller n_embd"):
+        Autoregressive(n_embd=10**6, n_head=1, n_layer=1, max_steps=1).fit(CORPUS)
+    with pytest.raises(ValueError, match="n_layer must be"):
+        Autoregressive(n_layer=10**6)
+    with pytest.raises(ValueError, match="memory"):  # rotary tables of 10**12 positions
+        Autoregressive(block_size=10**12, **TINY).fit(load_dataset("digits", n=8))
+    with pytest.raises(TypeError, match="use_cache must be True or False"):
+        text_model.sample(1, max_new_tokens=2, use_cache="no")
+    with pytest.raises(ValueError, match="of memory"):
+        text_model.sample(2, max_new_tokens=10**12)
+    with pytest.raises(ValueError, match="of memory"):
+        next(text_model.generate("the", max_new_tokens=10**12))
+    with pytest.raises(ValueError, match="of memory"):
+        text_model.sample(10**12)
+    # a tiny temperature is greedy decoding, never NaN probabilities
+    greedy = text_model.sample(2, max_new_tokens=12, seed=0, top_k=1)
+    assert text_model.sample(2, max_new_tokens=12, seed=0, temperature=1e-30) == greedy
+    broken = copy.deepcopy(text_model)
+    with torch.no_grad():
+        for p in broken.net.parameters():
+            p.fill_(float("nan"))
+    with pytest.raises(DivergedError, match="logits are not finite"):
+        broken.sample(1, prompt="the", max_new_tokens=2)
+    with pytest.raises(ValueError, match="NaN"):
+        broken.log_prob("the cat")

@@ -16,6 +16,7 @@ from typing import Any, Literal
 import matplotlib.image as mpimg
 import numpy as np
 import pytest
+import torch
 import typer
 from typer.testing import CliRunner
 
@@ -26,7 +27,7 @@ from genlab.cli import app, run
 from genlab.cli.fit import fit_command
 from genlab.cli.sample import SAMPLER_FLAGS
 from genlab.data import load_dataset
-from genlab.models import FAMILIES, GenerativeModel
+from genlab.models import FAMILIES, DivergedError, GenerativeModel
 from genlab.options import Choice, Flag, Integer, Real, validate
 from genlab.options import option as field
 from genlab.options import options as config_options
@@ -551,7 +552,7 @@ def test_fit_defaults_are_the_config_defaults(family):
         assert param.default == opt.default == api[opt.name], opt.name
         assert type(param.default) is type(opt.default), opt.name
     assert params["data_"].default == cls.example_data
-    assert {"n_", "root_", "out_", "progress_"} <= set(params)
+    assert {"n_", "root_", "out_", "device_", "progress_"} <= set(params)
     assert ("conditional_" in params) == cls.takes_labels
     assert ("resume_" in params) == ("checkpoint_every_" in params) == hasattr(cls, "train_result_")
 
@@ -626,7 +627,7 @@ def test_a_new_family_needs_no_cli_edit(monkeypatch):
     assert seen["config"] == {"width": 3, "mode": "a", "scale": 1.0, "order": 1, "fast": False,
                               "seed": 0}  # fmt: skip
     assert seen["run"] == {"data": "circles", "n": None, "root": None, "out": None,
-                           "progress": True}  # fmt: skip
+                           "device": None, "progress": True}  # fmt: skip
     argv = ["toy", "-w", "4", "--mode", "none", "--scale", "None", "--order", "2", "--fast"]
     assert runner.invoke(toy_cli(), argv).exit_code == 0
     assert seen["config"] == {"width": 4, "mode": None, "scale": None, "order": 2, "fast": True,
@@ -786,3 +787,161 @@ def test_autoregressive_on_text(tmp_path, capsys):
     assert code == 0, err
     result = json.loads(stdout, parse_constant=reject_constant)
     assert result["family"] == "autoregressive" and result["loss"] > 0
+
+
+# -- every failure is one line, never a traceback -------------------------------------------------
+def raising(error: BaseException):
+    def fail(*args, **kwargs):
+        raise error
+
+    return fail
+
+
+ALLOC = ("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate "
+         "memory: you tried to allocate 8000000000000 bytes. Error code 12")  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "error, code, fragments",
+    [
+        (KeyboardInterrupt(), 130, ["interrupted"]),
+        (MemoryError(), 1, ["more memory than the machine has", "smaller"]),
+        (RuntimeError(ALLOC), 1, ["more memory than the machine has (tried to allocate 8 TB)"]),
+        (RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"), 1, ["2 GiB"]),
+        (DivergedError("loss is nan at step 3: lower lr"), 1, ["loss is nan at step 3"]),
+        (FloatingPointError("overflow in exp"), 1, ["overflow in exp"]),
+        (json.JSONDecodeError("Expecting value", "{", 1), 1, ["Expecting value"]),
+        (KeyError("event_shape"), 1, ["internal error (KeyError: 'event_shape')",
+                                      "GENLAB_DEBUG=1"]),
+        (RuntimeError("shape mismatch"), 1, ["internal error (RuntimeError: shape mismatch)"]),
+    ],
+    ids=["interrupt", "memory", "alloc", "cuda-oom", "diverged", "fpe", "json", "bug", "runtime"],
+)  # fmt: skip
+def test_every_failure_is_one_line(error, code, fragments, monkeypatch, capsys):
+    monkeypatch.setattr(fit_module, "fit_and_report", raising(error))
+    got, stdout, err = cli(capsys, "fit", "gmm")
+    assert got == code and stdout == ""
+    assert_one_line_error(got, err, *fragments)
+
+
+def test_genlab_debug_shows_the_traceback(monkeypatch):
+    monkeypatch.setattr(fit_module, "fit_and_report", raising(KeyError("event_shape")))
+    monkeypatch.setenv("GENLAB_DEBUG", "1")
+    with pytest.raises(KeyError):
+        run(["fit", "gmm"])
+
+
+def test_a_file_that_is_not_utf8_is_named(tmp_path, monkeypatch, capsys):
+    latin1 = tmp_path / "latin1.txt"
+    latin1.write_bytes("café au lait".encode("latin1"))
+    monkeypatch.setattr(fit_module, "fit_and_report",
+                        lambda *a, **k: latin1.read_text(encoding="utf-8"))  # fmt: skip
+    code, _, err = cli(capsys, "fit", "gmm")
+    assert_one_line_error(code, err, f"{latin1} is not UTF-8 text", "iconv")
+
+
+# -- fit: nothing lost ----------------------------------------------------------------------------
+GMM_FIT = ("fit", "gmm", "--n", "200", "-k", "2", "--max-iter", "5", "--no-progress")
+
+
+def test_a_scoring_failure_keeps_the_saved_model(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "m"
+    failure = ValueError("the held-out text has a symbol the vocabulary lacks")
+    monkeypatch.setattr(fit_module, "score_row", raising(failure))
+    code, stdout, err = cli(capsys, *GMM_FIT, "--out", out)
+    assert code == 0, err
+    warnings = [line for line in err.splitlines() if "scoring" in line]
+    assert len(warnings) == 1 and warnings[0].startswith("genlab: warning: ")
+    assert f"the model is saved in {out}, but scoring it failed: the held-out" in warnings[0]
+    assert f"saved {out}" in stdout and "Traceback" not in err
+    assert genlab.load(out).sample(5).shape == (5, 2)
+
+
+def test_a_non_finite_score_is_a_warning(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(FAMILIES["gmm"], "score_rows", lambda self, data: ("train score", math.nan))
+    code, _, err = cli(capsys, *GMM_FIT, "--out", tmp_path / "m")
+    assert code == 0 and "genlab: warning:" in err and "the train score is nan" in err
+
+
+def test_out_must_name_a_genlab_folder(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    code, stdout, err = cli(capsys, *GMM_FIT, "--out", "")
+    assert_one_line_error(code, err)
+    assert code == 1 and "saved" not in stdout and sorted(tmp_path.iterdir()) == []
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "config.json").write_text('{"my": "settings"}')
+    code, _, err = cli(capsys, *GMM_FIT, "--out", mine)
+    assert_one_line_error(code, err, str(mine))
+    assert (mine / "config.json").read_text() == '{"my": "settings"}'
+    assert sorted(p.name for p in mine.iterdir()) == ["config.json"]
+
+
+@pytest.mark.parametrize("family", ["gmm", "vae", "flow", "diffusion"])
+def test_text_data_for_a_family_of_numbers_says_which_family_models_text(family, tmp_path, capsys):
+    corpus = tmp_path / "tiny.txt"
+    corpus.write_text("the cat sat on the mat. " * 20)
+    out = tmp_path / "m"
+    code, _, err = cli(capsys, "fit", family, "--data", f"text:{corpus}", "--out", out,
+                       "--no-progress")  # fmt: skip
+    assert_one_line_error(code, err, "text", "autoregressive")
+    assert "reshape" not in err and not (out / "config.json").exists()
+
+
+@pytest.mark.parametrize("device", ["cuda:99", "gpu"])
+def test_an_unavailable_device_is_one_line(device, tmp_path, capsys):
+    code, _, err = cli(capsys, *GMM_FIT, "--device", device, "--out", tmp_path / "m")
+    assert_one_line_error(code, err, "device")
+    assert "internal error" not in err and not (tmp_path / "m" / "config.json").exists()
+
+
+# -- plot: says what it cannot draw ---------------------------------------------------------------
+@pytest.fixture(scope="module")
+def points_5d(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("data")
+    np.save(folder / "five.npy", np.random.default_rng(0).normal(size=(200, 5)).astype("f4"))
+    out = folder / "gmm5"
+    argv = ["fit", "gmm", "--data", str(folder / "five.npy"), "-k", "2", "--max-iter", "5",
+            "--out", str(out), "--no-progress"]  # fmt: skip
+    assert run(argv) == 0
+    return out
+
+
+def test_plot_says_why_it_cannot_draw_5d_points(points_5d, tmp_path, capsys):
+    code, stdout, err = cli(capsys, "plot", points_5d)
+    assert code == 0, err
+    assert "genlab: note:" in err and "shape (5,)" in err and "2-D point and image" in err
+    assert not (points_5d / "plot.png").exists() and "history.png" in stdout
+    code, _, err = cli(capsys, "plot", points_5d, "--out", tmp_path / "p.png")
+    assert_one_line_error(code, err, "cannot write", "shape (5,)", "genlab sample")
+    assert not (tmp_path / "p.png").exists()
+    code, _, err = cli(capsys, "plot", points_5d, "--data", "moons")
+    assert_one_line_error(code, err, "shape (2,)", "shape (5,)")
+
+
+def test_plot_fails_when_it_draws_nothing(tmp_path, capsys):
+    corpus = tmp_path / "tiny.txt"
+    corpus.write_text("the cat sat on the mat. " * 60)
+    out = tmp_path / "ar"
+    argv = ["fit", "autoregressive", "--data", f"text:{corpus}", "--n-layer", "1", "--n-head",
+            "2", "--n-embd", "16", "--block-size", "16", "--max-steps", "3", "--out", out,
+            "--no-progress"]  # fmt: skip
+    assert cli(capsys, *argv)[0] == 0
+    code, stdout, err = cli(capsys, "plot", out)
+    assert code == 0 and "text model" in err and "history.png" in stdout
+    (out / "log.jsonl").unlink()
+    (out / "history.png").unlink()
+    code, stdout, err = cli(capsys, "plot", out)
+    assert_one_line_error(code, err, "nothing to draw", "text model", "no training curve")
+    assert stdout == "" and not (out / "history.png").exists()
+
+
+def test_sample_writes_no_non_finite_samples(moons_model, tmp_path, monkeypatch, capsys):
+    def broken(self, n, *, seed=None):
+        return torch.full((n, 2), math.nan)
+
+    monkeypatch.setattr(FAMILIES["gmm"], "sample", broken)
+    out = tmp_path / "x.npy"
+    code, stdout, err = cli(capsys, "sample", moons_model, "-n", "5", "--out", out)
+    assert_one_line_error(code, err, "NaN or infinity", "nothing written")
+    assert code == 1 and stdout == "" and not out.exists()

@@ -1,5 +1,6 @@
-"""`genlab compare` and its report: records, labels, the floor row, missing and inapplicable
-families, the cached feature classifier, the CLI, and report.html in a real headless browser."""
+"""`genlab compare` and its report: records, labels, the floor row, unknown and inapplicable
+families, the cached feature classifier (and its repair), the CLI, and report.html in a real
+headless browser."""
 
 from __future__ import annotations
 
@@ -10,15 +11,17 @@ import math
 import re
 import shutil
 import subprocess
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
+import safetensors.torch
 import torch
 from typer.testing import CliRunner
 
 from genlab import evaluation
-from genlab.cli import app
+from genlab.cli import app, run
 from genlab.compare import RECORD_KEYS, Budget, Settings, compare, parse_budget
 from genlab.data import load_dataset
 from genlab.models import FAMILIES, GaussianMixture
@@ -37,7 +40,7 @@ TINY_NETS = {
     "diffusion": {"hidden": 32, "base_channels": 8},
     "autoregressive": {"n_layer": 1, "n_head": 2, "n_embd": 16},
 }
-IMAGE_FAMILIES = ["gmm", "vae", "flow", "diffusion", "autoregressive", "nope"]
+IMAGE_FAMILIES = ["gmm", "vae", "flow", "diffusion", "autoregressive"]
 STEPS = 8
 CHROMIUM = "/usr/bin/chromium"
 
@@ -124,14 +127,18 @@ def test_nfe_and_quality_vs_nfe_of_iterative_families(digits):
     assert rows["gmm"]["nfe_curve"] is None and rows["vae"]["nfe_curve"] is None
 
 
-def test_missing_family_is_reported_missing(digits, monkeypatch):
-    assert by_family(digits[0])["nope"]["status"] == "missing"
-    assert "not registered" in by_family(digits[0])["nope"]["error"]
-    monkeypatch.delitem(FAMILIES, "diffusion")  # as if the family had not landed yet
-    records = compare("moons", ["diffusion"], budget_steps=1, n_train=50, n_test=50,
-                      settings=TINY, progress=False)  # fmt: skip
-    assert records[0]["status"] == "missing" and records[0]["bits_per_dim"] is None
-    assert [r["family"] for r in records] == ["diffusion", FLOOR]
+def test_an_unknown_family_is_an_error_before_anything_loads(monkeypatch):
+    def no_loading(*args, **kwargs):
+        raise AssertionError("data loaded before the families were checked")
+
+    monkeypatch.setattr("genlab.compare.load_dataset", no_loading)
+    with pytest.raises(ValueError, match=r"unknown family 'gan': the families are .*gmm"):
+        compare("moons", ["gmm", "gan"], budget_steps=1, settings=TINY, progress=False)
+    with pytest.raises(ValueError, match=r"unknown families 'gan', 'nope'"):
+        compare("moons", "gan,gmm,nope", budget_steps=1, settings=TINY, progress=False)
+    monkeypatch.delitem(FAMILIES, "diffusion")  # as if the family had not landed
+    with pytest.raises(ValueError, match="unknown family 'diffusion'"):
+        compare("moons", ["diffusion"], budget_steps=1, settings=TINY, progress=False)
 
 
 def test_autoregressive_is_not_applicable_to_points(moons):
@@ -343,6 +350,10 @@ def test_compare_rejects_bad_arguments():
         compare("moons", [], budget_steps=1)
     with pytest.raises(ValueError, match="n_samples"):
         Settings(n_samples=1)
+    with pytest.raises(ValueError, match="unknown data set 'moonz'"):
+        compare("moonz", ["gmm"], budget_steps=1)
+    with pytest.raises(ValueError, match="compare measures points and images"):
+        compare(f"text:{Path(__file__)}", ["gmm"], budget_steps=1)
 
 
 # -- the report -----------------------------------------------------------------------------------
@@ -367,7 +378,7 @@ def test_report_files_and_figures_exist(report):
     assert "## digits" in md and "## moons" in md
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
     assert links and all((out / rel).is_file() for rel in links)
-    assert "not applicable" in md and "missing" in md
+    assert "not applicable" in md and "autoregressive (not applicable)" in md
 
 
 def test_report_html_is_self_contained(report):
@@ -450,17 +461,19 @@ def test_cli_compare_prints_a_table_and_writes_the_report(tmp_path, cache):
     out = tmp_path / "cmp"
     result = CliRunner().invoke(
         app,
-        ["compare", "--data", "moons,circles", "--families", "gmm,nope", "--budget", "5steps",
-         "--out", str(out), "--samples", "50", "--n", "200", "--n-test", "60", "--no-progress"],
+        ["compare", "--data", "moons,circles", "--families", "gmm,autoregressive", "--budget",
+         "5steps", "--out", str(out), "--samples", "50", "--n", "200", "--n-test", "60",
+         "--no-progress"],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     text = " ".join(result.output.split())  # rich wraps the table to the terminal
     assert "moons: test split, budget 5 steps per family" in text
-    assert "circles: test split" in text and "MMD²" in text and "nope: missing" in text
+    assert "circles: test split" in text and "MMD²" in text
+    assert "autoregressive: not applicable" in text
     records = json.loads((out / "records.json").read_text())
     assert [(r["data"], r["family"]) for r in records] == [
-        ("moons", "gmm"), ("moons", "nope"), ("moons", FLOOR),
-        ("circles", "gmm"), ("circles", "nope"), ("circles", FLOOR),
+        ("moons", "gmm"), ("moons", "autoregressive"), ("moons", FLOOR),
+        ("circles", "gmm"), ("circles", "autoregressive"), ("circles", FLOOR),
     ]  # fmt: skip
     assert (out / "report.html").is_file() and (out / "report.md").is_file()
     assert abs(records[2]["mmd"]) < 0.05  # the floor: train against test samples
@@ -469,3 +482,93 @@ def test_cli_compare_prints_a_table_and_writes_the_report(tmp_path, cache):
 def test_cli_compare_rejects_a_bad_budget(tmp_path):
     result = CliRunner().invoke(app, ["compare", "--budget", "soon", "--out", str(tmp_path)])
     assert result.exit_code != 0 and "not understood" in result.output
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--data", "moons,moonz"], "unknown data set 'moonz'"),
+        (["--data", "moons", "--families", "gmm,gan"], "unknown family 'gan': the families are"),
+        (["--data", "moons,digits", "--n-test", "5000"], "n=5000 but the 'test' split of 'digits'"),
+    ],
+)
+def test_cli_compare_checks_every_name_before_training(tmp_path, capsys, monkeypatch, argv,
+                                                       message):  # fmt: skip
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained before every name was checked")
+
+    monkeypatch.setattr(FAMILIES["gmm"], "fit_for_budget", classmethod(no_training))
+    out = tmp_path / "cmp"
+    code = run(["compare", *argv, "--budget", "2steps", "--out", str(out), "--no-progress",
+                "--n", "50"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 1 and err.startswith("genlab: error: ") and message in err, err
+    assert len(err.strip().splitlines()) == 1 and not out.exists()
+
+
+# -- a corrupt feature-classifier cache is rebuilt -----------------------------------------------
+def corrupt_weights(folder: Path) -> None:
+    data = (folder / "model.safetensors").read_bytes()
+    (folder / "model.safetensors").write_bytes(data[: len(data) // 2])
+
+
+def edit_config(key, value):
+    def edit(folder: Path) -> None:
+        config = json.loads((folder / "config.json").read_text())
+        config[key] = value
+        (folder / "config.json").write_text(json.dumps(config))
+
+    return edit
+
+
+@pytest.mark.parametrize(
+    "damage, reason",
+    [
+        (corrupt_weights, "model.safetensors"),
+        (lambda folder: (folder / "config.json").write_text("{ torn"), "config.json"),
+        (lambda folder: (folder / "config.json").unlink(), "config.json"),
+        (lambda folder: (folder / "model.safetensors").unlink(), "model.safetensors"),
+        (edit_config("channels", [4]), "channels"),
+        (edit_config("test_accuracy", "high"), "test_accuracy"),
+        (edit_config("version", 99), "version"),
+    ],
+    ids=["torn-weights", "torn-config", "no-config", "no-weights", "other-arch", "accuracy",
+         "version"],
+)  # fmt: skip
+def test_a_corrupt_feature_classifier_cache_is_rebuilt(tmp_path, monkeypatch, damage, reason):
+    monkeypatch.setenv(evaluation.CACHE_ENV, str(tmp_path))
+    train = load_dataset("digits", split="train", n=100)
+    test = load_dataset("digits", split="test", n=30)
+    first = evaluation.feature_classifier(train, test, epochs=1, seconds=5.0)
+    damage(first.folder)
+    with pytest.warns(UserWarning, match="rebuilt the feature classifier cache at .*corrupt"):
+        rebuilt = evaluation.feature_classifier(train, test, epochs=1, seconds=5.0)
+    assert not rebuilt.cached and reason in rebuilt.rebuilt and rebuilt.folder == first.folder
+    x = test.x[:10]
+    assert torch.equal(first.features_and_labels(x)[0], rebuilt.features_and_labels(x)[0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the repaired cache loads without a word
+        again = evaluation.feature_classifier(train, test, epochs=1, seconds=5.0)
+    assert again.cached and again.rebuilt is None
+
+
+def test_a_classifier_cache_holding_nan_is_rebuilt(tmp_path, monkeypatch):
+    monkeypatch.setenv(evaluation.CACHE_ENV, str(tmp_path))
+    train = load_dataset("digits", split="train", n=100)
+    test = load_dataset("digits", split="test", n=30)
+    first = evaluation.feature_classifier(train, test, epochs=1, seconds=5.0)
+    weights = first.folder / "model.safetensors"
+    state = safetensors.torch.load_file(weights)
+    name = next(k for k, v in state.items() if v.is_floating_point())
+    state[name] = torch.full_like(state[name], math.nan)
+    safetensors.torch.save_file(state, weights)
+    with pytest.warns(UserWarning, match="NaN"):
+        assert not evaluation.feature_classifier(train, test, epochs=1, seconds=5.0).cached
+
+
+def test_labels_that_are_not_class_indices_are_refused():
+    train = load_dataset("digits", split="train", n=50)
+    huge = dataclasses.replace(train, y=train.y.clone())
+    huge.y[0] = 10**9
+    with pytest.raises(ValueError, match="class indices"):
+        evaluation.feature_classifier(huge, train, cache=False)

@@ -416,6 +416,7 @@ def test_conditional_images_with_guidance():
         ({"prediction": "score"}, "prediction must be one of"),
         ({"schedule": "sigmoid"}, "schedule must be one of"),
         ({"timesteps": 1}, "timesteps"),
+        ({"timesteps": 10**12}, r"timesteps must be an integer in \[2, 100000\]"),
         ({"label_dropout": 1.0}, "label_dropout"),
         ({"loss_weight": "snr"}, "loss_weight"),
     ],
@@ -431,6 +432,8 @@ def test_bad_options_are_refused(options, fragment):
         ({"method": "euler"}, "method must be one of"),
         ({"steps": 0}, "steps must be"),
         ({"method": "ddpm", "steps": 1001}, "at most"),
+        ({"method": "dpm++", "steps": 10**12}, "at most 100,000"),
+        ({"method": "ode", "solver": "heun", "steps": 10**6}, "at most 100,000"),
         ({"method": "ddim", "eta": 1.5}, "eta must be"),
         ({"method": "dpm++", "eta": 0.5}, "eta applies"),
         ({"method": "dpm++", "order": 4}, "order must be"),
@@ -465,6 +468,22 @@ def test_bad_calls_are_refused():
     with pytest.raises(ValueError, match="quantised images"):
         model.vlb(torch.zeros(2, 2), decoder="discretized")
     assert model.sample(0).shape == (0, 2)
+    with pytest.raises(ValueError, match="more than 10000 standard deviations"):
+        model.vlb(torch.tensor([[0.0, 0.0], [1e6, 0.0]]))  # no closed form there: refused
+
+
+def test_clipped_images_of_a_diverged_denoiser_raise_instead_of_looking_fine():
+    from genlab.models import DivergedError
+
+    model = Diffusion(hidden=16, max_steps=2, ema_decay=None).fit(
+        load_dataset("digits", n=64), progress=False
+    )
+    with torch.no_grad():
+        for p in model.net.parameters():
+            p.fill_(1e30)
+    for method in ("ddim", "dpm++", "ddpm"):  # x0_hat clipping would turn inf into +-1
+        with pytest.raises(DivergedError, match="denoiser's outputs are not finite"):
+            model.sample(2, method=method, steps=2, seed=0)
 
 
 # -- the command line ----------------------------------------------------------------------------

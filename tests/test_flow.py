@@ -468,3 +468,90 @@ def test_cli_fit_eval_plot_sample(tmp_path, capsys):
                 "--out", str(npy)]) == 0  # fmt: skip
     assert np.load(npy).shape == (7, 2)
     assert run(["sample", str(out), "-n", "7", "--eta", "0.5", "--out", str(npy)]) == 1
+
+
+# -- bad input: far points, absurd sizes, diverged weights ----------------------------------------
+NORMAL = torch.tensor([[1.0, -2.0], [0.0, -1.5]])
+FAR = torch.tensor([[1e18, -2.0], [3.0, 1e10], [1e5, 1e5]])
+
+
+@pytest.fixture(scope="module", params=["flow", "diffusion"])
+def tiny_ode_model(request):
+    """A briefly trained flow or diffusion on 2-D Gaussian points (both share log_prob)."""
+    cls = genlab.models.FAMILIES[request.param]
+    x = gaussian_points(300, 0).float()
+    return cls(hidden=16, max_steps=30, warmup_steps=2, ema_decay=None).fit(x, progress=False)
+
+
+@pytest.mark.parametrize("options", [{"rtol": 1e-3, "atol": 1e-3}, {"method": "rk4", "steps": 4}])
+def test_far_points_get_a_closed_form_and_leave_the_other_rows_unchanged(tiny_ode_model, options):
+    model = tiny_ode_model
+    alone = model.log_prob(NORMAL, **options)
+    mixed = model.log_prob(torch.cat([NORMAL[:1], FAR, NORMAL[1:]]), **options)
+    assert model.log_prob_far_rows_ == 3
+    torch.testing.assert_close(mixed[[0, 4]], alone, rtol=0, atol=0)  # as if the far were absent
+    far = mixed[1:4]
+    assert torch.isfinite(far).all() and bool(far.max() < alone.min())
+    u = (FAR.double() - model.data_loc.double()) / model.data_scale.double()
+    closed = standard_normal_log_prob(u) - model.data_scale.double().log().sum()
+    torch.testing.assert_close(far, closed.float())  # the base density N(z; 0, I), in closed form
+    with pytest.raises(ValueError, match="beyond the range of float32"):
+        model.log_prob(torch.tensor([[1e20, 0.0], [1.0, -2.0]]), **options)
+    model.log_prob(NORMAL, **options)
+    assert model.log_prob_far_rows_ == 0
+
+
+def test_absurd_sizes_and_steps_are_refused_up_front(tiny_ode_model):
+    model, name = tiny_ode_model, type(tiny_ode_model).__name__
+    method = {"FlowMatching": "heun", "Diffusion": "ddim"}[name]
+    with pytest.raises(ValueError, match="at most 100,000"):
+        model.sample(2, method=method, steps=10**12)
+    with pytest.raises(ValueError, match="at most 100,000"):
+        model.log_prob(NORMAL, method="rk4", steps=10**12)
+    with pytest.raises(ValueError, match=r"return_trajectory .* of memory"):
+        model.sample(10**7, method=method, steps=10**5, return_trajectory=True)
+    with pytest.raises(ValueError, match="of memory"):
+        model.sample(10**12)
+    with pytest.raises(ValueError, match=r"network .* of memory.*smaller hidden"):
+        type(model)(hidden=10**6, max_steps=1).fit(gaussian_points(10, 0).float())
+    with pytest.raises(ValueError, match="more memory than any machine"):  # 10**24 weights
+        type(model)(hidden=10**12, max_steps=1).fit(gaussian_points(10, 0).float())
+    with pytest.raises(ValueError):  # beyond 64 bits (torch's message until base checks seeds)
+        model.sample(2, seed=2**70)
+    with pytest.raises(ValueError, match=r"seed must be an integer in \[0, 2\*\*63 - 1\]"):
+        model.log_prob(NORMAL, method="rk4", steps=2, seed=2**64)
+    for tolerance in ({"rtol": -1.0}, {"atol": math.nan}):  # refused even where unused
+        with pytest.raises(ValueError, match="must be a finite number > 0"):
+            model.sample(2, method=method, steps=2, **tolerance)
+        with pytest.raises(ValueError, match="must be a finite number > 0"):
+            model.log_prob(NORMAL, method="rk4", steps=2, **tolerance)
+    with pytest.raises(TypeError, match="return_trajectory must be True or False"):
+        model.sample(2, method=method, steps=2, return_trajectory="yes")
+
+
+def test_a_diverged_field_raises_instead_of_sampling_inf(tiny_ode_model):
+    import copy
+
+    from genlab.models import DivergedError
+
+    model = copy.deepcopy(tiny_ode_model)
+    with torch.no_grad():
+        for p in model.net.parameters():
+            p.fill_(1e30)
+    with pytest.raises(DivergedError, match="not finite"):
+        model.sample(4, seed=0)
+    with pytest.raises(ValueError, match="not finite"):
+        model.log_prob(NORMAL, method="rk4", steps=2)
+
+
+@pytest.mark.parametrize(
+    "options, fragment",
+    [
+        ({"depth": 10**6}, "depth must be"),
+        ({"sample_steps": 10**12}, "sample_steps must be"),
+        ({"hutchinson_probes": 10**12}, "hutchinson_probes must be"),
+    ],
+)
+def test_absurd_flow_options_are_refused(options, fragment):
+    with pytest.raises(ValueError, match=fragment):
+        FlowMatching(**options)

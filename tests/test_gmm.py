@@ -369,7 +369,7 @@ def test_config_fields_carry_help_rules_and_cli_flags():
     assert (declared["n_components"].flag, declared["n_components"].short) == ("--components", "-k")
     assert declared["covariance_type"].flag == "--covariance"
     assert declared["dequantize"].default is True
-    with pytest.raises(ValueError, match="n_init must be an integer >= 1, got 0"):
+    with pytest.raises(ValueError, match=r"n_init must be an integer in \[1, 1000\], got 0"):
         GMMConfig(n_init=0)
     with pytest.raises(ValueError, match="dtype must be one of"):
         GaussianMixture(2, dtype="float16")
@@ -494,3 +494,53 @@ def test_a_folder_saved_before_the_redesign_scores_the_same():
     np.testing.assert_allclose(model.log_prob(x).numpy(), expected["log_prob"], rtol=0, atol=1e-4)
     s = model.sample(3, seed=0).flatten(1)[:, :6]
     np.testing.assert_allclose(s.numpy(), expected["sample"], rtol=0, atol=1e-4)
+
+
+# -- bad input: far points, overflowing data, absurd sizes, seeds ---------------------------------
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_far_points_get_their_exact_finite_density(dtype):
+    x = torch.from_numpy(overlapping_clusters(n_per=100, d=2))
+    model = GaussianMixture(3, dtype=dtype).fit(x)
+    rows = x[:4].clone()
+    far = rows.clone()
+    far[1], far[2] = torch.tensor([1e18, 50.0], dtype=torch.float64), 1e10  # float32: overflow
+    plain, mixed = model.log_prob(rows), model.log_prob(far)
+    assert mixed.dtype == getattr(torch, dtype)
+    torch.testing.assert_close(mixed[[0, 3]], plain[[0, 3]], rtol=0, atol=0)
+    assert torch.isfinite(mixed).all() and bool(mixed[1:3].max() < plain.min())
+    exact = GaussianMixture(3, dtype="float64").fit(x).log_prob(far[1:2])  # same fit, float64
+    torch.testing.assert_close(mixed[1:2].double(), exact, rtol=1e-5, atol=0)
+    assert model.predict(far).shape == (4,) and torch.isfinite(model.predict_proba(far)).all()
+    top, message = (1e20, "beyond the range of float32") if dtype == "float32" else (
+        1e200, "overflows float64")  # fmt: skip
+    with pytest.raises(ValueError, match=message):
+        model.log_prob(torch.tensor([[top, 0.0]], dtype=torch.float64))
+
+
+@pytest.mark.parametrize("dtype, big, fix", [("float32", 1e20, "use dtype='float64'"),
+                                             ("float64", 1e200, "rescale the data")])  # fmt: skip
+def test_data_whose_squares_overflow_is_refused_before_em(dtype, big, fix):
+    x = torch.randn(50, 2, dtype=torch.float64)
+    x[3, 1] = big
+    with pytest.raises(ValueError, match=f"values up to .* overflow {dtype}; {fix}"):
+        GaussianMixture(2, dtype=dtype).fit(x)
+
+
+def test_absurd_sizes_seeds_and_overflowing_samples_are_refused():
+    with pytest.raises(ValueError, match=r"mixture of 100,000 components in 1,000 dim.*memory"):
+        GaussianMixture(10**5).fit(torch.randn(10, 1000))
+    with pytest.raises(ValueError, match="n_init must be"):
+        GaussianMixture(n_init=10**12)  # each initialisation is a whole EM run
+    with pytest.raises(ValueError, match="not text"):
+        GaussianMixture().fit("some text")
+    with pytest.raises(ValueError, match="seed must be"):
+        GaussianMixture(seed=2**63)
+    assert GaussianMixture(seed=2**63 - 1).config.seed == 2**63 - 1
+    model = GaussianMixture(2, dtype="float32").fit(torch.randn(50, 2))
+    with pytest.raises(ValueError, match="of memory"):
+        model.sample(10**12)
+    with pytest.raises(ValueError):  # beyond 64 bits (torch's message until base checks seeds)
+        model.sample(2, seed=2**70)
+    model.means_ = model.means_ + 1e39  # beyond float32
+    with pytest.raises(ValueError, match=r"overflow float32.*dtype='float64'"):
+        model.sample(3, seed=0)

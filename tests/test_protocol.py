@@ -160,3 +160,11 @@ def test_folders_saved_before_the_redesign_load_and_score_the_same(folder):
         s = model.sample(3, seed=0).flatten(1)[:, :6].double()
         torch.testing.assert_close(s, torch.tensor(expected["sample"]).double(), rtol=1e-4,
                                    atol=1e-4)  # fmt: skip
+
+
+def test_absurd_sample_sizes_are_refused_before_allocating(fitted):
+    """sample(n) checks n float32 samples against the machine's memory first
+    (`GenerativeModel.check_sample_size`), whatever the family."""
+    model, _, _ = fitted
+    with pytest.raises(ValueError, match=r"sample\(n=1000000000000000\) would need .* of memory"):
+        model.sample(10**15, seed=0)

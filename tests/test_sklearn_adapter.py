@@ -233,3 +233,14 @@ def test_verbose_shows_progress_bar(capsys):
     assert "EM" not in capsys.readouterr().err
     GaussianMixture(3, random_state=0, verbose=1).fit(x)
     assert "EM" in capsys.readouterr().err
+
+
+def test_far_rows_and_absurd_sample_sizes():
+    x = separated_clusters()
+    gm = GaussianMixture(n_components=3, random_state=0).fit(x)
+    rows = np.concatenate([x[:2], [[1e18, 0.0], [0.0, 1e10]]])
+    scores = gm.score_samples(rows)
+    np.testing.assert_array_equal(scores[:2], gm.score_samples(x[:2]))
+    assert np.isfinite(scores).all() and scores[2:].max() < scores[:2].min()
+    with pytest.raises(ValueError, match="of memory"):
+        gm.sample(10**12)

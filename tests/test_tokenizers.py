@@ -145,3 +145,88 @@ def test_load_text_errors_name_the_problem(tmp_path):
     (tmp_path / "short.txt").write_text("abc")
     with pytest.raises(ValueError, match="has 2 characters"):
         load_text(tmp_path / "short.txt", "train", n=5)
+
+
+# -- bad input: unknown characters, 8-bit pixels, edited or garbage specs -------------------------
+def test_char_tokenizer_with_the_unknown_token_maps_unseen_characters():
+    tok = CharTokenizer.train("abc", unknown=True)
+    assert tok.vocab_size == 4 and tok.unk_id == 3
+    assert tok.encode("abé") == [0, 1, 3] and tok.decode([0, 3]) == "a\ufffd"
+    assert json_round_trip(tok).encode("zz") == [3, 3]
+    old = tokenizer_from_json({"kind": "char", "chars": "abc"})  # saved before the unknown token
+    assert old.unk_id is None and old.vocab_size == 3
+    assert ByteTokenizer.unk_id is None and train_tokenizer("char", "ab", unknown=True).unk_id == 2
+
+
+@pytest.mark.parametrize("kind", ["byte", "bpe"])
+def test_byte_and_bpe_encode_all_of_unicode(kind):
+    tok = train_tokenizer(kind, CORPUS, vocab_size=300)
+    text = "".join(map(chr, [0, 0x7F, 0x80, 0x7FF, 0x800, 0xD7FF, 0xE000, 0xFFFD, 0xFFFF,
+                             0x10000, 0x10FFFF]))  # fmt: skip
+    assert tok.decode(tok.encode(text)) == text
+    if kind == "bpe":  # a lone surrogate is not Unicode text: named, not a TypeError
+        with pytest.raises(ValueError, match=r"lone surrogate U\+D800 at position 1"):
+            tok.encode("a\ud800b")
+
+
+def test_pixels_outside_the_unit_interval_are_refused_not_clamped():
+    from genlab.data.tokenizers import requantise
+
+    with pytest.raises(ValueError, match=r"k / 255 in \[0, 1\].*\[0, 255\]: divide 8-bit"):
+        requantise(torch.tensor([[0.0, 128.0, 255.0]]), 256)
+    with pytest.raises(ValueError, match="divide 8-bit images"):
+        ImageTokenizer(256, (2,)).encode(torch.tensor([[0.0, 255.0]]))
+    torch.testing.assert_close(requantise(torch.tensor([0.2, 0.9]), 2), torch.tensor([0.0, 1.0]))
+
+
+BPE_SPEC = BPETokenizer.train(CORPUS, vocab_size=270).to_json()
+
+
+@pytest.mark.parametrize(
+    "spec, fragment",
+    [
+        ([1, 2], "unknown tokenizer spec a list"),
+        ("char", "unknown tokenizer spec a str"),
+        ({"kind": ["char"]}, r"unknown tokenizer spec \['char'\]"),
+        ({"chars": "ab"}, "unknown tokenizer spec None"),
+        ({"kind": "char"}, r"char tokenizer spec: keys missing \['chars'\]"),
+        ({"kind": "char", "chars": ["a", "b"]}, "'chars' must be a non-empty string"),
+        ({"kind": "char", "chars": ""}, "'chars' must be a non-empty string"),
+        ({"kind": "char", "chars": "aa"}, "once"),
+        ({"kind": "char", "chars": "ab", "unknown": "yes"}, "unknown must be true or false"),
+        ({"kind": "byte", "chars": "ab"}, r"byte tokenizer spec: keys unknown \['chars'\]"),
+        ({"kind": "bpe"}, r"keys missing \['tokenizer'\]"),
+        ({"kind": "bpe", "tokenizer": "merges"}, "JSON of a tokenizers BPE tokenizer"),
+        ({"kind": "bpe", "tokenizer": {"model": {"type": "BPE"}}}, "not a valid BPE tokenizer"),
+        (
+            {**BPE_SPEC, "tokenizer": {**BPE_SPEC["tokenizer"], "model": {"type": "WordPiece"}}},
+            "JSON of a tokenizers BPE tokenizer",
+        ),
+        ({"kind": "image", "levels": 17, "event_shape": [1, 8, 8]}, r"missing \['n_classes'\]"),
+        ({"kind": "image", "levels": 1, "n_classes": None, "event_shape": [8]}, "levels must"),
+        ({"kind": "image", "levels": True, "n_classes": None, "event_shape": [8]}, "levels must"),
+        ({"kind": "image", "levels": 17, "n_classes": 0, "event_shape": [8]}, "n_classes must"),
+        ({"kind": "image", "levels": 17, "n_classes": None, "event_shape": "8"}, "be a list"),
+        ({"kind": "image", "levels": 17, "n_classes": None, "event_shape": []}, "event_shape"),
+        ({"kind": "image", "levels": 17, "n_classes": None, "event_shape": [8, -1]}, "event_sh"),
+        ({"kind": "image", "levels": 17, "n_classes": None, "event_shape": [[8]]}, "event_sh"),
+    ],
+)
+def test_edited_or_garbage_specs_are_value_errors_naming_the_problem(spec, fragment):
+    with pytest.raises(ValueError, match=fragment):
+        tokenizer_from_json(spec)
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda m: [m["vocab"].pop(k) for k in list(m["vocab"])[200:]],  # a truncated vocabulary
+        lambda m: m["merges"].append(["zz", "qq"]),  # a merge of unknown tokens
+        lambda m: m.update(vocab=[1, 2]),  # the wrong JSON type
+    ],
+)
+def test_an_edited_bpe_spec_is_a_value_error(edit):
+    spec = json.loads(json.dumps(BPE_SPEC))
+    edit(spec["tokenizer"]["model"])
+    with pytest.raises(ValueError, match="bpe tokenizer spec: 'tokenizer' is not a valid BPE"):
+        tokenizer_from_json(spec)

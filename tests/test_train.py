@@ -212,8 +212,9 @@ def test_a_non_finite_loss_raises():
         def loss(self, batch, step):
             return {"loss": super().loss(batch, step)["loss"] * float("nan")}
 
-    with pytest.raises(FloatingPointError, match="step 2"):
+    with pytest.raises(train.DivergedError, match=r"training diverged: .* step 2; lower the") as e:
         fit(Broken(), *make_data(), tiny(), log_every=2, progress=False)
+    assert isinstance(e.value, FloatingPointError) and isinstance(e.value, ValueError)
 
 
 # -- checkpoints and resume ---------------------------------------------------------------------
@@ -255,6 +256,63 @@ def test_a_corrupt_checkpoint_raises_naming_the_file(tmp_path):
     torch.save({"step": 3}, tmp_path / "checkpoint.pt")
     with pytest.raises(ValueError, match=r"checkpoint\.pt: not a genlab training checkpoint"):
         fit(linear_model(), *make_data(), tiny(), out=tmp_path, resume=True)
+
+
+def test_files_honour_the_umask_and_killed_writes_are_cleaned_up(tmp_path):
+    x, y = make_data()
+    stale = [tmp_path / ".checkpoint.pt.k1ll3d.tmp", tmp_path / ".log.jsonl.abc.tmp"]
+    for path in stale:
+        path.write_bytes(b"half a checkpoint")
+    (tmp_path / "notes.tmp").write_text("the user's")
+    before = os.umask(0o002)
+    try:
+        fit(linear_model(), x, y, tiny(max_steps=2), out=tmp_path, progress=False)
+    finally:
+        os.umask(before)
+    assert not any(p.exists() for p in stale) and (tmp_path / "notes.tmp").exists()
+    for name in ("checkpoint.pt", "log.jsonl"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o664, name
+
+
+def test_resume_refuses_other_data_saying_what_changed(tmp_path):
+    x, y = make_data()
+    fit(linear_model(), x, y, tiny(max_steps=4), out=tmp_path, progress=False)
+    later = tiny(max_steps=8)
+    cases = {
+        r"data of shape \(96, 4\); this data has shape \(50, 4\)": make_data(50),
+        r"same shape \(96, 4\) \(same shape, different values\)": make_data(seed=4),
+        r"other labels y \(same shape, different values\)": (x, y + 1),
+        "data of dtype float32; this data has dtype float64": (x.double(), y),
+    }
+    for message, data in cases.items():
+        with pytest.raises(ValueError, match=message + ": resume with the same data, or start"):
+            fit(linear_model(), *data, later, out=tmp_path, resume=True)
+    assert fit(linear_model(), x, y, later, out=tmp_path, resume=True).steps == 8
+
+
+def test_a_checkpoint_without_a_fingerprint_resumes_as_before(tmp_path):
+    x, y = make_data()
+    fit(linear_model(), x, y, tiny(max_steps=4), out=tmp_path, progress=False)
+    ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert ckpt["fingerprint"]["shape"] == [96, 4]
+    del ckpt["fingerprint"]
+    torch.save(ckpt, tmp_path / "checkpoint.pt")
+    x2, y2 = make_data(seed=4)  # unknowable without a fingerprint: trusted
+    assert fit(linear_model(), x2, y2, tiny(max_steps=6), out=tmp_path, resume=True).steps == 6
+
+
+def test_a_checkpoint_of_another_model_or_edited_is_a_value_error(tmp_path):
+    x, y = make_data()
+    fit(linear_model(), x, y, tiny(max_steps=4), out=tmp_path, progress=False)
+    torch.manual_seed(0)
+    with pytest.raises(ValueError, match=r"checkpoint\.pt does not fit this model \(.*: resume"):
+        fit(Regressor(hidden=8), x, y, tiny(max_steps=8), out=tmp_path, resume=True)
+    good = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    for field, value in [("step", "3"), ("step", -1), ("seconds", float("nan")), ("data", [1]),
+                         ("model", [1, 2]), ("rng", 5), ("ema", {"a": 1})]:  # fmt: skip
+        torch.save({**good, field: value}, tmp_path / "checkpoint.pt")
+        with pytest.raises(ValueError, match=rf"edited or corrupt \(field {field}\); delete it"):
+            fit(linear_model(), x, y, tiny(max_steps=8), out=tmp_path, resume=True)
 
 
 def test_resume_without_a_checkpoint_starts_afresh(tmp_path):

@@ -418,3 +418,79 @@ def test_folders_saved_before_the_redesign_score_the_same(folder):
                                atol=1e-4)  # fmt: skip
     s = model.sample(3, seed=0).flatten(1)[:, :6]
     np.testing.assert_allclose(s.numpy(), expected["sample"], rtol=1e-4, atol=1e-4)
+
+
+# -- bad input: far points, divergence, absurd sizes ----------------------------------------------
+def test_far_points_get_finite_bounds_and_leave_the_other_rows_unchanged(gaussian_vae):
+    model, x = gaussian_vae
+    x = torch.from_numpy(x[:5])
+    far = x.clone()
+    far[1], far[2], far[3] = torch.tensor([1e18, 0.0]), torch.tensor([0.0, -1e10]), 1e5
+    for score in (model.log_prob, model.elbo):
+        plain, mixed = score(x), score(far)
+        torch.testing.assert_close(mixed[[0, 4]], plain[[0, 4]], rtol=0, atol=0)
+        assert torch.isfinite(mixed).all() and bool(mixed[1:4].max() < plain.min())
+        assert mixed[1] < mixed[2] < mixed[3]  # farther is less likely
+        with pytest.raises(ValueError, match="beyond the range of float32"):
+            score(torch.tensor([[1e20, 1e20]]))
+
+
+def test_rows_the_encoder_overflows_on_take_the_prior_as_proposal(gaussian_vae, monkeypatch):
+    model, x = gaussian_vae
+    x = torch.from_numpy(x[:3])
+    forward = model.encoder.forward
+
+    def overflowing(h, y=None):  # the encoder's output of row 1 is not finite
+        out = forward(h, y=y).clone()
+        out[1] = float("nan")
+        return out
+
+    monkeypatch.setattr(model.encoder, "forward", overflowing)
+    lp = model.log_prob(x, k=8)
+    assert torch.isfinite(lp).all() and model.log_prob_far_rows_ == 1
+    elbo = model.elbo(x, k=8)
+    assert torch.isfinite(elbo).all() and model.log_prob_far_rows_ == 1
+    with pytest.raises(ValueError, match="encoder's output for row 1 is not finite"):
+        model.encode(x)
+
+
+def test_a_diverged_vae_never_samples_inf():
+    from genlab.models import DivergedError
+
+    x, _, _ = gaussian_points(200)
+    with pytest.raises(DivergedError, match=r"not finite|diverged"):  # lr=1e3: samples overflow
+        VAE(hidden=16, lr=1e3, max_steps=20, warmup_steps=0, ema_decay=None).fit(x)
+    digits = load_dataset("digits", n=64)
+    model = VAE(max_steps=2, net="mlp", **TINY).fit(digits)
+    with torch.no_grad():
+        for p in model.decoder.parameters():
+            p.fill_(1e30)  # huge weights: the decoder's outputs overflow
+    for mean in (False, True):  # sigmoid / clamps would turn inf into finite pixels
+        with pytest.raises(DivergedError, match="decoder's outputs are not finite"):
+            model.sample(2, seed=0, mean=mean)
+    with pytest.raises(DivergedError, match="decoder's outputs are not finite"):
+        model.decode(torch.zeros(1, model.latent_dim_))
+    with pytest.raises(ValueError, match="row 1 of z lies more than 10000 standard deviations"):
+        model.decode(torch.tensor([[0.0] * model.latent_dim_, [1e20] * model.latent_dim_]))
+
+
+def test_absurd_sizes_are_refused_up_front(gaussian_vae):
+    model, x = gaussian_vae
+    with pytest.raises(ValueError, match=r"encoder and decoder .* of memory.*smaller hidden"):
+        VAE(hidden=10**6, max_steps=1).fit(x[:10])
+    with pytest.raises(ValueError, match="of memory"):
+        VAE(latent_dim=10**9, max_steps=1).fit(x[:10])
+    with pytest.raises(ValueError, match="at most 100,000"):
+        model.log_prob(x[:2], k=10**12)
+    with pytest.raises(ValueError, match="iwae_samples must be"):
+        VAE(iwae_samples=10**12)
+    with pytest.raises(ValueError, match="of memory"):
+        model.sample(10**12)
+    with pytest.raises(ValueError, match="of memory"):
+        model.interpolate(x[0], x[1], steps=10**12)
+    with pytest.raises(ValueError, match="more memory than any machine"):
+        VAE(hidden=10**12, max_steps=1).fit(x[:10])
+    with pytest.raises(ValueError):  # beyond 64 bits (torch's message until base checks seeds)
+        model.sample(2, seed=2**70)
+    with pytest.raises(TypeError, match="mean must be True or False"):
+        model.sample(2, mean="yes")

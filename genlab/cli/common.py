@@ -1,15 +1,18 @@
 """What every `genlab` command shares: the app, the common options, printing, and `run`, which
 turns bad input into one line `genlab: error: ...` and an exit code.
 
-Errors in the user's input (unknown options, bad values, unknown data sets, missing or corrupt
-model folders) end the program with one line `genlab: error: ...` on stderr and exit code 2
-(usage: the command line itself is wrong) or 1 (runtime: the input it names is); set
-GENLAB_DEBUG=1 to see the traceback instead.
+Every failure ends the program with one line `genlab: error: ...` on stderr, never a
+traceback: exit code 2 for usage errors (the command line itself is wrong), 1 for everything
+else (bad or missing input, impossible sizes, a diverged run, memory, a bug), 130 when
+interrupted (Ctrl-C). Set GENLAB_DEBUG=1 to see the traceback instead.
 """
 
 from __future__ import annotations
 
+import io
+import math
 import os
+import re
 import sys
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -24,8 +27,12 @@ from rich.table import Table
 
 from genlab.data import BUILTINS
 
-USER_ERRORS = (ValueError, TypeError, OSError)
-"""Exceptions that report bad input or a missing file; shown as one line, not a traceback."""
+USER_ERRORS = (ValueError, TypeError, OSError, FloatingPointError)
+"""Exceptions that report bad input, a missing file or a diverged run (`DivergedError` is both
+a FloatingPointError and a ValueError): their message is shown as is."""
+
+EXIT_INTERRUPTED = 130
+"""Exit code after Ctrl-C (128 + SIGINT, as shells report it; typer's own code for it)."""
 
 DATA_HELP = (
     f"Data set: one of {', '.join(BUILTINS)}, a .npy/.csv file, or text:FILE.txt (a UTF-8 "
@@ -125,8 +132,8 @@ def run(argv: Sequence[str] | None = None) -> int:
     """Run the CLI on `argv` (default: sys.argv[1:]) and return the exit code.
 
     0 on success (and for --help), 2 for usage errors (unknown options, bad values), 1 for
-    runtime errors in the user's input (unknown data set, missing or corrupt model folder,
-    options a config refuses together).
+    every other failure (`error_message` says what it was), 130 when interrupted. Each
+    failure prints one line `genlab: error: ...` (GENLAB_DEBUG=1: the traceback instead).
     """
     command = typer.main.get_command(app)
     debug = os.environ.get("GENLAB_DEBUG", "") not in ("", "0")
@@ -143,15 +150,75 @@ def run(argv: Sequence[str] | None = None) -> int:
         hint = f" (see '{ctx.command_path} --help')" if ctx is not None and e.exit_code == 2 else ""
         echo_err(f"genlab: error: {message}{hint}")
         return e.exit_code
-    except typer.Abort:
-        echo_err("genlab: error: aborted")
+    except (typer.Abort, KeyboardInterrupt) as e:  # click turns Ctrl-C into Abort
+        if debug and isinstance(e, KeyboardInterrupt):
+            raise
+        interrupted = isinstance(e, KeyboardInterrupt) or isinstance(e.__cause__, KeyboardInterrupt)
+        echo_err("genlab: error: interrupted" if interrupted else "genlab: error: aborted")
+        return EXIT_INTERRUPTED if interrupted else 1
+    except BrokenPipeError:  # `genlab sample ... | head`: the reader left; nothing to say
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115  (silence the flush at exit)
         return 1
-    except USER_ERRORS as e:
+    except Exception as e:
         if debug:
             raise
-        echo_err(f"genlab: error: {one_line(str(e)) or type(e).__name__}")
+        echo_err(f"genlab: error: {error_message(e)}")
         return 1
+    if result == EXIT_INTERRUPTED:  # typer turns Ctrl-C into this exit code, silently
+        echo_err("genlab: error: interrupted")
     return result if isinstance(result, int) else 0
+
+
+MEMORY_ERROR = re.compile(r"can't allocate memory|out of memory|not enough memory", re.I)
+ALLOCATION = re.compile(r"(?:tried to allocate|allocate) ([0-9.]+) ?(bytes|[KMGTP]i?B)", re.I)
+
+
+def error_message(e: BaseException) -> str:
+    """One line saying what went wrong and what to do: the message of a user error as is;
+    allocation failures (MemoryError, torch's "can't allocate memory" / "out of memory") as
+    the memory they would need; text that is not UTF-8 with the file it came from; anything
+    else as an internal error, with how to see its traceback."""
+    text = one_line(str(e))
+    if isinstance(e, MemoryError) or (isinstance(e, RuntimeError) and MEMORY_ERROR.search(text)):
+        found = ALLOCATION.search(text)
+        size = f" (tried to allocate {format_bytes(found)})" if found else ""
+        return (
+            f"this would need more memory than the machine has{size}: use smaller sizes "
+            "(fewer samples -n/--n, a smaller --batch-size, --hidden or model) or a bigger machine"
+        )
+    if isinstance(e, UnicodeDecodeError):
+        where = file_being_read(e)
+        return (
+            f"{where or 'a file'} is not UTF-8 text (byte {e.start}: {e.reason}); convert it "
+            "to UTF-8 (e.g. iconv -f latin1 -t utf-8)"
+        )
+    if isinstance(e, USER_ERRORS):
+        return text or type(e).__name__
+    return (
+        f"internal error ({type(e).__name__}: {text}); this is a bug in genlab, or an input "
+        "it does not check: rerun with GENLAB_DEBUG=1 to see the traceback, and report it"
+    )
+
+
+def format_bytes(found: re.Match[str]) -> str:
+    """ "8 TB" from an allocation message's "8000000000000 bytes" (other units as given)."""
+    value, unit = float(found.group(1)), found.group(2)
+    if unit.lower() != "bytes":
+        return f"{value:g} {unit}"
+    power = min(int(math.log10(max(value, 1.0)) // 3), 4)
+    return f"{value / 1000**power:.3g} {('bytes', 'KB', 'MB', 'GB', 'TB')[power]}"
+
+
+def file_being_read(e: BaseException) -> str | None:
+    """The name of the text file whose decoding raised `e` (the open file object of the
+    innermost frame that holds one), or None."""
+    tb, name = e.__traceback__, None
+    while tb is not None:
+        for value in tb.tb_frame.f_locals.values():
+            if isinstance(value, io.TextIOWrapper) and isinstance(value.name, str):
+                name = value.name
+        tb = tb.tb_next
+    return name
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:

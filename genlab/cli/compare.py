@@ -86,21 +86,26 @@ def compare_families(
     scale (labelled exact, bound or estimate), MMD and sliced W2 of samples, and for labelled
     images the Fréchet distance, precision/recall and class entropy in the features of a small
     classifier (cached in $GENLAB_CACHE or ~/.cache/genlab); training and sampling time, NFE
-    and parameters. A family that is not available is reported as missing, one that fails
-    with its error. Writes OUT/report.html (self-contained), OUT/report.md and the figures.
+    and parameters. A family that cannot model the data is reported as not applicable, one
+    that fails with its error. Every family name and data set is checked before anything
+    trains. Writes OUT/report.html (self-contained), OUT/report.md and the figures.
     """
     parsed = parse_budget_option(budget)
     names = [d.strip() for d in data.split(",") if d.strip()]
     wanted = [f.strip() for f in families.split(",") if f.strip()]
     if not names or not wanted:
         raise typer.BadParameter("--data and --families must each name at least one")
+    comparison.check_families(wanted)
+    pairs = {name: comparison.load_pair(name, n_train=n, n_test=n_test, seed=seed, root=root)
+             for name in dict.fromkeys(names)}  # fmt: skip
     settings = comparison.Settings(n_samples=samples)
     records: list[dict[str, Any]] = []
     for name in names:
-        found = comparison.compare(name, wanted, budget_seconds=parsed.seconds,
-                                   budget_steps=parsed.steps, out=out, seed=seed, n_train=n,
-                                   n_test=n_test, root=root, settings=settings,
-                                   progress=progress, report=False)  # fmt: skip
+        train, test = pairs[name]
+        found = comparison.compare(train, wanted, test=test, budget_seconds=parsed.seconds,
+                                   budget_steps=parsed.steps, out=out, seed=seed,
+                                   settings=settings, progress=progress,
+                                   report=False)  # fmt: skip
         print_comparison(found, f"{data_name(name)}: test split, budget {parsed} per family")
         records += found
     paths = reporting.write_report(records, out)

@@ -6,12 +6,20 @@ value is checked by the field's constraint as it is read (a broken rule is a usa
 exit code 2); rules across fields are the config's own (`genlab: error: ...`, exit code 1).
 So the command-line defaults are the Python defaults, and a new family needs no edit here.
 Beside its config, every command takes the options of the run: --data, --n, --root, --out,
---progress, and where the family has them --conditional, --checkpoint-every and --resume.
+--device, --progress, and where the family has them --conditional, --checkpoint-every and
+--resume.
+
+The model is saved before it is scored: a failure while scoring the fitted model (for
+example a text whose validation part holds a symbol the training part lacks) prints a line
+`genlab: warning: ...` and the command still succeeds (exit code 0) with the model saved.
+The --out folder must be empty, new, or a genlab run (`genlab.runs.check_out_folder`), and
+one run at a time holds it (`genlab.runs.run_lock`).
 """
 
 from __future__ import annotations
 
 import inspect
+import math
 import time
 import types
 import typing
@@ -22,10 +30,20 @@ from typing import Annotated, Any, Literal
 import typer
 from rich.markup import escape
 
-from genlab import evaluation
-from genlab.cli.common import DATA_HELP, NOption, RootOption, app, data_name, print_table
+from genlab import evaluation, runs
+from genlab.cli.common import (
+    DATA_HELP,
+    NOption,
+    RootOption,
+    app,
+    data_name,
+    echo_err,
+    error_message,
+    print_table,
+)
 from genlab.data import Dataset, load_dataset
 from genlab.models import FAMILIES, GenerativeModel
+from genlab.models.base import TrainingData
 from genlab.options import Option, options
 
 fit_app = typer.Typer(
@@ -142,12 +160,21 @@ ResumeOption = Annotated[
 ]
 
 
+DeviceOption = Annotated[
+    str | None,
+    typer.Option(
+        "--device", help="Where to fit: cpu, cuda or cuda:N (default: cuda when present)."
+    ),
+]
+
+
 def out_option(family: str) -> Any:
     help_ = (
         "Model folder: config.json, model.safetensors and, for trained networks, "
-        f"checkpoint.pt and log.jsonl (default: runs/DATA-{family})."
+        f"checkpoint.pt and log.jsonl (default: runs/DATA-{family}). It must be new, empty "
+        "or a genlab run."
     )
-    return Annotated[Path | None, typer.Option("--out", "-o", help=help_)]
+    return Annotated[str | None, typer.Option("--out", "-o", help=help_)]
 
 
 def keyword(name: str, default: Any, annotation: Any) -> inspect.Parameter:
@@ -157,13 +184,15 @@ def keyword(name: str, default: Any, annotation: Any) -> inspect.Parameter:
 
 
 def run_parameters(cls: type[GenerativeModel]) -> list[inspect.Parameter]:
-    """--data, --n, --root, --out, --progress, and --conditional, --checkpoint-every,
-    --resume where the family has them (names end in "_": no config field's clash)."""
+    """--data, --n, --root, --out, --device, --progress, and --conditional,
+    --checkpoint-every, --resume where the family has them (names end in "_": no config
+    field's clash)."""
     params = [
         keyword("data_", cls.example_data, DataOption),
         keyword("n_", None, NOption),
         keyword("root_", None, RootOption),
         keyword("out_", None, out_option(cls.family)),
+        keyword("device_", None, DeviceOption),
         keyword("progress_", True, ProgressOption),
     ]
     if cls.takes_labels:
@@ -223,49 +252,81 @@ def fit_and_report(
     data: str,
     n: int | None,
     root: Path | None,
-    out: Path | None,
+    out: str | None,
     progress: bool,
+    device: str | None = None,
     conditional: bool = False,
     checkpoint_every: int | None = None,
     resume: bool = False,
 ) -> None:
-    """Construct `cls(**config)`, fit it on the train split, save it and print a summary."""
-    model = cls(**config)
+    """Construct `cls(**config)`, fit it on the train split in the --out folder (checked,
+    and locked for the run), save it, then score it and print a summary."""
+    model = cls(**config, device=device)
     seed = config.get("seed")
     seed = 0 if seed is None else seed
+    folder = Path("runs") / f"{data_name(data)}-{cls.family}" if out is None else out
+    folder = runs.check_out_folder(folder)
     train = load_dataset(data, split="train", n=n, seed=seed, root=root)
     if conditional and train.y is None:
         raise ValueError(f"--conditional needs labels, and {data!r} has none")
-    out = out or Path("runs") / f"{data_name(data)}-{cls.family}"
+    labels = train.y if conditional else None
+    refuse_unsupported(cls, train, labels)
     kwargs: dict[str, Any] = {"progress": progress}
     if trains_networks(cls):
-        kwargs |= {"out": out, "checkpoint_every": checkpoint_every, "resume": resume}
-    start = time.perf_counter()
-    model.fit(train, y=train.y if conditional else None, **kwargs)
-    seconds = time.perf_counter() - start
-    score = score_row(model, train, data, root, seed)
-    model.save(out)
+        kwargs |= {"out": folder, "checkpoint_every": checkpoint_every, "resume": resume}
+    with runs.run_lock(folder):
+        start = time.perf_counter()
+        model.fit(train, y=labels, **kwargs)
+        seconds = time.perf_counter() - start
+        model.save(folder)
+    try:  # the model is saved: a scoring failure costs nothing but the score
+        score = score_row(model, train, data, root, seed)
+    except Exception as e:
+        echo_err(f"genlab: warning: the model is saved in {folder}, but scoring it failed: "
+                 f"{error_message(e)}")  # fmt: skip
+        score = {}
     rows = {**score, **model.fit_summary()}
     if cls.takes_labels:
         rows["conditional"] = conditional
     rows |= {"parameters": model.n_parameters, "time": f"{seconds:.2f} s"}
     unit = "characters" if model.is_text else "samples"
     print_table(f"{cls.family} on {data_name(data)} ({len(train)} train {unit})", rows)
-    typer.echo(f"saved {out}")
+    typer.echo(f"saved {folder}")
+
+
+def refuse_unsupported(cls: type[GenerativeModel], train: Dataset, labels: Any) -> None:
+    """Raise the family's own reason (`unsupported`) when it cannot model the data, naming
+    the registered families that can, before anything is trained."""
+    data = TrainingData.from_input(train, labels)
+    reason = cls.unsupported(data)
+    if reason is None:
+        return
+    able = [name for name, other in FAMILIES.items() if other.unsupported(data) is None]
+    hint = f"; for {data.kind} data use the {' or '.join(able)} family" if able else ""
+    raise ValueError(f"{reason}{hint}")
 
 
 def score_row(
     model: GenerativeModel, train: Dataset, data: str, root: Path | None, seed: int
 ) -> dict[str, str]:
     """The first row of the summary: the model's quick train score (`score_rows`), or for a
-    text model its validation loss on the test split."""
+    text model its validation loss on the test split.
+
+    Raises:
+        ValueError: the score is NaN or infinite (and whatever scoring raises).
+    """
     if model.is_text:
         test = load_dataset(data, split="test", root=root)
         scores = evaluation.evaluate_model(model, test, seed)
         loss, bits = scores["loss"], scores["bits_per_char"]
-        return {"validation loss": f"{loss:.4f} nats/char ({bits:.4f} bits/char)"}
-    label, value = model.score_rows(train)
-    return {label: f"{value:.5g} nats/sample"}
+        label, value = "validation loss", loss
+        text = f"{loss:.4f} nats/char ({bits:.4f} bits/char)"
+    else:
+        label, value = model.score_rows(train)
+        text = f"{value:.5g} nats/sample"
+    if not math.isfinite(value):
+        raise ValueError(f"the {label} is {value}")
+    return {label: text}
 
 
 for _name, _cls in FAMILIES.items():

@@ -169,30 +169,56 @@ def plot(
     noise to samples, with MODEL_DIR/samples.gif, the samples moving) or
     MODEL_DIR/denoising.png (diffusion: the denoising sequence of a few samples). Also writes
     MODEL_DIR/history.png when the model kept its training curve (EM log-likelihoods, or
-    the trainer's log.jsonl).
+    the trainer's log.jsonl). For other models (text, points of another dimension) it says
+    why there is no picture of samples, draws the rest, and fails when that is nothing.
     """
     model = genlab.load(model_dir)
-    out = out or model_dir / "plot.png"
     shape = tuple(model.event_shape or ())
     kind = shape_kind(shape)
+    cannot = cannot_draw(model)
+    if cannot is not None and out is not None:
+        raise ValueError(f"cannot write {out}: {cannot}")
+    out = out or model_dir / "plot.png"
     title = model.family if data is None else f"{model.family} on {data_name(data)}"
     test = None if data is None else load_dataset(data, split="test", n=n, seed=seed, root=root)
-    if model.is_text:  # text: the training curve only (genlab sample prints text)
-        written = []
-    elif kind == "image":
+    if test is not None and not model.is_text and tuple(test.event_shape) != shape:
+        raise ValueError(
+            f"--data {data} has samples of shape {tuple(test.event_shape)}, but the model's "
+            f"have shape {shape}: pass the data set the model was fitted on"
+        )
+    written: list[Path] = []
+    if cannot is None and kind == "image":
         if data is not None and not model.has_encoder:
             echo_err("genlab: note: --data is only drawn for 2-D point models; ignoring it")
-        written = [plot_images(model, samples or PLOT_SAMPLES["image"], seed, out, title)]
-    elif shape == (2,):
-        written = [plot_points(model, test, samples or PLOT_SAMPLES["points"], seed, out, title)]
-    else:
-        raise ValueError(
-            f"genlab plot draws 2-D point and image models; this model's samples have shape {shape}"
-        )
+        written.append(plot_images(model, samples or PLOT_SAMPLES["image"], seed, out, title))
+    elif cannot is None:
+        written.append(plot_points(model, test, samples or PLOT_SAMPLES["points"], seed, out,
+                                   title))  # fmt: skip
     if model.has_encoder and test is not None:
         written += plot_encoder(model, test, kind, model_dir)
-    if model.trajectory_picture is not None and not model.is_text:
+    if model.trajectory_picture is not None and cannot is None:
         written += plot_trajectory(model, test, kind, seed, model_dir)
     written += plot_history(model, model_dir)
+    if not written:
+        raise ValueError(f"nothing to draw: {cannot}, and {model_dir} holds no training curve")
+    if cannot is not None:
+        echo_err(f"genlab: note: {cannot}; drew the other pictures only")
     for path in written:
         typer.echo(f"wrote {path}")
+
+
+def cannot_draw(model: GenerativeModel) -> str | None:
+    """Why `genlab plot` cannot picture the model's samples (None when it can: 2-D points
+    and images)."""
+    shape = tuple(model.event_shape or ())
+    if model.is_text:
+        return (
+            "genlab plot draws 2-D point and image models, and this is a text model: read its "
+            "samples with genlab sample"
+        )
+    if shape_kind(shape) != "image" and shape != (2,):
+        return (
+            f"genlab plot draws 2-D point and image models, and this model's samples have shape "
+            f"{shape}: write them with genlab sample --out FILE.npy"
+        )
+    return None

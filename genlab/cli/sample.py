@@ -146,6 +146,11 @@ def sample(
         return
     n = 1000 if n is None else n
     samples = model.sample(n, seed=seed, **options).detach().cpu()
+    if not torch.isfinite(samples).all():
+        raise ValueError(
+            f"the samples of {model_dir} contain NaN or infinity (nothing written): the model "
+            "is broken; re-fit it or restore the folder"
+        )
     out = out or model_dir / "samples.npy"
     if out.suffix.lower() == ".npy":
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from pathlib import Path
 from typing import Literal
 
-import numpy as np
-
+from genlab.data import dataset
 from genlab.data.dataset import Dataset, NpyArray, image_geometry, image_shape, shape_kind
 from genlab.data.files import is_data_file, load_file
 from genlab.data.images import load_digits, load_mnist
@@ -73,19 +73,21 @@ def load_dataset(
         A `Dataset` with x of shape (n, *event_shape).
 
     Raises:
-        ValueError: unknown name, bad split, n or seed, a malformed file, or n larger than
-            the split.
-        FileNotFoundError: a file (or an MNIST file) is missing.
+        ValueError: unknown name, bad split, n or seed (an integer in [0, 2**63 - 1]), a
+            malformed or unsupported file, n larger than the split, or n points that
+            would not fit in memory; every message names the problem and the fix.
+        TypeError: name is neither a str nor a path.
+        FileNotFoundError: a file (or an MNIST file) is missing, or a name that looks like
+            a path (it has a suffix or a folder) names no file.
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    if n is not None and (isinstance(n, bool) or not isinstance(n, int | np.integer) or n <= 0):
-        raise ValueError(f"n must be a positive integer or None, got {n!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-    n = None if n is None else int(n)
+    if not isinstance(name, str | os.PathLike):
+        raise TypeError(f"name must be a data set name or a file path, got {name!r}")
+    n = None if n is None else dataset.check_count(n)
+    seed = dataset.check_seed(seed)
     if isinstance(name, str) and name in TOY_SAMPLERS:
-        return load_toy(name, split, n, int(seed))
+        return load_toy(name, split, n, seed)
     if name == "digits":
         return _first_rows(load_digits(split), n, split)
     if name == "mnist":
@@ -94,6 +96,10 @@ def load_dataset(
         return load_text(name, split, n)
     if is_data_file(name):
         return _first_rows(load_file(name, split), n, split)
+    if Path(name).suffix or os.sep in os.fspath(name):
+        raise FileNotFoundError(
+            f"{os.fspath(name)}: no such file (nor a built-in data set: {', '.join(BUILTINS)})"
+        )
     raise ValueError(
         f"unknown data set {os.fspath(name)!r}: use one of {', '.join(BUILTINS)}, "
         "or a file path ending in .npy or .csv"

@@ -1,12 +1,16 @@
-"""The Dataset record every loader returns, and a lazy row reader for large `.npy` files."""
+"""The Dataset record every loader returns, a lazy row reader for large `.npy` files, the one
+image rule, and the checks every loader shares (dtypes, float32 values, memory, counts)."""
 
 from __future__ import annotations
 
 import copy
+import math
 import os
+import tokenize
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import BinaryIO, Literal
 
 import numpy as np
 import torch
@@ -19,50 +23,59 @@ class NpyArray:
 
     Unlike `np.load(mmap_mode="r")`, nothing stays mapped: reading rows `[a, b)` costs
     `(b - a) * row_bytes` of memory and no more, so a file larger than RAM can be streamed.
-    Indexing with a slice or an integer array returns a `torch.Tensor` of the file's dtype.
+    Indexing with a slice or an integer array returns a `torch.Tensor` of the file's dtype
+    in native byte order (big-endian files are converted as they are read).
 
     A row window `[start, stop)` of the file (see `rows`) behaves as an array of its own:
     `len`, `shape` and indexing all refer to the window, so row 0 is file row `start`.
+
+    The header is checked when the file is opened: the dtype must be bool, integer or
+    float (`check_dtype`: complex, string, object and structured arrays are refused), the
+    shape non-negative and the file exactly as long as the shape says. Every read checks
+    its values (`float32_problem`): genlab computes in float32, so NaN, infinity, floats
+    beyond float32's range and integers that float32 would round raise a ValueError naming
+    the file row.
 
     Args:
         path: the `.npy` file.
         start: first file row of the window.
         stop: end (exclusive) of the window in file rows; None for the end of the file.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not a `.npy` file, a corrupt or edited header, an unsupported dtype, a
+            Fortran-ordered or 0-d array, or a bad window.
     """
 
     def __init__(self, path: str | os.PathLike, start: int = 0, stop: int | None = None):
         self.path = Path(path)
         with open(self.path, "rb") as f:
-            try:
-                version = np.lib.format.read_magic(f)
-                read_header = {
-                    (1, 0): np.lib.format.read_array_header_1_0,
-                    (2, 0): np.lib.format.read_array_header_2_0,
-                }.get(version)
-                if read_header is None:
-                    raise ValueError(f"unsupported .npy format version {version}")
-                shape, fortran_order, dtype = read_header(f)
-            except ValueError as e:
-                raise ValueError(f"{self.path}: not a valid .npy file ({e})") from None
+            shape, fortran_order, file_dtype = _read_npy_header(f, self.path)
             self.offset = f.tell()
         if fortran_order:
             raise ValueError(
-                f"{self.path}: Fortran-ordered arrays cannot be streamed; save it C-ordered"
-            )
-        if dtype.hasobject:
-            raise ValueError(
-                f"{self.path}: object arrays are not supported (they would need pickle)"
+                f"{self.path}: Fortran-ordered arrays cannot be read row by row; save it "
+                "C-ordered: np.save(path, np.ascontiguousarray(a))"
             )
         if len(shape) < 1:
-            raise ValueError(f"{self.path}: a 0-d array has no rows")
-        self.dtype = dtype
-        self.row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
-        self.file_rows = int(shape[0])
-        expected = self.offset + self.file_rows * self.row_bytes
-        size = self.path.stat().st_size
-        if size < expected:
+            raise ValueError(f"{self.path}: a 0-d array has no rows; save an (n, d) array")
+        if any(s < 0 for s in shape):
             raise ValueError(
-                f"{self.path}: truncated .npy file ({size} bytes, the header promises {expected})"
+                f"{self.path}: the .npy header gives the negative shape {shape}; the file "
+                "is corrupt or its header was edited: save the array again with np.save"
+            )
+        self.file_dtype = file_dtype
+        self.dtype = check_dtype(file_dtype, self.path)
+        self.row_bytes = math.prod(shape[1:]) * file_dtype.itemsize
+        self.file_rows = int(shape[0])
+        data = self.path.stat().st_size - self.offset
+        needed = self.file_rows * self.row_bytes
+        if data != needed:
+            problem = "is truncated" if data < needed else "has bytes after the array"
+            raise ValueError(
+                f"{self.path}: the .npy header's shape {shape} ({file_dtype}) needs "
+                f"{needed} bytes of data, the file holds {data}: it {problem}, or its "
+                "header was edited; save the array again with np.save"
             )
         stop = self.file_rows if stop is None else stop
         self.start, self.stop = _check_window(start, stop, self.file_rows)
@@ -86,6 +99,14 @@ class NpyArray:
     def ndim(self) -> int:
         return len(self.shape)
 
+    def _reserve(self, count: int) -> None:
+        """Refuse a read of `count` rows that would not fit in this machine's memory."""
+        check_memory(
+            count * self.row_bytes,
+            f"reading {count} rows of {self.path}",
+            "read fewer rows at a time (a row window: .rows(start, stop))",
+        )
+
     def _read_rows(self, fd: int, start: int, stop: int) -> np.ndarray:
         count = max(stop - start, 0)
         nbytes = count * self.row_bytes
@@ -97,7 +118,14 @@ class NpyArray:
             if got == 0:
                 raise ValueError(f"{self.path}: file ended early while reading rows")
             done += got
-        return np.frombuffer(buf, dtype=self.dtype).reshape((count, *self.shape[1:]))
+        rows = np.frombuffer(buf, dtype=self.file_dtype).reshape((count, *self.shape[1:]))
+        rows = rows if self.file_dtype == self.dtype else rows.astype(self.dtype)
+        problem = float32_problem(rows)
+        if problem is not None:
+            (row, *within), why = problem
+            where = {0: "", 1: f", column {within[0]}"}.get(len(within), f", at {tuple(within)}")
+            raise ValueError(f"{self.path}, row {self.start + start + row}{where} {why}")
+        return rows
 
     def _open(self) -> int:
         return os.open(self.path, os.O_RDONLY)
@@ -109,28 +137,143 @@ class NpyArray:
             if not 0 <= row < len(self):
                 raise IndexError(f"row {index} out of range for {len(self)} rows")
             return self[row : row + 1][0]
+        if isinstance(index, slice) and (index.step or 1) > 0:
+            start, stop, step = index.indices(len(self))
+            self._reserve(max(stop - start, 0))
+            fd = self._open()
+            try:
+                rows = self._read_rows(fd, start, max(start, stop))
+            finally:
+                os.close(fd)
+            return torch.from_numpy(rows[::step].copy() if step != 1 else rows)
+        if isinstance(index, slice):  # negative step: gather the rows it names
+            index = np.arange(len(self))[index]
+        idx = np.asarray(index, dtype=np.int64).reshape(-1)
+        if idx.size and (idx.min() < 0 or idx.max() >= len(self)):
+            raise IndexError(f"row index out of range for {len(self)} rows")
+        self._reserve(idx.size)
+        out = np.empty((idx.size, *self.shape[1:]), dtype=self.dtype)
         fd = self._open()
         try:
-            if isinstance(index, slice) and (index.step or 1) > 0:
-                start, stop, step = index.indices(len(self))
-                rows = self._read_rows(fd, start, max(start, stop))
-                return torch.from_numpy(rows[::step].copy() if step != 1 else rows)
-            if isinstance(index, slice):  # negative step: gather the rows it names
-                index = np.arange(len(self))[index]
-            idx = np.asarray(index, dtype=np.int64).reshape(-1)
-            if idx.size and (idx.min() < 0 or idx.max() >= len(self)):
-                raise IndexError(f"row index out of range for {len(self)} rows")
-            out = np.empty((idx.size, *self.shape[1:]), dtype=self.dtype)
             for pos in np.argsort(idx, kind="stable"):
                 out[pos] = self._read_rows(fd, int(idx[pos]), int(idx[pos]) + 1)[0]
-            return torch.from_numpy(out)
         finally:
             os.close(fd)
+        return torch.from_numpy(out)
 
     def __repr__(self) -> str:
         full = self.start == 0 and self.stop == self.file_rows
         window = "" if full else f", start={self.start}, stop={self.stop}"
         return f"NpyArray({str(self.path)!r}{window}, shape={self.shape}, dtype={self.dtype})"
+
+
+_HEADER_ERRORS = (ValueError, TypeError, SyntaxError, RecursionError, tokenize.TokenError)
+"""What NumPy's header parser raises for a corrupt header (it evaluates a Python literal)."""
+
+
+def _read_npy_header(f: BinaryIO, path: Path) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """(shape, fortran_order, dtype) from the header of an open `.npy` file."""
+    try:
+        version = np.lib.format.read_magic(f)
+        read_header = {
+            (1, 0): np.lib.format.read_array_header_1_0,
+            (2, 0): np.lib.format.read_array_header_2_0,
+        }.get(version)
+        if read_header is None:
+            raise ValueError(f"unsupported .npy format version {version}")
+        shape, fortran_order, dtype = read_header(f)
+    except _HEADER_ERRORS as e:
+        raise ValueError(
+            f"{path}: not a valid .npy file ({_one_line(e)}); save the array with np.save"
+        ) from None
+    return tuple(int(s) for s in shape), bool(fortran_order), dtype
+
+
+def _one_line(e: BaseException) -> str:
+    """An exception's message on one line (NumPy's header messages span several)."""
+    return " ".join(str(e).split()) or type(e).__name__
+
+
+def check_dtype(dtype: np.dtype, path: str | os.PathLike) -> np.dtype:
+    """The native-byte-order twin of a file's dtype, if genlab can read it: bool, integer or
+    float (up to float64). Anything else raises a ValueError naming the file and the fix."""
+    kind = dtype.kind
+    if kind in "biu" or (kind == "f" and dtype.itemsize <= 8):
+        return dtype if dtype.isnative else dtype.newbyteorder("=")
+    if kind == "c":
+        why = (
+            "the array holds complex numbers; save the real and imaginary parts as separate "
+            "columns, e.g. np.save(path, np.concatenate([a.real, a.imag], axis=1))"
+        )
+    elif dtype.hasobject:
+        why = "the array holds Python objects (they would need pickle); save an array of numbers"
+    elif dtype.names is not None or dtype.subdtype is not None:
+        why = (
+            f"it is a structured array ({dtype}); save one array of numbers, e.g. "
+            "numpy.lib.recfunctions.structured_to_unstructured(a)"
+        )
+    elif kind in "US":
+        why = f"the array holds strings ({dtype}); convert them to numbers, e.g. a.astype(float)"
+    elif kind in "Mm":
+        why = f"the array holds dates or times ({dtype}); convert them to numbers first"
+    elif kind == "f":
+        why = f"the array holds {dtype} numbers, which torch cannot read; save a.astype(np.float64)"
+    else:
+        why = (
+            f"the array holds raw {dtype} values; save an array of numbers (bool, integer or float)"
+        )
+    raise ValueError(f"{path}: {why}")
+
+
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def float32_problem(values: np.ndarray) -> tuple[tuple[int, ...], str] | None:
+    """(index, what is wrong) for the first value of `values` (n, ...) that float32 cannot
+    hold as it is, in row order, else None. The text reads after a place: "holds nan, ...".
+
+    genlab computes in float32, so a value must be finite and within float32's range
+    (floats are rounded to float32's 24 bits of precision, as every model computes), and an
+    integer must be exact in float32 (at most 24 significant bits: every |k| <= 2**24,
+    and larger multiples of powers of two). Bool and small integer dtypes always are.
+    """
+    kind, size = values.dtype.kind, values.dtype.itemsize
+    if kind == "f":
+        bad = ~np.isfinite(values)
+        if size > 4:  # float16 and float32 always fit
+            with np.errstate(invalid="ignore"):
+                bad |= np.abs(values) > FLOAT32_MAX
+    elif kind in "iu" and size >= 4:
+        bad = ~_exact_in_float32(values)
+    else:
+        return None
+    if not bad.any():
+        return None
+    index = tuple(int(i) for i in np.unravel_index(int(bad.argmax()), bad.shape))
+    value = values[index]
+    if kind == "f" and not np.isfinite(value):
+        why = f"holds {value}, which is not a finite number; drop or fill in such values"
+    elif kind == "f":
+        why = (
+            f"holds {value:g}, beyond the range of float32 (±{FLOAT32_MAX:.3g}), in which "
+            "genlab computes; rescale the data"
+        )
+    else:
+        why = (
+            f"holds the integer {value}, which float32 (in which genlab computes) would "
+            "round: integers up to 2**24 are exact; rescale the data, or save it as floats "
+            "to accept the rounding"
+        )
+    return index, why
+
+
+def _exact_in_float32(k: np.ndarray) -> np.ndarray:
+    """Which integers of `k` float32 represents exactly: those of <= 24 significant bits."""
+    magnitude = k.astype(np.uint64) if k.dtype.kind == "u" else np.abs(k.astype(np.int64))
+    magnitude = magnitude.view(np.uint64)  # |int64 min| wraps to itself: 2**63 as uint64
+    lowest_bit = magnitude & (~magnitude + np.uint64(1))
+    significant = magnitude // np.maximum(lowest_bit, np.uint64(1))
+    return significant < np.uint64(2**24)
 
 
 def _check_window(start: int, stop: int, n_rows: int) -> tuple[int, int]:
@@ -143,6 +286,62 @@ def _check_window(start: int, stop: int, n_rows: int) -> tuple[int, int]:
             f"row window [{start}, {stop}) must satisfy 0 <= start <= stop <= {n_rows}"
         )
     return int(start), int(stop)
+
+
+# --- sizes --------------------------------------------------------------------------------
+
+
+def physical_memory() -> int | None:
+    """Bytes of physical memory of this machine (None where the OS does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def format_size(nbytes: float) -> str:
+    """A byte count for people: "512 bytes", "1.5 GiB", "7.28 TiB"."""
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if abs(nbytes) < 1024 or unit == "PiB":
+            return f"{nbytes:.0f} {unit}" if unit == "bytes" else f"{nbytes:.3g} {unit}"
+        nbytes /= 1024
+    raise AssertionError("unreachable")
+
+
+def check_memory(nbytes: int, what: str, fix: str) -> None:
+    """Raise ValueError when `what` would need more than this machine's physical memory.
+
+    The message says how much it would need, how much there is, and `fix`:
+    "<what> would need 7.28 TiB of memory, more than this machine's 125 GiB; <fix>".
+    """
+    total = physical_memory()
+    if total is not None and nbytes > total:
+        raise ValueError(
+            f"{what} would need {format_size(nbytes)} of memory, more than this machine's "
+            f"{format_size(total)}; {fix}"
+        )
+
+
+def check_count(n: object, what: str = "n") -> int:
+    """`n` as an int if it is a positive integer (bool refused), else a ValueError."""
+    if isinstance(n, bool) or not isinstance(n, int | np.integer) or n <= 0:
+        raise ValueError(f"{what} must be a positive integer or None, got {n!r}")
+    return int(n)
+
+
+SEED_MAX = 2**63 - 1
+"""The largest seed, as every seed option of genlab (TrainConfig.seed) takes."""
+
+
+def check_seed(seed: object) -> int:
+    """`seed` as an int if it is an integer in [0, SEED_MAX] (bool refused), else a ValueError."""
+    if (
+        isinstance(seed, bool)
+        or not isinstance(seed, int | np.integer)
+        or not 0 <= seed <= SEED_MAX
+    ):
+        raise ValueError(f"seed must be an integer in [0, 2**63 - 1], got {seed!r}")
+    return int(seed)
 
 
 ArrayLike = torch.Tensor | NpyArray
@@ -205,3 +404,45 @@ class Dataset:
     def dim(self) -> int:
         """Number of scalar dimensions of one sample, prod(event_shape)."""
         return int(np.prod(self.event_shape, dtype=np.int64))
+
+    def describe(self) -> str:
+        """What the data is, for messages: "text (1,234 characters)", "images of shape
+        (1, 8, 8)", "points of dimension 2" (with the name, when there is one)."""
+        of = f"{self.name!r}: " if self.name else ""
+        if self.kind == "text":
+            return f"{of}text ({len(self):,} characters)"
+        if self.kind == "image":
+            return f"{of}images of shape {self.event_shape}"
+        shape = self.event_shape
+        return f"{of}points of dimension {self.dim}" + (f" {shape}" if len(shape) > 1 else "")
+
+    def require_kind(self, kinds: Collection[DataKind], what: str) -> None:
+        """Raise a ValueError unless this data's kind is one of `kinds`.
+
+        Args:
+            kinds: the kinds `what` accepts, e.g. ("points", "image").
+            what: who needs them, the subject of the message, e.g. "the gmm family".
+
+        The message says what the data is (`describe`) and what to give instead:
+        "the gmm family models points or images, not text ('text:a.txt': text (90
+        characters)); give it numbers (a built-in data set, a .npy or .csv file), or use a
+        model of text".
+        """
+        if self.kind in kinds:
+            return
+        wanted = " or ".join(KIND_NAMES[k] for k in kinds)
+        if self.kind == "text":
+            fix = (
+                "give it numbers (a built-in data set, a .npy or .csv file), or use a model of text"
+            )
+        elif "text" in kinds:
+            fix = "give it a text corpus as text:FILE"
+        else:
+            fix = f"give it {wanted}"
+        raise ValueError(
+            f"{what} models {wanted}, not {KIND_NAMES[self.kind]} ({self.describe()}); {fix}"
+        )
+
+
+KIND_NAMES: dict[str, str] = {"points": "points", "image": "images", "text": "text"}
+"""How messages name each `DataKind`."""

@@ -3,17 +3,36 @@
 Files have no split of their own, so rows are split by position: "train" is the first 90%
 of the rows (`9 * rows // 10`), "test" the remaining 10%, "all" every row. Shuffle the
 file first if its rows are ordered (for example by class).
+
+genlab computes in float32. A `.npy` file of bool, integer or float numbers (either byte
+order) is read as it is, and every read is checked: NaN, infinity, floats beyond float32's
+range and integers float32 would round (beyond 2**24) are refused, naming the row; floats are
+rounded to float32 when a model reads them. Complex, string, object and structured arrays
+are refused when the file is opened. A CSV file's numbers are float32 after reading (rounded),
+and an empty or non-finite cell is refused, naming its line and column.
 """
 
 from __future__ import annotations
 
+import csv
 import os
+from array import array
+from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
 
-from genlab.data.dataset import Dataset, NpyArray, shape_kind
+from genlab.data.dataset import (
+    Dataset,
+    NpyArray,
+    check_memory,
+    float32_problem,
+    physical_memory,
+    shape_kind,
+)
+from genlab.data.text import decode_utf8
 
 FILE_SUFFIXES = (".npy", ".csv")
 _NPY_MAGIC = b"\x93NUMPY"
@@ -44,44 +63,94 @@ def split_rows(total: int, split: str) -> tuple[int, int]:
     return {"train": (0, cut), "test": (cut, total), "all": (0, total)}[split]
 
 
-def read_csv(path: str | os.PathLike) -> torch.Tensor:
-    """A numeric comma-separated file as an (n, d) float32 tensor.
+CSV_BYTES_PER_VALUE = 12
+"""Memory a CSV value takes while the file is read (float64 while parsing, then float32)."""
 
-    Blank lines are skipped, and so is the first line if any of its cells is not a number
-    (a header). Every other line must hold d numbers.
+
+def read_csv(path: str | os.PathLike) -> torch.Tensor:
+    """A numeric comma-separated UTF-8 file as an (n, d) float32 tensor.
+
+    Blank lines (and lines of empty cells only, as spreadsheets export) are skipped. The
+    first line is a header when none of its cells is a number; every other line must hold
+    d numbers, finite and within float32's range (values are rounded to float32, in which
+    genlab computes). Cells may be quoted ("1.5").
 
     Raises:
-        ValueError: a cell is not a number, a line has the wrong number of cells, or there
-            are no data rows; the message names the line (counted from 1).
+        ValueError: the file is not UTF-8, a cell is empty or not a finite number, a line
+            has the wrong number of cells, there are no data rows, or the numbers would
+            not fit in memory; the message names the line (counted from 1) and the column.
     """
     path = Path(path)
-    rows: list[list[float]] = []
-    first = True
-    with open(path, encoding="utf-8-sig") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            cells = line.strip().split(",")
-            try:
-                values = [float(cell) for cell in cells]
-            except ValueError:
-                if first:  # a header row
-                    first = False
+    limit = (physical_memory() or 2**62) // CSV_BYTES_PER_VALUE
+    values, lines = array("d"), array("q")  # the numbers, and each row's line number
+    width, header = None, None
+    with open(path, "rb") as f:
+        reader = csv.reader(_utf8_lines(f, path))
+        try:
+            for cells in reader:
+                line = reader.line_num
+                if not any(cell.strip() for cell in cells):
                     continue
-                bad = next(c for c in cells if not _is_number(c))
-                raise ValueError(
-                    f"{path}, line {lineno}: cell {bad.strip()!r} is not a number"
-                ) from None
-            first = False
-            if rows and len(values) != len(rows[0]):
-                raise ValueError(
-                    f"{path}, line {lineno}: {len(values)} cells, but earlier rows have "
-                    f"{len(rows[0])}"
-                )
-            rows.append(values)
-    if not rows:
+                if width is None and header is None and not any(map(_is_number, cells)):
+                    header = (line, len(cells))
+                    continue
+                row = [_number(cell, column, path, line) for column, cell in enumerate(cells, 1)]
+                if width is None and header is not None and header[1] != len(row):
+                    raise ValueError(
+                        f"{path}, line {line}: {len(row)} cells, but the header (line "
+                        f"{header[0]}) has {header[1]}"
+                    )
+                if width is not None and len(row) != width:
+                    raise ValueError(
+                        f"{path}, line {line}: {len(row)} cells, but earlier rows have {width}"
+                    )
+                width = len(row)
+                values.extend(row)
+                lines.append(line)
+                if len(values) > limit:
+                    check_memory(
+                        len(values) * CSV_BYTES_PER_VALUE, f"reading {path}", "use fewer rows"
+                    )
+        except csv.Error as e:  # a lone carriage return, an unclosed quote
+            raise ValueError(f"{path}, line {reader.line_num}: not readable as CSV ({e})") from None
+    if width is None:
         raise ValueError(f"{path}: no data rows")
-    return torch.from_numpy(np.asarray(rows, dtype=np.float32))
+    table = np.frombuffer(values, dtype=np.float64).reshape(-1, width)
+    problem = float32_problem(table)
+    if problem is not None:
+        (row, column), why = problem
+        raise ValueError(f"{path}, line {lines[row]}, column {column + 1} {why}")
+    return torch.from_numpy(table.astype(np.float32))
+
+
+def _utf8_lines(f: BinaryIO, path: Path) -> Iterator[str]:
+    """The lines of a binary file decoded as UTF-8 (errors name the byte offset)."""
+    offset = 0
+    for raw in f:
+        yield decode_utf8(raw, path, offset)
+        offset += len(raw)
+
+
+def _number(cell: str, column: int, path: Path, line: int) -> float:
+    """The number in a data cell, or a ValueError naming the line and the column."""
+    try:
+        return float(cell)
+    except ValueError:
+        pass
+    if not cell.strip():
+        raise ValueError(
+            f"{path}, line {line}, column {column} is empty; every cell of a data row needs a "
+            "number: fill it in or drop the row"
+        )
+    separator = next((s for s in (";", "\t", "|") if s in cell), None)
+    hint = (
+        f"; genlab reads comma-separated values and this line looks separated by {separator!r}"
+        if separator
+        else " (only the first line may be a header, and a header holds no numbers)"
+    )
+    raise ValueError(
+        f"{path}, line {line}: cell {cell.strip()!r} (column {column}) is not a number{hint}"
+    )
 
 
 def _is_number(cell: str) -> bool:
@@ -93,17 +162,25 @@ def _is_number(cell: str) -> bool:
 
 
 def _open_array(path: Path) -> NpyArray | torch.Tensor:
-    """The whole file: a lazy NpyArray for .npy (3-D gains a channel axis), a tensor for CSV."""
+    """The whole file: a lazy NpyArray for .npy (3-D gains a channel axis), a tensor for CSV.
+
+    A file of another suffix is sniffed: .npy by its magic bytes, else CSV unless it holds
+    binary data (a NUL byte among its first 4 KiB)."""
     suffix = path.suffix.lower()
-    if suffix == ".npy" or (suffix != ".csv" and _starts_with(path, _NPY_MAGIC)):
-        array = NpyArray(path)
-        return ChannelNpyArray(path) if array.ndim == 3 else array
+    if suffix not in FILE_SUFFIXES:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+        if head.startswith(_NPY_MAGIC):
+            suffix = ".npy"
+        elif b"\0" in head:
+            raise ValueError(
+                f"{path} is neither a .npy file nor comma-separated text (it holds binary "
+                "data); save the array with np.save, or as UTF-8 comma-separated text"
+            )
+    if suffix == ".npy":
+        lazy = NpyArray(path)
+        return ChannelNpyArray(path) if lazy.ndim == 3 else lazy
     return read_csv(path)
-
-
-def _starts_with(path: Path, prefix: bytes) -> bool:
-    with open(path, "rb") as f:
-        return f.read(len(prefix)) == prefix
 
 
 def load_file(path: str | os.PathLike, split: str) -> Dataset:
@@ -116,15 +193,23 @@ def load_file(path: str | os.PathLike, split: str) -> Dataset:
 
     Raises:
         FileNotFoundError: the file does not exist.
-        ValueError: the file is malformed, its shape is not 2-, 3- or 4-D, or the split
-            has no rows.
+        ValueError: the file is malformed or of an unsupported dtype (`NpyArray`,
+            `read_csv`), its shape is not 2-, 3- or 4-D, it has no rows or no columns, or
+            the split has no rows.
     """
     path = Path(path)
     x = _open_array(path)
     if not 2 <= len(x.shape) <= 4:
         raise ValueError(
             f"{path}: expected a 2-D (n, d), 3-D (n, H, W) or 4-D (n, C, H, W) array, "
-            f"got shape {tuple(x.shape)}"
+            f"got shape {tuple(x.shape)}; reshape it, e.g. a.reshape(len(a), -1)"
+        )
+    if len(x) == 0:
+        raise ValueError(f"{path} has no rows (shape {tuple(x.shape)}); a data set needs samples")
+    if 0 in x.shape[1:]:
+        raise ValueError(
+            f"{path} has no columns: its samples have shape {tuple(x.shape[1:])}, which "
+            "holds no values; save an array with at least one value per row"
         )
     start, stop = split_rows(len(x), split)
     if start == stop:

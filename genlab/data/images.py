@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import struct
 import zlib
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
 
-from genlab.data.dataset import Dataset
+from genlab.data.dataset import Dataset, check_memory
 
 # --- digits -----------------------------------------------------------------------------
 
@@ -80,36 +82,59 @@ def find_idx(folder: Path, base: str) -> Path | None:
 def read_idx(path: Path, magic: int) -> np.ndarray:
     """An IDX file of unsigned bytes (gzipped if its name ends in .gz) as a uint8 array.
 
+    The header is read first, so a corrupt one (dims that promise more data than the file
+    has, or than memory holds) is refused before the data is read, and exactly the bytes
+    the header's dims promise are read.
+
     Raises:
         ValueError: the file is not gzip when named .gz, or its magic number, dims or byte
-            count are wrong (for example a truncated download).
+            count are wrong (for example a truncated download); the message names the file.
     """
-    data = path.read_bytes()
-    if path.suffix == ".gz":
-        try:
-            data = gzip.decompress(data)
-        except (OSError, EOFError, zlib.error) as e:
-            raise ValueError(f"{path}: corrupt or truncated gzip file ({e})") from None
-    if len(data) < 4:
-        raise ValueError(f"{path}: {len(data)} bytes, too short for an IDX header")
-    found = int.from_bytes(data[:4], "big")
+    gz = path.suffix == ".gz"
+    try:
+        with (gzip.open if gz else open)(path, "rb") as f:
+            dims = _idx_dims(f, path, magic)
+            header, size = 4 + 4 * len(dims), math.prod(dims)
+            if not gz and path.stat().st_size != header + size:
+                raise _wrong_size(path, dims, header + size, f"{path.stat().st_size} bytes")
+            check_memory(size, f"reading {path}", "its header is corrupt: download it again")
+            data = f.read(size)
+            extra = bool(f.read(1))
+    except (gzip.BadGzipFile, EOFError, zlib.error) as e:
+        raise ValueError(f"{path}: corrupt or truncated gzip file ({e})") from None
+    if len(data) != size or extra:
+        have = "more than that" if extra else f"{header + len(data)} bytes"
+        raise _wrong_size(path, dims, header + size, have)
+    return np.frombuffer(data, dtype=np.uint8).reshape(dims)
+
+
+def _idx_dims(f: BinaryIO, path: Path, magic: int) -> tuple[int, ...]:
+    """The dims of an open IDX file, after checking its magic number (its last byte is the
+    number of dims)."""
+    head = f.read(4)
+    if len(head) < 4:
+        raise ValueError(f"{path}: {len(head)} bytes, too short for an IDX header")
+    found = int.from_bytes(head, "big")
     if found != magic:
         raise ValueError(
             f"{path}: IDX magic number is 0x{found:08x}, expected 0x{magic:08x}; "
             "not an MNIST file of this kind, or a corrupt one"
         )
     ndim = magic & 0xFF
-    header = 4 + 4 * ndim
-    if len(data) < header:
-        raise ValueError(f"{path}: truncated IDX header ({len(data)} of {header} bytes)")
-    dims = struct.unpack(f">{ndim}I", data[4:header])
-    expected = header + int(np.prod(dims, dtype=np.int64))
-    if len(data) != expected:
-        raise ValueError(
-            f"{path}: {len(data)} bytes, but its header's dims {dims} need {expected}; "
-            "the file is truncated or corrupt"
-        )
-    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims)
+    raw = f.read(4 * ndim)
+    if len(raw) < 4 * ndim:
+        raise ValueError(f"{path}: truncated IDX header ({4 + len(raw)} of {4 + 4 * ndim} bytes)")
+    dims = struct.unpack(f">{ndim}I", raw)
+    if 0 in dims:
+        raise ValueError(f"{path}: the IDX header's dims {dims} hold no samples")
+    return dims
+
+
+def _wrong_size(path: Path, dims: tuple[int, ...], expected: int, have: str) -> ValueError:
+    return ValueError(
+        f"{path}: its header's dims {dims} need {expected} bytes, the file has {have}; "
+        "the file is truncated or corrupt: download it again"
+    )
 
 
 def read_mnist_pair(images_path: Path, labels_path: Path) -> tuple[np.ndarray, np.ndarray]:

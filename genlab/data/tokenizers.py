@@ -1,7 +1,8 @@
 """Tokenisers: text to token ids and back, and quantised images to pixel tokens.
 
-- `CharTokenizer`: one id per distinct character of the training text (sorted by code point);
-  a character outside that vocabulary is an error naming it.
+- `CharTokenizer`: one id per distinct character of the training text (sorted by code point),
+  and optionally an unknown token `<unk>` (the last id, decoded as U+FFFD) to which every
+  character outside that vocabulary maps; without it such a character is an error naming it.
 - `ByteTokenizer`: the 256 byte values of the text's UTF-8 encoding; never an unknown symbol.
 - `BPETokenizer`: byte-level byte-pair encoding trained on the user's text with the
   `tokenizers` package (GPT-2's byte-to-symbol table, so every string round-trips exactly).
@@ -11,7 +12,8 @@
 Every text tokeniser knows the bytes of each token (`token_bytes`), so decoding is one
 function (`decode`), and streaming decodes whole UTF-8 characters as they complete
 (`StreamDecoder`). `to_json` / `tokenizer_from_json` save and rebuild a tokeniser as plain JSON
-(a model's config.json stores it; nothing is pickled).
+(a model's config.json stores it; nothing is pickled); `tokenizer_from_json` checks every key,
+type and value, so an edited or truncated spec is a ValueError naming the problem.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import torch
 TokenizerName = Literal["char", "byte", "bpe"]
 TOKENIZERS: tuple[str, ...] = ("char", "byte", "bpe")
 BPE_MIN_VOCAB = 257  # the 256 byte symbols, plus at least one merge
+UNKNOWN_BYTES = "\ufffd".encode()  # what the unknown token `<unk>` decodes to
 
 
 @cache
@@ -53,6 +56,9 @@ class TextTokenizer:
 
     kind: str
     token_bytes: tuple[bytes, ...]
+    #: the id of the unknown token, to which characters outside the vocabulary map (None:
+    #: the tokeniser has none: every text is encodable, or such a character is an error)
+    unk_id: int | None = None
 
     @property
     def vocab_size(self) -> int:
@@ -71,45 +77,58 @@ class TextTokenizer:
 
 
 class CharTokenizer(TextTokenizer):
-    """One id per character of `chars`, in order: id i <-> chars[i].
+    """One id per character of `chars`, in order: id i <-> chars[i]; with `unknown`, one more
+    id, len(chars), the unknown token `<unk>` (its bytes are U+FFFD's), for every other
+    character.
 
     Args:
         chars: the vocabulary, distinct characters (`CharTokenizer.train(text)` takes the
             sorted distinct characters of a text).
+        unknown: add the unknown token (else a character outside `chars` is an error).
     """
 
     kind = "char"
 
-    def __init__(self, chars: str):
+    def __init__(self, chars: str, unknown: bool = False):
         if not isinstance(chars, str) or not chars:
             raise ValueError("chars must be a non-empty string of distinct characters")
         if len(set(chars)) != len(chars):
             raise ValueError("chars must hold each character once")
-        self.chars = chars
+        if not isinstance(unknown, bool):
+            raise ValueError(f"unknown must be true or false, got {unknown!r}")
+        self.chars, self.unknown = chars, unknown
         self.index = {c: i for i, c in enumerate(chars)}
         self.token_bytes = tuple(c.encode("utf-8", errors="surrogatepass") for c in chars)
+        if unknown:
+            self.unk_id = len(chars)
+            self.token_bytes += (UNKNOWN_BYTES,)
         codes = np.fromiter((ord(c) for c in chars), dtype=np.int64, count=len(chars))
         self._lookup = np.full(int(codes.max()) + 1, -1, dtype=np.int64)
         self._lookup[codes] = np.arange(len(chars))
 
     @classmethod
-    def train(cls, text: str) -> CharTokenizer:
-        """The vocabulary of `text`: its distinct characters, sorted by code point."""
+    def train(cls, text: str, unknown: bool = False) -> CharTokenizer:
+        """The vocabulary of `text`: its distinct characters, sorted by code point (and the
+        unknown token when `unknown`)."""
         if not text:
             raise ValueError("cannot build a character vocabulary from an empty text")
-        return cls("".join(sorted(set(text))))
+        return cls("".join(sorted(set(text))), unknown)
 
     def encode(self, text: str) -> list[int]:
-        """Ids of the characters of `text`.
+        """Ids of the characters of `text` (characters outside the vocabulary: `unk_id`).
 
         Raises:
-            ValueError: a character is not in the vocabulary (named, with its position).
+            ValueError: without the unknown token, a character is not in the vocabulary
+                (named, with its position).
         """
         codes = code_points(text)
         ids = np.full(len(codes), -1, dtype=np.int64)
         inside = codes < len(self._lookup)
         ids[inside] = self._lookup[codes[inside]]
         if len(ids) and ids.min() < 0:
+            if self.unk_id is not None:
+                ids[ids < 0] = self.unk_id
+                return ids.tolist()
             pos = int(np.argmax(ids < 0))
             raise ValueError(
                 f"character {text[pos]!r} (U+{ord(text[pos]):04X}) at position {pos} is not in "
@@ -119,7 +138,16 @@ class CharTokenizer(TextTokenizer):
         return ids.tolist()
 
     def to_json(self) -> dict[str, Any]:
-        return {"kind": self.kind, "chars": self.chars}
+        return {"kind": self.kind, "chars": self.chars, "unknown": self.unknown}
+
+    @classmethod
+    def from_json(cls, spec: dict[str, Any]) -> CharTokenizer:
+        """From `to_json()`'s dictionary ("unknown" absent in specs saved before it existed:
+        no unknown token)."""
+        _check_keys(spec, {"kind", "chars"}, {"unknown"})
+        if not isinstance(spec["chars"], str) or not spec["chars"]:
+            raise ValueError(f"'chars' must be a non-empty string, got {_short(spec['chars'])}")
+        return cls(spec["chars"], spec.get("unknown", False))
 
 
 class ByteTokenizer(TextTokenizer):
@@ -133,6 +161,11 @@ class ByteTokenizer(TextTokenizer):
 
     def to_json(self) -> dict[str, Any]:
         return {"kind": self.kind}
+
+    @classmethod
+    def from_json(cls, spec: dict[str, Any]) -> ByteTokenizer:
+        _check_keys(spec, {"kind"})
+        return cls()
 
 
 class BPETokenizer(TextTokenizer):
@@ -186,16 +219,42 @@ class BPETokenizer(TextTokenizer):
         return cls(tok)
 
     def encode(self, text: str) -> list[int]:
-        return self.tokenizer.encode(text).ids
+        """Ids of `text` (any Unicode text).
+
+        Raises:
+            ValueError: the text holds a lone surrogate (not Unicode text: UTF-8 cannot
+                encode it).
+        """
+        try:
+            return self.tokenizer.encode(text).ids
+        except TypeError:
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as e:
+                raise ValueError(
+                    f"the text holds a lone surrogate U+{ord(text[e.start]):04X} at position "
+                    f"{e.start}, which is not Unicode text; remove it"
+                ) from None
+            raise
 
     def to_json(self) -> dict[str, Any]:
         return {"kind": self.kind, "tokenizer": json.loads(self.tokenizer.to_str())}
 
     @classmethod
     def from_json(cls, spec: dict[str, Any]) -> BPETokenizer:
+        """From `to_json()`'s dictionary (the `tokenizers` package's JSON, checked)."""
         from tokenizers import Tokenizer
 
-        return cls(Tokenizer.from_str(json.dumps(spec["tokenizer"])))
+        _check_keys(spec, {"kind", "tokenizer"})
+        inner = spec["tokenizer"]
+        model = inner.get("model") if isinstance(inner, dict) else None
+        if not isinstance(model, dict) or model.get("type") != "BPE":
+            raise ValueError("'tokenizer' must be the JSON of a tokenizers BPE tokenizer")
+        try:
+            tok = Tokenizer.from_str(json.dumps(inner))
+        except Exception as e:  # the package raises a bare Exception on malformed JSON
+            raise ValueError(f"'tokenizer' is not a valid BPE tokenizer ({e})") from None
+        return cls(tok)
 
 
 def _chunks(text: str, size: int = 1 << 16) -> Iterable[str]:
@@ -233,10 +292,13 @@ class StreamDecoder:
         return self.decoder.decode(b"", final=True)
 
 
-def train_tokenizer(kind: TokenizerName, text: str, vocab_size: int = 512) -> TextTokenizer:
-    """A tokeniser of the given kind for `text` (vocab_size is used by "bpe" only)."""
+def train_tokenizer(
+    kind: TokenizerName, text: str, vocab_size: int = 512, unknown: bool = False
+) -> TextTokenizer:
+    """A tokeniser of the given kind for `text` (vocab_size is used by "bpe" only; unknown,
+    by "char": add the unknown token; byte and BPE encode every text)."""
     if kind == "char":
-        return CharTokenizer.train(text)
+        return CharTokenizer.train(text, unknown)
     if kind == "byte":
         return ByteTokenizer()
     if kind == "bpe":
@@ -245,9 +307,28 @@ def train_tokenizer(kind: TokenizerName, text: str, vocab_size: int = 512) -> Te
 
 
 # -- images ---------------------------------------------------------------------------------------
+def check_unit_range(x: torch.Tensor, levels: int) -> None:
+    """Refuse images with values outside [0, 1] (never clamped).
+
+    Raises:
+        ValueError: naming the range found and the fix (8-bit images divided by 255).
+    """
+    if x.numel() and not bool((x >= 0).all() and (x <= 1).all()):
+        raise ValueError(
+            f"images must be k / (levels - 1) = k / {levels - 1} in [0, 1] ({levels} levels); "
+            f"got values in [{float(x.min()):g}, {float(x.max()):g}]: divide 8-bit images "
+            "(0..255) by 255"
+        )
+
+
 def requantise(x: torch.Tensor, levels: int) -> torch.Tensor:
-    """Images in [0, 1] rounded to the grid k / (levels - 1) (levels=2: binarised at 1/2)."""
-    return torch.round(x.clamp(0, 1) * (levels - 1)) / (levels - 1)
+    """Images in [0, 1] rounded to the grid k / (levels - 1) (levels=2: binarised at 1/2).
+
+    Raises:
+        ValueError: a value outside [0, 1] (`check_unit_range`; nothing is clamped).
+    """
+    check_unit_range(x, levels)
+    return torch.round(x * (levels - 1)) / (levels - 1)
 
 
 class ImageTokenizer:
@@ -266,14 +347,17 @@ class ImageTokenizer:
     kind = "image"
 
     def __init__(self, levels: int, event_shape: Sequence[int], n_classes: int | None = None):
-        if isinstance(levels, bool) or not isinstance(levels, int) or levels < 2:
-            raise ValueError(f"levels must be an integer >= 2, got {levels!r}")
-        if n_classes is not None and (
-            isinstance(n_classes, bool) or not isinstance(n_classes, int) or n_classes < 1
-        ):
-            raise ValueError(f"n_classes must be None or an integer >= 1, got {n_classes!r}")
-        self.levels, self.n_classes = levels, n_classes
-        self.event_shape = tuple(int(s) for s in event_shape)
+        if not _is_int(levels) or levels < 2:
+            raise ValueError(f"levels must be an integer >= 2, got {_short(levels)}")
+        if n_classes is not None and (not _is_int(n_classes) or n_classes < 1):
+            raise ValueError(f"n_classes must be None or an integer >= 1, got {_short(n_classes)}")
+        shape = tuple(event_shape) if isinstance(event_shape, Sequence) else None
+        if not shape or not all(_is_int(s) and s >= 1 for s in shape):
+            raise ValueError(
+                f"event_shape must be a non-empty list of integers >= 1, got {_short(event_shape)}"
+            )
+        self.levels, self.n_classes = int(levels), None if n_classes is None else int(n_classes)
+        self.event_shape = tuple(int(s) for s in shape)
 
     @property
     def vocab_size(self) -> int:
@@ -298,10 +382,10 @@ class ImageTokenizer:
         Raises:
             ValueError: a value is off the grid by more than 1e-3 of a level, or outside [0, 1].
         """
+        check_unit_range(x, self.levels)
         scaled = x.reshape(len(x), -1).double() * (self.levels - 1)
         k = torch.round(scaled)
-        if len(x) and not bool(((scaled - k).abs() <= 1e-3).all() and (k >= 0).all()
-                               and (k <= self.levels - 1).all()):  # fmt: skip
+        if len(x) and not bool(((scaled - k).abs() <= 1e-3).all()):
             raise ValueError(
                 f"pixels must be k / {self.levels - 1} in [0, 1] ({self.levels} levels); "
                 "quantise the images first, or fit the model with levels= set to the data's"
@@ -324,23 +408,53 @@ class ImageTokenizer:
         return {"kind": self.kind, "levels": self.levels, "n_classes": self.n_classes,
                 "event_shape": list(self.event_shape)}  # fmt: skip
 
+    @classmethod
+    def from_json(cls, spec: dict[str, Any]) -> ImageTokenizer:
+        """From `to_json()`'s dictionary, every key and value checked."""
+        _check_keys(spec, {"kind", "levels", "n_classes", "event_shape"})
+        if not isinstance(spec["event_shape"], list):
+            raise ValueError(f"event_shape must be a list, got {_short(spec['event_shape'])}")
+        return cls(spec["levels"], spec["event_shape"], spec["n_classes"])
+
 
 Tokenizer = TextTokenizer | ImageTokenizer
 
 
-def tokenizer_from_json(spec: dict[str, Any]) -> Tokenizer:
+def tokenizer_from_json(spec: Any) -> Tokenizer:
     """Rebuild a tokeniser from its `to_json()` dictionary.
 
     Raises:
-        ValueError: the dictionary names no known tokenizer kind.
+        ValueError: the spec is not a JSON object, names no known tokenizer kind, or has a
+            missing, unknown or malformed key (named in the message).
     """
     kind = spec.get("kind") if isinstance(spec, dict) else None
-    if kind == "char":
-        return CharTokenizer(spec["chars"])
-    if kind == "byte":
-        return ByteTokenizer()
-    if kind == "bpe":
-        return BPETokenizer.from_json(spec)
-    if kind == "image":
-        return ImageTokenizer(spec["levels"], spec["event_shape"], spec.get("n_classes"))
-    raise ValueError(f"unknown tokenizer spec {kind!r}: expected one of {(*TOKENIZERS, 'image')}")
+    builders = {"char": CharTokenizer.from_json, "byte": ByteTokenizer.from_json,
+                "bpe": BPETokenizer.from_json, "image": ImageTokenizer.from_json}  # fmt: skip
+    if not isinstance(kind, str) or kind not in builders:
+        got = _short(kind) if isinstance(spec, dict) else f"a {type(spec).__name__}"
+        raise ValueError(
+            f"unknown tokenizer spec {got}: expected a JSON object whose 'kind' is one of "
+            f"{(*TOKENIZERS, 'image')}"
+        )
+    try:
+        return builders[kind](spec)
+    except ValueError as e:
+        raise ValueError(f"corrupt {kind} tokenizer spec: {e}") from None
+
+
+def _check_keys(spec: dict[str, Any], required: set[str], optional: frozenset = frozenset()):
+    missing, unknown = required - set(spec), set(spec) - required - set(optional)
+    if missing or unknown:
+        parts = [f"missing {sorted(missing)}"] * bool(missing)
+        parts += [f"unknown {sorted(unknown)}"] * bool(unknown)
+        raise ValueError(f"keys {' and '.join(parts)} (expected {sorted(required)})")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int | np.integer) and not isinstance(v, bool)
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    """repr(value), cut to `limit` characters (a spec value may be a whole vocabulary)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

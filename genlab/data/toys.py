@@ -14,7 +14,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from genlab.data.dataset import Dataset
+from genlab.data.dataset import Dataset, check_memory
 
 Toy = tuple[torch.Tensor, torch.Tensor | None]
 
@@ -126,6 +126,8 @@ TOY_SAMPLERS: dict[str, Callable[[int, torch.Generator], Toy]] = {
 }
 TOYS: tuple[str, ...] = tuple(TOY_SAMPLERS)
 DEFAULT_N = {"train": 10_000, "test": 2_000, "all": 10_000}
+TOY_BYTES_PER_POINT = 80
+"""Peak memory of a draw per point: a few float64 (n, 2) temporaries and the float32 result."""
 
 
 def split_generator(seed: int, split: str) -> torch.Generator:
@@ -139,7 +141,13 @@ def split_generator(seed: int, split: str) -> torch.Generator:
 
 
 def load_toy(name: str, split: str, n: int | None, seed: int) -> Dataset:
-    """Draw n samples of a toy: x (n, 2) float32, y (n,) int64 or None, kind "points"."""
+    """Draw n samples of a toy: x (n, 2) float32, y (n,) int64 or None, kind "points".
+
+    Raises:
+        ValueError: n points would not fit in this machine's memory (the message says how
+            much they would need).
+    """
     n = DEFAULT_N[split] if n is None else n
+    check_memory(n * TOY_BYTES_PER_POINT, f"drawing n={n:,} points of {name!r}", "use a smaller n")
     x, y = TOY_SAMPLERS[name](n, split_generator(seed, split))
     return Dataset(x=x.to(torch.float32), y=y, event_shape=(2,), kind="points", name=name)

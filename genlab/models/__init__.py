@@ -4,6 +4,7 @@ from genlab.models.autoregressive import Autoregressive
 from genlab.models.base import (
     FAMILIES,
     ConvergenceWarning,
+    DivergedError,
     GenerativeModel,
     NotFittedError,
     load,
@@ -19,6 +20,7 @@ __all__ = [
     "Autoregressive",
     "ConvergenceWarning",
     "Diffusion",
+    "DivergedError",
     "FlowMatching",
     "GaussianMixture",
     "GenerativeModel",

@@ -11,6 +11,15 @@ nanoGPT does; it is a distribution over excerpts of the corpus. The first token 
 has no context and takes the token frequencies of the training text, add-one smoothed (a
 buffer); every later token is predicted by the transformer.
 
+Unseen characters: the char vocabulary holds the training text's characters and one unknown
+token `<unk>` (the last id), to which every other character maps (a held-out text, a prompt).
+It never occurs in training, so the transformer learns to give it little probability, and
+its first-token probability is the add-one smoothed count of zero occurrences: a text with
+unseen characters has a finite log_prob, that of the text with each of them replaced by
+`<unk>`, and `evaluate_text` / `unknown_chars_` report how many there were. A sample may
+draw `<unk>`, which decodes as U+FFFD. Byte and BPE vocabularies encode every text (char
+models saved before the unknown token existed refuse unseen characters by name).
+
 Images: pixels k / (levels - 1) become tokens k in raster order after one start token (a
 begin token, or the class label of a conditional model), so p(x_0) is the transformer's first
 prediction. Only the `levels` pixel tokens are ever predicted: the softmax runs over them.
@@ -47,7 +56,15 @@ from genlab.data.tokenizers import (
     tokenizer_from_json,
     train_tokenizer,
 )
-from genlab.models.base import NeuralModel, TrainingData, as_data, as_labels, check_finite
+from genlab.models import limits
+from genlab.models.base import (
+    NeuralModel,
+    TrainingData,
+    as_data,
+    as_labels,
+    check_finite,
+    check_memory,
+)
 from genlab.nets.transformer import POSITIONS, Positions, Transformer
 from genlab.options import Choice, Flag, Integer, Real, option
 
@@ -55,6 +72,7 @@ TEXT_BLOCK_SIZE = 64  # block_size=None for text (nanoGPT's CPU recipe)
 DEFAULT_NEW_TOKENS = 256  # max_new_tokens of text `sample` / `generate` when not given
 EVAL_TOKENS = 1 << 16  # positions per forward pass when scoring
 SMALL_IMAGE_PIXELS = 256  # images of at most this many pixels get the small transformer
+MAX_LAYERS = 1000  # transformer blocks (more is an error of units, not a network)
 
 
 # -- the maths, as pure functions ----------------------------------------------------------------
@@ -94,7 +112,10 @@ def filter_logits(
 
     Shapes: logits (n, V)  ->  (n, V) float32 log-probabilities.
     """
-    logits = logits.float() / temperature
+    logits = (
+        logits.float()
+    )  # the largest logit subtracted first: a tiny temperature cannot overflow
+    logits = (logits - logits.amax(-1, keepdim=True)) / temperature
     if top_k is not None and top_k < logits.shape[-1]:
         kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, -math.inf)
@@ -143,7 +164,7 @@ class AutoregressiveConfig(train.TrainConfig):
     vocab_size: int = option(512, "BPE vocabulary size (256 bytes + merges).", Integer(257))
     n_layer: int | None = option(
         None, "Transformer blocks (None: 2 for images of <= 256 pixels, else 4).",
-        Integer(1, optional=True),
+        Integer(1, MAX_LAYERS, optional=True),
     )  # fmt: skip
     n_head: int = option(4, "Attention heads.", Integer(1))
     n_embd: int | None = option(
@@ -185,8 +206,9 @@ class Autoregressive(NeuralModel, family="autoregressive"):
     """A causal transformer over text or pixel tokens; `log_prob` is exact (module docstring).
 
     Args:
-        tokenizer: text only: "char" (the training text's characters), "byte" (UTF-8 bytes)
-            or "bpe" (byte-level BPE learned on the training text).
+        tokenizer: text only: "char" (the training text's characters and an unknown token
+            `<unk>` for any other), "byte" (UTF-8 bytes) or "bpe" (byte-level BPE learned on
+            the training text); byte and bpe encode every text.
         vocab_size: the BPE vocabulary size (256 bytes + merges); ignored otherwise.
         n_layer, n_head, n_embd: depth, attention heads and width of the transformer
             (n_layer, n_embd None: `default_size`; the values used are `n_layer_`, `n_embd_`).
@@ -205,7 +227,10 @@ class Autoregressive(NeuralModel, family="autoregressive"):
             compile=True each cut a step by ~15-35%; compile first costs ~30 s (noisy runs).
 
     Text models: `sample` returns strings, `generate` streams one, `log_prob` takes strings
-    (or (n, T) token ids) and `evaluate_text` reports nats and bits per character. Image
+    (or (n, T) token ids) and `evaluate_text` reports nats and bits per character. Unseen
+    characters (a held-out text's, say) are scored as `<unk>`, so their log_prob is finite,
+    and counted (`evaluate_text(...)["unknown_chars"]`, `unknown_chars_`); a prompt must be
+    encodable, as it is returned as given (module docstring). Image
     models: `fit(x, y)` with labels trains p(x | y), the label being the start token;
     `sample(n, y=...)` and `log_prob(x, y=...)` take labels, and without them draw or sum
     over y with the training label frequencies.
@@ -223,23 +248,75 @@ class Autoregressive(NeuralModel, family="autoregressive"):
 
     # -- building ---------------------------------------------------------------------------------
     def _build(self, event_shape: tuple[int, ...], fitted: dict[str, Any]) -> None:
+        """The transformer and buffers for the fitted facts, each checked (`_check_facts`)."""
         cfg = self.config
+        self._check_facts(event_shape, fitted)
         self.kind_: Literal["text", "image"] = fitted["kind"]
         self.tokenizer_: Tokenizer = tokenizer_from_json(fitted["tokenizer"])
         self.block_size_: int = int(fitted["block_size"])
         self.n_layer_ = int(fitted.get("n_layer") or cfg.n_layer)  # old folders: the config's
         self.n_embd_ = int(fitted.get("n_embd") or cfg.n_embd)
+        self._check_tokenizer(event_shape)
         self.stride_ = max(1, self.block_size_ // 2)  # of the context rule (module docstring)
         vocab = self.tokenizer_.vocab_size
         #: tokens that can be predicted: the pixel tokens of an image model, all text tokens
         self.n_out_ = self.tokenizer_.levels if self.kind_ == "image" else vocab
-        self.net = Transformer(vocab, self.block_size_, self.n_layer_, cfg.n_head, self.n_embd_,
-                               cfg.dropout, cfg.positions, cfg.bias)  # fmt: skip
+        self.net = limits.build_within_memory(
+            lambda: Transformer(vocab, self.block_size_, self.n_layer_, cfg.n_head, self.n_embd_,
+                                cfg.dropout, cfg.positions, cfg.bias),
+            "the transformer", "use a smaller n_embd, n_layer or block_size (or fewer levels)",
+        )  # fmt: skip
         if self.kind_ == "text":
             self.register_buffer("first_token_log_probs", torch.zeros(vocab))
         elif self.tokenizer_.n_classes is not None:
             self.register_buffer("class_prior", torch.zeros(self.tokenizer_.n_classes))
         self.to(self.device_)
+
+    def _check_facts(self, event_shape: tuple[int, ...], fitted: dict[str, Any]) -> None:
+        """The fitted facts of config.json, checked before use (an edited or truncated
+        config.json is a ValueError naming the fact).
+
+        Raises:
+            ValueError: a missing fact, or one of the wrong type or value.
+        """
+        for name in ("kind", "tokenizer", "block_size"):
+            if name not in fitted:
+                raise ValueError(f"fitted.{name} is missing")
+        if fitted["kind"] not in ("text", "image"):
+            raise ValueError(f"fitted.kind must be 'text' or 'image', got {fitted['kind']!r}")
+        for name in ("block_size", "n_layer", "n_embd"):
+            value = fitted.get(name)
+            value = getattr(self.config, name) if value is None else value  # old folders
+            if name != "block_size" and value is None:
+                raise ValueError(f"fitted.{name} is missing (and the config's {name} is None)")
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"fitted.{name} must be an integer >= 1, got {value!r}")
+            if name == "n_layer" and value > MAX_LAYERS:
+                raise ValueError(f"fitted.n_layer must be at most {MAX_LAYERS}, got {value!r}")
+        _check_width(fitted.get("n_embd") or self.config.n_embd, self.config.n_head)
+        if (fitted["kind"] == "text") != (event_shape == ()):
+            raise ValueError(
+                f"fitted.event_shape {list(event_shape)} does not fit kind {fitted['kind']!r} "
+                "(text models have event_shape [], image models an image's shape)"
+            )
+
+    def _check_tokenizer(self, event_shape: tuple[int, ...]) -> None:
+        """The tokenizer must match the model: its kind, and for images the event shape and
+        a block_size that holds every pixel."""
+        tok = self.tokenizer_
+        if (tok.kind == "image") != (self.kind_ == "image"):
+            raise ValueError(f"a {tok.kind} tokenizer cannot serve a {self.kind_} model")
+        if self.kind_ == "image":
+            if tok.event_shape != event_shape:
+                raise ValueError(
+                    f"fitted.tokenizer.event_shape {list(tok.event_shape)} differs from "
+                    f"fitted.event_shape {list(event_shape)}"
+                )
+            if self.block_size_ < tok.length - 1:
+                raise ValueError(
+                    f"fitted.block_size {self.block_size_} is shorter than the "
+                    f"{tok.length - 1} pixels of an image"
+                )
 
     def _fitted_meta(self) -> dict[str, Any]:
         return super()._fitted_meta() | {"tokenizer": self.tokenizer_.to_json()}
@@ -253,6 +330,8 @@ class Autoregressive(NeuralModel, family="autoregressive"):
         return self.is_fitted and self.kind_ == "image" and self.tokenizer_.n_classes is not None
 
     # -- training ---------------------------------------------------------------------------------
+    data_kinds = frozenset({"text", "image"})
+
     @classmethod
     def unsupported(cls, data: TrainingData) -> str | None:
         """The family models text and quantised images: it refuses data without grey levels
@@ -263,6 +342,11 @@ class Autoregressive(NeuralModel, family="autoregressive"):
         x = data.x
         if isinstance(x, Tensor) and not bool((x >= 0).all() and (x <= 1).all()):
             of = f" of {data.name!r}" if data.name else ""
+            if bool((x >= 0).all() and (x == x.round()).all()):  # integer pixels, e.g. 0..255
+                return (
+                    f"images must be k / (levels - 1) in [0, 1]; the values{of} are integers "
+                    f"in [0, {float(x.max()):g}]: divide 8-bit images (0..255) by 255"
+                )
             return (
                 "the autoregressive family models text and quantised images (pixel values on "
                 f"a grid of levels), not the continuous {data.kind}{of}; use another family"
@@ -282,7 +366,7 @@ class Autoregressive(NeuralModel, family="autoregressive"):
 
     def _setup_text(self, text: str, size: dict[str, int]) -> Tensor:
         cfg = self.config
-        tokenizer = train_tokenizer(cfg.tokenizer, text, cfg.vocab_size)
+        tokenizer = train_tokenizer(cfg.tokenizer, text, cfg.vocab_size, unknown=True)
         tokens = torch.tensor(tokenizer.encode(text), dtype=torch.long)
         block = cfg.block_size or TEXT_BLOCK_SIZE
         if len(tokens) < block + 2:
@@ -364,14 +448,25 @@ class Autoregressive(NeuralModel, family="autoregressive"):
 
         Text models: x is a str, a list of str, a text Dataset (its whole text: n = 1) or
         (n, T) token ids; log p = log p(x_0) + sum of the next-token log-probabilities.
+        Characters outside a char vocabulary are scored as the unknown token (module
+        docstring); `unknown_chars_` counts them.
         Image models: a log-mass of x (n, *event_shape) in [0, 1] on the grid (levels= set: x
         rounded to it, as in fit); y labels if conditional (None: log sum_y p(y) p(x | y)).
+
+        Raises:
+            ValueError: images with values outside [0, 1] or off the grid, bad labels; NaN
+                scores (`limits.log_prob_result`: the weights diverged or were edited).
         """
         self.check_is_fitted()
         if self.kind_ == "text":
             if y is not None:
                 raise ValueError("text models take no labels y")
-            return torch.cat([self._text_log_prob(t) for t in self._token_rows(x)])
+            rows = self._token_rows(x)
+            self.unknown_chars_ = sum(self._unknown(t) for t in rows)
+            return limits.log_prob_result(torch.cat([self._text_log_prob(t) for t in rows]))
+        return limits.log_prob_result(self._image_log_prob(x, y))
+
+    def _image_log_prob(self, x: Any, y: Any) -> Tensor:
         pixels = self._pixel_tokens(x)
         n, tok = len(pixels), self.tokenizer_
 
@@ -386,6 +481,11 @@ class Autoregressive(NeuralModel, family="autoregressive"):
         per_class = [image_log_prob(torch.full((n,), c)) for c in range(tok.n_classes)]
         log_prior = self.class_prior.log()[:, None]
         return torch.logsumexp(torch.stack(per_class) + log_prior, dim=0)
+
+    def _unknown(self, tokens: Tensor) -> int:
+        """How many of the tokens are the unknown token (0 for a vocabulary without one)."""
+        unk = self.tokenizer_.unk_id
+        return 0 if unk is None else int((tokens == unk).sum())
 
     def _text_log_prob(self, tokens: Tensor) -> Tensor:
         first = self.first_token_log_probs[tokens[:, 0].to(self.device)]
@@ -430,16 +530,18 @@ class Autoregressive(NeuralModel, family="autoregressive"):
 
         Returns:
             loss: -log p(text) / characters (nats/char, exact), bits_per_char = loss / ln 2,
-            nats_per_token, n_chars, n_tokens, and window_loss: the mean next-token loss
+            nats_per_token, n_chars, n_tokens, window_loss: the mean next-token loss
             (nats/token) over consecutive windows of block_size + 1 tokens, each predicted
-            from its window's start only (nanoGPT's `estimate_loss`, on random windows).
+            from its window's start only (nanoGPT's `estimate_loss`, on random windows; NaN
+            for a text shorter than one window), and unknown_chars: the characters outside
+            the vocabulary, scored as the unknown token (module docstring).
         """
         self.check_is_fitted()
         if not self.is_text:
             raise ValueError("evaluate_text needs a text model")
         text = text.text if isinstance(text, Dataset) else text
         (tokens,) = self._token_rows(text)
-        nll = -float(self._text_log_prob(tokens).double().sum())
+        nll = -float(limits.log_prob_result(self._text_log_prob(tokens)).double().sum())
         n_tokens, block = tokens.shape[1], self.block_size_
         cut, window = (n_tokens - 1) // block * block, math.nan
         if cut:  # rows i = tokens [i B, (i + 1) B]: B inputs and B targets, windows overlap by 1
@@ -447,7 +549,7 @@ class Autoregressive(NeuralModel, family="autoregressive"):
             window = -float(self.token_log_probs(rows).double().mean())
         return {"loss": nll / len(text), "bits_per_char": nll / len(text) / math.log(2),
                 "nats_per_token": nll / n_tokens, "n_chars": len(text), "n_tokens": n_tokens,
-                "window_loss": window}  # fmt: skip
+                "window_loss": window, "unknown_chars": self._unknown(tokens)}  # fmt: skip
 
     # -- what `genlab fit` prints -----------------------------------------------------------------
     def score_rows(self, data: Dataset, limit: int = 1000) -> tuple[str, float]:
@@ -498,6 +600,7 @@ class Autoregressive(NeuralModel, family="autoregressive"):
                 first = s + cache.length if use_cache else s  # the positions not yet computed
                 logits = self.net(seq[:, first:t], cache if use_cache else None)[:, -1]
                 self.nfe_ += 1
+                limits.check_outputs(logits, "the transformer's logits")  # before any draw
             probs = filter_logits(logits[:, : self.n_out_], temperature, top_k, top_p).exp()
             seq[:, t] = draw_categorical(probs, g)
             yield seq[:, t]
@@ -526,8 +629,9 @@ class Autoregressive(NeuralModel, family="autoregressive"):
         draws, slower: for timing). Sets `nfe_`: transformer forward passes.
         """
         self.check_is_fitted()
-        n = self.check_n(n)
+        n = self.check_sample_size(n)
         check_sampling(temperature, top_k, top_p)
+        limits.check_flag(use_cache, "use_cache")
         g = self.generator(seed)
         options = (g, temperature, top_k, top_p, use_cache)
         if self.kind_ == "text":
@@ -552,6 +656,17 @@ class Autoregressive(NeuralModel, family="autoregressive"):
         max_new = DEFAULT_NEW_TOKENS if max_new is None else max_new
         _check_int("max_new_tokens", max_new, 0)
         ids = self.tokenizer_.encode(prompt) if prompt else []
+        unk = self.tokenizer_.unk_id
+        if unk is not None and unk in ids:  # a char vocabulary: id i is character i
+            c = prompt[ids.index(unk)]
+            raise ValueError(
+                f"character {c!r} (U+{ord(c):04X}) at position {ids.index(unk)} of the prompt is "
+                "not in this model's vocabulary (the characters of its training text), and a "
+                "prompt is returned as given; remove it, or train with tokenizer='byte' or 'bpe'"
+            )
+        length = len(ids) + int(max_new)  # int64 tokens, on the device and gathered on the CPU
+        check_memory(16.0 * n * length, f"{n:,} texts of {length:,} tokens",
+                     "ask for fewer samples or a smaller max_new_tokens")  # fmt: skip
         return torch.tensor([ids] * n, dtype=torch.long).reshape(n, len(ids)), max_new
 
     def generate(

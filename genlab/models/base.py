@@ -10,7 +10,9 @@ before the tensors are loaded. Nothing is pickled.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+import math
 import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -22,11 +24,21 @@ import torch
 from torch import nn
 
 from genlab import metrics, train
-from genlab.data.dataset import ArrayLike, Dataset, NpyArray, image_geometry, shape_kind
-from genlab.io import atomic_write
+from genlab.data.dataset import (
+    ArrayLike,
+    Dataset,
+    NpyArray,
+    check_memory,
+    check_seed,
+    image_geometry,
+    shape_kind,
+)
+from genlab.io import read_folder, write_folder_atomically
 from genlab.solvers import local_generator
+from genlab.train import DivergedError  # defined beside the loop that raises it
 
 LogProbKind = Literal["exact", "bound", "estimate"]
+FIT_CHECK_SAMPLES = 16  # seeded draws after training that must be finite (`_check_trained`)
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -48,7 +60,12 @@ def default_device() -> torch.device:
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
-    return default_device() if device is None or device == "auto" else torch.device(device)
+    """None or "auto": `default_device()`; else the named device, which must exist here.
+
+    Raises:
+        ValueError: an unknown device name, or CUDA asked for on a machine without it.
+    """
+    return default_device() if device is None or device == "auto" else train.checked_device(device)
 
 
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float64": torch.float64}
@@ -90,8 +107,21 @@ def as_data(x: Any, y: Any = None) -> tuple[ArrayLike, torch.Tensor | None, tupl
         )
     if len(x) == 0:
         raise ValueError("x is empty: fit needs at least one sample")
+    if any(int(s) == 0 for s in x.shape[1:]):
+        raise ValueError(
+            f"x has samples of shape {tuple(x.shape[1:])}, with no values: each sample needs "
+            "at least one number (a zero-width column set?)"
+        )
     if y is not None:
-        y = torch.as_tensor(np.asarray(y) if not isinstance(y, torch.Tensor) else y)
+        if not isinstance(y, torch.Tensor):
+            labels = np.asarray(y)
+            if not (np.issubdtype(labels.dtype, np.integer) or labels.dtype == np.bool_):
+                raise TypeError(
+                    f"y must hold integer class labels, got values of dtype {labels.dtype}; "
+                    "map names to 0..K-1 first"
+                )
+            y = labels
+        y = torch.as_tensor(y)
         if y.shape != (len(x),):
             raise ValueError(f"y must have shape ({len(x)},), got {tuple(y.shape)}")
     return x, y, tuple(int(s) for s in x.shape[1:])
@@ -103,14 +133,22 @@ def iter_chunks(x: ArrayLike, chunk_size: int) -> Iterator[tuple[int, torch.Tens
         yield start, x[start : start + chunk_size]
 
 
+MAX_CLASSES = 65_536  # labels are class indices; a larger max(y) is an id, not a class
+
+
 def check_train_labels(y: torch.Tensor | None) -> int | None:
-    """n_classes = max(y) + 1 for integer labels >= 0; None without labels."""
+    """n_classes = max(y) + 1 for integer labels in [0, MAX_CLASSES); None without labels."""
     if y is None:
         return None
     if y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool:
         raise TypeError(f"y must hold integer class labels, got dtype {y.dtype}")
     if int(y.min()) < 0:
         raise ValueError(f"labels must be >= 0, got a minimum of {int(y.min())}")
+    if int(y.max()) + 1 > MAX_CLASSES:
+        raise ValueError(
+            f"labels must be 0..K-1 class indices (K at most {MAX_CLASSES}); got a maximum of "
+            f"{int(y.max()):.4g}: relabel them (e.g. numpy.unique(y, return_inverse=True))"
+        )
     return int(y.max()) + 1
 
 
@@ -267,6 +305,8 @@ class GenerativeModel(nn.Module):
     trajectory_picture: ClassVar[TrajectoryPicture | None] = None
     #: whether `encode`/`reconstruct` exist (pictures of reconstructions and latents)
     has_encoder: ClassVar[bool] = False
+    #: the kinds of data the family models (`TrainingData.kind`)
+    data_kinds: ClassVar[frozenset[str]] = frozenset({"points", "image"})
     #: whether `fit(x, y)` trains a class-conditional model on labels y
     takes_labels: ClassVar[bool] = False
     #: whether `fit` takes out / checkpoint_every / resume (a checkpointed, resumable run)
@@ -368,8 +408,14 @@ class GenerativeModel(nn.Module):
         x, _, _ = as_data(x.x if isinstance(x, Dataset) else x)
         self.check_event_shape(x)
         x = (x if isinstance(x, torch.Tensor) else x[:]).to(self.device)
-        x = x.float() if x.dtype != torch.float32 else x
         check_finite(x)
+        if x.dtype != torch.float32:
+            x = x.float()
+            if not torch.isfinite(x).all():
+                raise ValueError(
+                    "x holds values beyond the range of float32 (about 3.4e38), in which the "
+                    "model computes: rescale the data"
+                )
         return x
 
     @staticmethod
@@ -377,6 +423,18 @@ class GenerativeModel(nn.Module):
         if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 0:
             raise ValueError(f"n must be a non-negative integer, got {n!r}")
         return int(n)
+
+    def check_sample_size(self, n: int) -> int:
+        """`check_n`, and that n float32 samples of `event_shape` fit in memory (what every
+        `sample` calls first, so an absurd n is refused before anything is allocated).
+
+        Raises:
+            ValueError: n is not a non-negative integer, or the samples cannot fit in memory.
+        """
+        n = self.check_n(n)
+        size = n * math.prod(self.event_shape or ()) * 4
+        check_memory(size, f"sample(n={n})", "draw fewer samples (in batches)")
+        return n
 
     @property
     def device(self) -> torch.device:
@@ -390,7 +448,7 @@ class GenerativeModel(nn.Module):
     def generator(self, seed: int | None) -> torch.Generator:
         """A local RNG on the model's device: seeded when asked, else from OS entropy (the
         global RNG is never read or advanced)."""
-        return local_generator(seed, self.device)
+        return local_generator(None if seed is None else check_seed(seed), self.device)
 
     @property
     def is_text(self) -> bool:
@@ -419,7 +477,11 @@ class GenerativeModel(nn.Module):
 
     @classmethod
     def unsupported(cls, data: TrainingData) -> str | None:
-        """Why this family cannot model `data` at all (None when it can)."""
+        """Why this family cannot model `data` at all (None when it can): by default, data of
+        a kind outside `data_kinds`."""
+        if data.kind not in cls.data_kinds:
+            kinds = " or ".join(sorted(cls.data_kinds))
+            return f"the {cls.family} family models {kinds}, not {data.kind}"
         return None
 
     def fit_summary(self) -> dict[str, Any]:
@@ -450,23 +512,39 @@ class GenerativeModel(nn.Module):
         return ", ".join(f"{k}={v!r}" for k, v in fields.items())
 
     # -- the model folder -----------------------------------------------------------------------
+    #: whether every floating tensor of a fitted model is finite: `save` and `load` refuse
+    #: NaN/inf ones (diverged, edited or corrupt); a family whose buffers may legitimately
+    #: hold infinities sets this False
+    finite_tensors: ClassVar[bool] = True
+
     def save(self, path: str | os.PathLike) -> Path:
-        """Write `path/config.json` and `path/model.safetensors`, each atomically (temp, rename)."""
+        """Write `path/config.json` and `path/model.safetensors` as a whole: after a kill at
+        any instant the folder holds the previous model or this one, never a mix
+        (`genlab.io.write_folder_atomically`). config.json records the weights' sha256.
+
+        Raises:
+            NotFittedError: before fit.
+            ValueError: a tensor holds NaN or infinity (`finite_tensors`).
+            OSError: the folder cannot be written.
+        """
         self.check_is_fitted()
-        folder = Path(path)
-        folder.mkdir(parents=True, exist_ok=True)
         tensors = {k: v.detach().to("cpu").contiguous() for k, v in self.state_dict().items()}
+        bad = first_nonfinite(tensors) if self.finite_tensors else None
+        if bad is not None:
+            raise ValueError(
+                f"cannot save this {type(self).__name__}: tensor {bad[0]} holds {bad[1]} (the "
+                "training diverged, or the tensors were changed); re-fit it"
+            )
+        weights = safetensors.torch.save(tensors)
         meta = {
             "genlab_format": FORMAT_VERSION,
             "family": self.family,
             "config": dataclasses.asdict(self.config),
             "fitted": self._fitted_meta(),
+            "weights_sha256": hashlib.sha256(weights).hexdigest(),
         }
-        weights = safetensors.torch.save(tensors)
-        atomic_write(folder / WEIGHTS_FILE, lambda f: f.write(weights))
         config = (json.dumps(meta, indent=2) + "\n").encode()
-        atomic_write(folder / CONFIG_FILE, lambda f: f.write(config))
-        return folder
+        return write_folder_atomically(Path(path), {CONFIG_FILE: config, WEIGHTS_FILE: weights})
 
     @classmethod
     def from_config(cls, config: dict[str, Any], device: str | torch.device | None = None):
@@ -526,7 +604,37 @@ class NeuralModel(GenerativeModel):
             device=self.device_,
         )  # fmt: skip
         self.eval()
+        self._check_trained()
         return self
+
+    def _check_trained(self) -> None:
+        """Refuse (DivergedError) weights that training left non-finite, or finite weights
+        whose samples are not (a few seeded draws; text models: the weights alone), so a
+        diverged model is never returned, nor saved, as a success."""
+        steps = self.train_result_.steps
+        bad = first_nonfinite(self.state_dict()) if self.finite_tensors else None
+        if bad is not None:
+            raise DivergedError(
+                f"training diverged: after {steps} steps tensor {bad[0]} holds {bad[1]}; lower "
+                "the learning rate (lr) or check the data for extreme values"
+            )
+        if self.is_text:
+            return
+        nfe = self.nfe_
+        try:
+            with torch.no_grad():
+                samples = self.sample(FIT_CHECK_SAMPLES, seed=0)
+        except RuntimeError as e:  # e.g. sampling from NaN probabilities
+            samples, detail = None, f" ({e})"
+        else:
+            detail = ""
+        finally:
+            self.nfe_ = nfe
+        if samples is None or not torch.isfinite(samples).all():
+            raise DivergedError(
+                f"training diverged: it ended (after {steps} steps) with weights whose samples "
+                f"are NaN/inf{detail}; lower the learning rate (lr) or check the data"
+            )
 
     def _setup(self, data: TrainingData) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Build the networks and fitted buffers for `data`, set `event_shape`, and return
@@ -568,42 +676,121 @@ class NeuralModel(GenerativeModel):
         return model, {"steps": model.train_result_.steps, "options": dict(b.options)}
 
 
+def first_nonfinite(tensors: Mapping[str, torch.Tensor]) -> tuple[str, str] | None:
+    """(name, "NaN" or "infinity") of the first floating tensor that is not finite, or None."""
+    for name, t in tensors.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            return name, "NaN" if bool(torch.isnan(t).any()) else "infinity"
+    return None
+
+
 def load(path: str | os.PathLike, device: str | torch.device | None = None) -> GenerativeModel:
-    """Load a model folder written by `save`, dispatching on the family named in config.json."""
+    """Load a model folder written by `save`, dispatching on the family named in config.json.
+
+    The folder's current version is read (`genlab.io.resolve_folder`: a save killed after it
+    was complete is finished, an interrupted one ignored), then every part is checked before
+    use: config.json's structure, family, config rules and fitted facts, the weights'
+    sha256 (when recorded) and finiteness.
+
+    Raises:
+        FileNotFoundError: no such folder, or config.json / model.safetensors is missing.
+        ValueError: a corrupt, edited or foreign file (the message names the file and field).
+    """
     folder = Path(path)
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: no such model folder")
+    device = resolve_device(device)
+    files = read_folder(folder, (CONFIG_FILE, WEIGHTS_FILE))
     config_path, weights_path = folder / CONFIG_FILE, folder / WEIGHTS_FILE
     for p in (config_path, weights_path):
-        if not p.is_file():
+        if files[p.name] is None:
             raise FileNotFoundError(f"{folder} is not a genlab model folder: {p.name} is missing")
-    try:
-        meta = json.loads(config_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{config_path}: corrupt config.json ({e})") from None
-    if not isinstance(meta, dict) or "family" not in meta or "config" not in meta:
-        raise ValueError(f"{config_path}: not a genlab config (no 'family' and 'config' keys)")
-    if meta.get("genlab_format", 0) > FORMAT_VERSION:
+    cls, meta = _read_meta(config_path, files[CONFIG_FILE])
+    weights = files[WEIGHTS_FILE]
+    digest = meta.get("weights_sha256")
+    if digest is not None and hashlib.sha256(weights).hexdigest() != digest:
         raise ValueError(
-            f"{config_path}: written by a newer genlab (format {meta['genlab_format']})"
+            f"{weights_path} does not match its config.json (its sha256 differs from the one "
+            "recorded): the folder was edited or mixed from two saves; restore it or re-fit"
         )
-    family = meta["family"]
-    import genlab.models  # noqa: F401  (registers every family)
-
-    if family not in FAMILIES:
-        raise ValueError(f"{config_path}: unknown family {family!r}; known: {sorted(FAMILIES)}")
-    cls = FAMILIES[family]
     try:
-        tensors = safetensors.torch.load_file(weights_path)
+        tensors = safetensors.torch.load(weights)
     except Exception as e:
         raise ValueError(f"{weights_path}: corrupt or foreign safetensors file ({e})") from None
-    fitted = meta.get("fitted", {})
-    model = cls.from_config(meta["config"], device=device)
-    event_shape = tuple(int(s) for s in fitted.get("event_shape", ()))
-    model._build(event_shape, fitted)
-    model.event_shape = event_shape
+    bad = first_nonfinite(tensors) if cls.finite_tensors else None
+    if bad is not None:
+        raise ValueError(
+            f"{weights_path} is edited or corrupt: tensor {bad[0]} holds {bad[1]}; re-fit or "
+            "restore the folder"
+        )
+    model = _build_model(cls, meta, config_path, device)
     try:
         model.load_state_dict(tensors, strict=True)
     except RuntimeError as e:
         raise ValueError(f"{weights_path} does not match its config.json: {e}") from None
     return model.to(model.device_)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _read_meta(config_path: Path, raw: bytes) -> tuple[type[GenerativeModel], dict[str, Any]]:
+    """config.json parsed, with its structure checked: (the family's class, the dict)."""
+    try:
+        meta = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(
+            f"{config_path}: corrupt config.json ({e}); restore it or re-fit"
+        ) from None
+    if not isinstance(meta, dict) or "family" not in meta or "config" not in meta:
+        raise ValueError(f"{config_path}: not a genlab config (no 'family' and 'config' keys)")
+    version = meta.get("genlab_format", 0)
+    if not _is_int(version):
+        raise ValueError(f"{config_path}: genlab_format must be an integer, got {version!r}")
+    if version > FORMAT_VERSION:
+        raise ValueError(f"{config_path}: written by a newer genlab (format {version})")
+    import genlab.models  # noqa: F401  (registers every family)
+
+    family = meta["family"]
+    if not isinstance(family, str) or family not in FAMILIES:
+        raise ValueError(f"{config_path}: unknown family {family!r}; known: {sorted(FAMILIES)}")
+    for key in ("config", "fitted"):
+        if not isinstance(meta.get(key, {}), dict):
+            raise ValueError(
+                f"{config_path}: {key!r} must be a JSON object, got {type(meta[key]).__name__}"
+            )
+    if not isinstance(meta.get("weights_sha256", ""), str):
+        raise ValueError(f"{config_path}: 'weights_sha256' must be a string of hex digits")
+    return FAMILIES[family], meta
+
+
+def _build_model(
+    cls: type[GenerativeModel], meta: dict[str, Any], config_path: Path, device: torch.device
+) -> GenerativeModel:
+    """The family's module from config.json's config and fitted facts, checked: a config
+    that breaks its rules, or fitted facts the family cannot use, is a ValueError naming
+    the file."""
+    try:
+        model = cls.from_config(meta["config"], device=device)
+    except (TypeError, ValueError, KeyError, AttributeError) as e:
+        raise ValueError(f"{config_path}: 'config': {e}") from None
+    fitted = meta.get("fitted", {})
+    shape = fitted.get("event_shape", [])
+    if not isinstance(shape, list) or not all(_is_int(s) and s >= 0 for s in shape):
+        raise ValueError(
+            f"{config_path}: fitted.event_shape must be a list of non-negative integers, got "
+            f"{shape!r}; restore the folder or re-fit"
+        )
+    what = f"{config_path}: fitted.event_shape {shape}"
+    check_memory(math.prod(shape) * 8, what, "the file is edited or corrupt; restore it or re-fit")
+    event_shape = tuple(shape)
+    try:
+        model._build(event_shape, fitted)
+    except Exception as e:  # KeyError, TypeError, a tokenizer's bare Exception, ...
+        detail = f"missing {e}" if isinstance(e, KeyError) else f"{type(e).__name__}: {e}"
+        raise ValueError(
+            f"{config_path}: the fitted facts are edited or corrupt ({detail}); re-fit the model"
+        ) from None
+    model.event_shape = event_shape
+    return model

@@ -31,12 +31,11 @@ import math
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
 from genlab import solvers
-from genlab.models import continuous
+from genlab.models import continuous, limits
 from genlab.models.base import TrajectoryPicture
 from genlab.models.diffusion_maths import (
     MIN_SNR_GAMMA,
@@ -109,7 +108,9 @@ class DiffusionConfig(continuous.ContinuousConfig):
     prediction: PredictionName = option(
         "eps", "What the net predicts: eps, x0 or v.", Choice(PREDICTIONS)
     )
-    timesteps: int = option(1000, "T, the length of the discrete chain.", Integer(2))
+    timesteps: int = option(
+        1000, "T, the length of the discrete chain.", Integer(2, limits.MAX_STEPS)
+    )
     hidden: int = option(256, "MLP width (three residual blocks).", Integer(8))
     loss_weight: LossWeightName = option(
         "simple", "Loss weighting: simple, min_snr or truncated_snr.", Choice(LOSS_WEIGHTS)
@@ -213,10 +214,16 @@ class Diffusion(continuous.ContinuousModel, family="diffusion"):
         return continuous.guided_call(self.net, x, t, y, guidance, self.n_classes_)
 
     def _predict(self, x: Tensor, t: float | Tensor, y: Tensor | None, guidance: float):
-        """(x0_hat, eps_hat) at x_t (B, ...), t a float or (B,)."""
+        """(x0_hat, eps_hat) at x_t (B, ...), t a float or (B,).
+
+        Raises:
+            DivergedError: the net's output is not finite (checked before any clipping).
+        """
         t = torch.as_tensor(t, dtype=x.dtype, device=x.device).expand(len(x))
         alpha, sigma = alpha_sigma(self.schedule, t, x)
-        return to_x0_eps(self.denoiser(x, t, y, guidance), x, alpha, sigma, self.config.prediction)
+        out = self.denoiser(x, t, y, guidance)
+        limits.check_outputs(out, "the denoiser's outputs")
+        return to_x0_eps(out, x, alpha, sigma, self.config.prediction)
 
     def _velocity(self, x: Tensor, t: Tensor, y: Tensor | None, guidance: float = 0.0) -> Tensor:
         """The probability-flow field dx/dt = alpha'(t) x0_hat + sigma'(t) eps_hat; t: 0-d."""
@@ -274,11 +281,14 @@ class Diffusion(continuous.ContinuousModel, family="diffusion"):
         Images are clipped to [0, 1].
         """
         self.check_is_fitted()
-        n = self.check_n(n)
+        n = self.check_sample_size(n)
         labels = self._labels(y, n)
         guidance = continuous.check_guidance(guidance, labels)
         method, steps, grid, solver = self._check_sampler(method, steps, eta, grid, solver)
         order = self._check_order(order, method, guidance)
+        limits.check_tolerances(rtol, atol)
+        if limits.check_flag(return_trajectory, "return_trajectory") and steps is not None:
+            limits.check_trajectory(steps, n, self.dim)
         g = self.generator(seed)
         x = torch.randn(n, *self.net_shape_, generator=g, device=self.device)
         if n == 0:
@@ -292,6 +302,7 @@ class Diffusion(continuous.ContinuousModel, family="diffusion"):
             states = self._sample_discrete(x, method, times, eta, order, labels, guidance, g,
                                            return_trajectory)  # fmt: skip
         samples = self._to_data_space(states[-1])
+        limits.check_outputs(samples, "the samples")  # before images are clipped to [0, 1]
         if self.kind_ == "image":
             samples = samples.clamp(0.0, 1.0)
         if not return_trajectory:
@@ -302,9 +313,8 @@ class Diffusion(continuous.ContinuousModel, family="diffusion"):
     def _check_sampler(self, method, steps, eta, grid, solver):
         if method not in SAMPLERS:
             raise ValueError(f"method must be one of {SAMPLERS}, got {method!r}")
-        if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int | np.integer)
-                                  or steps < 1):  # fmt: skip
-            raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+        if steps is not None:
+            steps = limits.check_steps(steps)
         T = self.config.timesteps
         if method == "ddpm" and steps is not None and steps > T:
             raise ValueError(f"ddpm takes at most timesteps={T} steps, got steps={steps}")
@@ -409,7 +419,7 @@ class Diffusion(continuous.ContinuousModel, family="diffusion"):
         """
         if decoder not in ("gaussian", "discretized"):
             raise ValueError(f"decoder must be 'gaussian' or 'discretized', got {decoder!r}")
-        z = self._prepare(x)
+        z = self._prepare(x, "vlb")
         y = self._labels(y, len(z))
         if decoder == "discretized" and (self.kind_ != "image" or not self.levels_):
             raise ValueError('decoder="discretized" needs a model fitted on quantised images')

@@ -40,6 +40,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 
+from genlab.models import limits
 from genlab.models.base import TrajectoryPicture
 from genlab.models.continuous import (
     EVAL_ROWS,
@@ -60,6 +61,7 @@ CouplingName = Literal["independent", "ot"]
 SolverName = Literal["euler", "midpoint", "heun", "rk4", "dopri5"]
 COUPLINGS = ("independent", "ot")
 TIME_FEATURES = 64  # sinusoidal time features of the MLP
+MAX_DEPTH = 1000  # MLP residual blocks (more is an error of units, not a network)
 
 
 # -- the maths, as pure functions ----------------------------------------------------------------
@@ -105,8 +107,10 @@ class FlowConfig(ContinuousConfig):
         0.0, "Width of the linear path at the data end.", Real(0, 1, high_open=True)
     )
     hidden: int = option(128, "MLP width.", Integer(1))
-    depth: int = option(3, "MLP residual blocks.", Integer(1))
-    sample_steps: int = option(50, "Default solver steps of sample, eval and plot.", Integer(1))
+    depth: int = option(3, "MLP residual blocks.", Integer(1, MAX_DEPTH))
+    sample_steps: int = option(
+        50, "Default solver steps of sample, eval and plot.", Integer(1, limits.MAX_STEPS)
+    )
     sample_method: SolverName = option(
         "heun", "Default solver of sample, eval and plot.", Choice(METHODS)
     )
@@ -144,6 +148,7 @@ class FlowMatching(ContinuousModel, family="flow"):
 
     config_class = FlowConfig
     positional = ("path",)
+    size_options: ClassVar[tuple[str, ...]] = ("hidden", "depth", "base_channels")
     sample_options: ClassVar[frozenset[str]] = frozenset(
         {"steps", "method", "y", "guidance", "return_trajectory", "rtol", "atol"}
     )
@@ -195,9 +200,15 @@ class FlowMatching(ContinuousModel, family="flow"):
         self, z: Tensor, t: Tensor | float, y: Tensor | None = None, guidance: float = 0.0
     ) -> Tensor:
         """The learned dz/dt at schedule time t: z (B, *net_shape), t () or (B,) -> like z;
-        with guidance w, v_null + (1 + w)(v_y - v_null) from one batched net call."""
+        with guidance w, v_null + (1 + w)(v_y - v_null) from one batched net call.
+
+        Raises:
+            DivergedError: the net's output is not finite (diverged or edited weights).
+        """
         t = torch.as_tensor(t, dtype=z.dtype, device=z.device).expand(len(z))
-        return guided_call(self.net, z, t, y, guidance, self.n_classes_)
+        v = guided_call(self.net, z, t, y, guidance, self.n_classes_)
+        limits.check_outputs(v, "the velocity field's values")
+        return v
 
     def _likelihood_ode(self, method: SolverName, steps: int | None):
         """log_prob integrates dz/dt = v(z, t) from the data (t = 0); fixed-step methods
@@ -211,7 +222,7 @@ class FlowMatching(ContinuousModel, family="flow"):
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
         if steps is None and method != "dopri5":
             steps = self.config.sample_steps
-        return method, steps
+        return method, None if steps is None else limits.check_steps(steps)
 
     # -- sampling and likelihood ------------------------------------------------------------------
     @torch.no_grad()
@@ -247,10 +258,13 @@ class FlowMatching(ContinuousModel, family="flow"):
             unconditional rows in one batched net call) counts as one.
         """
         self.check_is_fitted()
-        n = self.check_n(n)
+        n = self.check_sample_size(n)
         labels = self._labels(y, n)
         w = check_guidance(guidance, labels)
         method, steps = self._solver(method, steps)
+        limits.check_tolerances(rtol, atol)
+        if limits.check_flag(return_trajectory, "return_trajectory") and steps is not None:
+            limits.check_trajectory(steps, n, self.dim)
         g = self.generator(seed)
         eps = torch.randn(n, *self.net_shape_, generator=g, device=self.device,
                           dtype=self.model_dtype)  # fmt: skip
@@ -264,6 +278,7 @@ class FlowMatching(ContinuousModel, family="flow"):
             sols.append(solve(field, eps[i : i + rows], 1.0, 0.0, **kw))
         self.nfe_ = max((s.nfe for s in sols), default=0)
         samples = self._to_data_space(torch.cat([s.x for s in sols])) if sols else eps
+        limits.check_outputs(samples, "the samples")
         if n == 0:
             samples = samples.reshape(0, *self.event_shape)
         if not return_trajectory:

@@ -25,13 +25,14 @@ from tqdm.auto import tqdm
 
 from genlab.data.dataset import ArrayLike, Dataset
 from genlab.distributed import all_reduce, is_distributed, rank_and_world
-from genlab.models import gmm_selection
+from genlab.models import gmm_selection, limits
 from genlab.models.base import (
     Budget,
     ConvergenceWarning,
     GenerativeModel,
     as_data,
     check_finite,
+    check_memory,
     iter_chunks,
     resolve_dtype,
 )
@@ -76,6 +77,7 @@ INIT_SAMPLE = 100_000  # rows on which the initial parameters are computed
 DEAD_MASS = 1e-3  # a component with less total responsibility than this is re-seeded
 CHUNK_ROWS = 4096  # default rows per chunk: its K x n scratch stays in cache (measured best)
 FEATURE_BUDGET = 2**23  # at most this many elements of phi(z) per chunk by default
+MAX_INITS = 1000  # n_init: each initialisation is a whole EM run
 
 
 @dataclass(frozen=True)
@@ -97,7 +99,7 @@ class GMMConfig:
     reg_covar: float = option(1e-6, "Added to each covariance's diagonal.", Real(0))
     max_iter: int = option(100, "EM iterations per initialisation.", Integer(0))
     n_init: int = option(
-        1, "Initialisations; the one with the best likelihood is kept.", Integer(1)
+        1, "Initialisations; the one with the best likelihood is kept.", Integer(1, MAX_INITS)
     )
     init: InitMethod = option(
         "kmeans",
@@ -106,7 +108,7 @@ class GMMConfig:
     )
     seed: int | None = option(
         0, "Seed of the initialisation and the dequantisation (None: fresh).",
-        Integer(0, optional=True),
+        Integer(0, 2**63 - 1, optional=True),
     )  # fmt: skip
     dtype: Literal["float32", "float64"] = option(
         "float64",
@@ -193,6 +195,7 @@ class GaussianMixture(GenerativeModel, family="gmm"):
 
     def _build(self, event_shape: tuple[int, ...], fitted: dict[str, Any]) -> None:
         d, k = int(np.prod(event_shape)), self.config.n_components
+        self._check_size(d)
         f64 = {"dtype": torch.float64, "device": self.device_}
         self.register_buffer("weights_", torch.full((k,), 1.0 / k, **f64))
         self.register_buffer("means_", torch.zeros(k, d, **f64))
@@ -233,6 +236,23 @@ class GaussianMixture(GenerativeModel, family="gmm"):
         self.check_is_fitted()
         return n_free_parameters(self.config.covariance_type, self.config.n_components, self.n_dims)
 
+    def _check_size(self, d: int, n: int = CHUNK_ROWS) -> None:
+        """Refuse, before allocating, a mixture whose parameters (covariances and their
+        precision factors) and E-step scratch (features phi (p, chunk), statistics (K, p),
+        logits (K, chunk), chunks of at most n rows) would not fit in memory, in float64.
+
+        Raises:
+            ValueError: naming the memory it would need.
+        """
+        ct, k = self.config.covariance_type, self.config.n_components
+        p, chunk = n_features(ct, d), min(self._chunk_size(d), n)
+        cov = math.prod(self._cov_shape(d))
+        elements = 2.0 * cov + k * d + k + 2.0 * p * chunk + k * p + 2.0 * k * chunk
+        check_memory(
+            8.0 * elements, f"a {ct} mixture of {k:,} components in {d:,} dimensions",
+            "use fewer components, covariance_type='diag', or fewer dimensions",
+        )  # fmt: skip
+
     # -- passes over the data -------------------------------------------------------------------
     def _chunk_size(self, d: int) -> int:
         p = n_features(self.config.covariance_type, d)
@@ -245,12 +265,11 @@ class GaussianMixture(GenerativeModel, family="gmm"):
             z = chunk.reshape(len(chunk), d).to(self.device, dtype, copy=True)
             yield start, z.sub_(centre.to(dtype))
 
-    def _theta(self, centre: torch.Tensor) -> torch.Tensor:
+    def _theta(self, centre: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
         nu = self.means_ - centre
         ct = self.config.covariance_type
-        return natural_parameters(self.weights_.log(), nu, self.precisions_cholesky_, ct).to(
-            self.compute_dtype
-        )
+        theta = natural_parameters(self.weights_.log(), nu, self.precisions_cholesky_, ct)
+        return theta.to(dtype or self.compute_dtype)
 
     def _em_pass(self, x: ArrayLike, centre: torch.Tensor, theta: torch.Tensor, exact: bool):
         """One E-step over all rows: (sum of log p(x), statistics R^T phi (K, p)), float64.
@@ -307,9 +326,11 @@ class GaussianMixture(GenerativeModel, family="gmm"):
         return worst_lp, worst_z
 
     def _scan(self, x: ArrayLike, d: int) -> tuple[int, torch.Tensor]:
-        """Count rows, reject NaN/inf and return (n, mean) over all processes."""
+        """Count rows, reject NaN/inf and values whose squares EM cannot sum in the compute
+        dtype, and return (n, mean) over all processes."""
         n = torch.zeros((), dtype=torch.float64, device=self.device)
         total = torch.zeros(d, dtype=torch.float64, device=self.device)
+        top = torch.full((2, d), -math.inf, dtype=torch.float64, device=self.device)
         for start, chunk in iter_chunks(x, self._chunk_size(d)):
             chunk = chunk.reshape(len(chunk), d).to(self.device, torch.float64)
             try:
@@ -318,8 +339,31 @@ class GaussianMixture(GenerativeModel, family="gmm"):
                 raise ValueError(str(e).replace("row ", f"row {start} + ")) from None
             n += len(chunk)
             total += chunk.sum(0)
+            top = torch.maximum(top, torch.stack([chunk.amax(0), -chunk.amin(0)]))
         all_reduce(n), all_reduce(total)
-        return int(n.item()), total / n
+        if is_distributed():
+            dist.all_reduce(top, op=dist.ReduceOp.MAX)
+        mean = total / n
+        self._check_spread(int(n.item()), (top + torch.stack([-mean, mean])).amax(0))
+        return int(n.item()), mean
+
+    def _check_spread(self, n: int, spread: torch.Tensor) -> None:
+        """EM sums n squared centred rows: refuse data whose largest distance from the mean
+        (`spread`, per dimension) would overflow the compute dtype there.
+
+        Raises:
+            ValueError: naming the largest deviation and the fix.
+        """
+        need = n * float(spread.double().square().sum())
+        if need <= torch.finfo(self.compute_dtype).max:
+            return
+        fix = "rescale the data (e.g. standardise each column)"
+        if self.compute_dtype != torch.float64 and need <= torch.finfo(torch.float64).max:
+            fix = f"use dtype='float64', or {fix}"
+        raise ValueError(
+            f"x has values up to {float(spread.max()):.3g} from its mean: EM's second moments "
+            f"of them overflow {self.config.dtype}; {fix}"
+        )
 
     def _init_sample(self, x: ArrayLike, n_total: int, g: torch.Generator) -> torch.Tensor:
         """The same <= 100k-row sample on every process (rows of the concatenated shards)."""
@@ -349,6 +393,8 @@ class GaussianMixture(GenerativeModel, family="gmm"):
             progress: a tqdm bar of the EM iterations (None: only on a TTY).
         """
         cfg = self.config
+        if isinstance(x, str) or (isinstance(x, Dataset) and x.kind == "text"):
+            raise ValueError("GaussianMixture models numbers (points or images), not text")
         if cfg.dequantize:
             x = gmm_selection.dequantized_rows(x, None if cfg.seed is None else cfg.seed + 1)
         x, _, event_shape = as_data(x, y)
@@ -356,6 +402,7 @@ class GaussianMixture(GenerativeModel, family="gmm"):
         self.event_shape = event_shape
         d = self.n_dims
         n, centre = self._scan(x, d)
+        self._check_size(d, n)
         if n < cfg.n_components:
             raise ValueError(
                 f"n_samples={n} should be >= n_components={cfg.n_components}; "
@@ -468,20 +515,51 @@ class GaussianMixture(GenerativeModel, family="gmm"):
         return x, centre, self._theta(centre)
 
     def _map_rows(self, x: Any, fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]):
+        """fn(log p (m,) float64, responsibilities R^T (K, m)) over chunks of rows of x.
+
+        The E-step runs in the compute dtype; rows whose features overflow it (a float32
+        mixture asked about a point ~1e19 out) are redone in float64, so every finite row
+        gets its exact value (`log_prob` refuses one beyond the range of the dtype).
+
+        Raises:
+            ValueError: a row holds NaN/inf, or lies so far out that float64 overflows too.
+        """
         x, centre, theta = self._prepare(x)
+        ct, d, low, theta64 = self.config.covariance_type, self.n_dims, self.compute_dtype, None
         out = []
-        for start, z in self._rows(x, centre, self.compute_dtype):
+        for start, chunk in iter_chunks(x, self._chunk_size(d)):
+            chunk = chunk.reshape(len(chunk), d).to(self.device)
             try:
-                check_finite(z)
+                check_finite(chunk)
             except ValueError as e:
                 raise ValueError(str(e).replace("row ", f"row {start} + ")) from None
-            out.append(fn(*e_step(FEATURES[self.config.covariance_type](z), theta)))
+            lp, resp_t = e_step(FEATURES[ct](chunk.to(low) - centre.to(low)), theta)
+            lp = lp.double()
+            bad = ~torch.isfinite(lp)
+            if bool(bad.any()):
+                theta64 = self._theta(centre, torch.float64) if theta64 is None else theta64
+                lp64, resp64 = e_step(FEATURES[ct](chunk[bad].double() - centre), theta64)
+                worst = limits.first_row(~torch.isfinite(lp64))
+                if worst is not None:
+                    raise ValueError(
+                        f"row {start + int(bad.nonzero()[worst, 0])} of x lies so far from the "
+                        "mixture that its log-density overflows float64; remove such rows or "
+                        "rescale the data"
+                    )
+                lp[bad], resp_t[:, bad] = lp64, resp64.to(resp_t.dtype)
+            out.append(fn(lp, resp_t))
         return torch.cat(out)
 
     @torch.no_grad()
     def log_prob(self, x: Any) -> torch.Tensor:
-        """Exact log-density log p(x) in nats: (n,) for x of shape (n, *event_shape)."""
-        return self._map_rows(x, lambda lp, _: lp)
+        """Exact log-density log p(x) in nats: (n,) for x of shape (n, *event_shape), in the
+        compute dtype (config.dtype).
+
+        Raises:
+            ValueError: a row so far from the mixture that its log-density is beyond the
+                range of the compute dtype (`limits.log_prob_result`).
+        """
+        return limits.log_prob_result(self._map_rows(x, lambda lp, _: lp), self.compute_dtype)
 
     @torch.no_grad()
     def predict_proba(self, x: Any) -> torch.Tensor:
@@ -517,7 +595,7 @@ class GaussianMixture(GenerativeModel, family="gmm"):
             (n,) int64 components.
         """
         self.check_is_fitted()
-        n = self.check_n(n)
+        n = self.check_sample_size(n)
         g = self.generator(seed)
         if n == 0:
             labels = torch.zeros(0, dtype=torch.long, device=self.device)
@@ -526,6 +604,11 @@ class GaussianMixture(GenerativeModel, family="gmm"):
         z = torch.randn(n, self.n_dims, generator=g, device=self.device, dtype=torch.float64)
         noise = component_noise(z, labels, self.covariances_, self.config.covariance_type)
         x = (self.means_[labels] + noise).to(self.compute_dtype)
+        if not bool(torch.isfinite(x).all()):  # the float64 draws are finite: a cast overflowed
+            raise ValueError(
+                f"samples of this mixture overflow {self.config.dtype} (its means or spread are "
+                "beyond that range); fit it with dtype='float64', or rescale the data"
+            )
         x = x.reshape(n, *self.event_shape)
         return (x, labels) if return_labels else x
 

@@ -23,6 +23,12 @@ The decoder's likelihood p(x | z) follows the data ("auto"):
 `sample(n)` draws from the model, x ~ p(x | z) with z ~ N(0, I), like every family's
 `sample`; `sample(n, mean=True)` returns the decoder means E[x | z] instead, the customary
 (smooth) grid of images, which `genlab plot` shows.
+
+Nothing non-finite is passed on: the bounds sum their weights in float64 log space, so a
+point far from the data gets a finite, very negative value (rows where the encoder itself
+overflows take the prior as proposal; a value beyond float32 is a ValueError); decoder outputs
+that are not finite raise `DivergedError` in `sample` and `decode` before a sigmoid or clamp
+could make them look finite.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ from torch import Tensor, nn
 
 from genlab import metrics, train
 from genlab.data.dataset import Dataset, image_geometry
+from genlab.models import limits
 from genlab.models.base import NeuralModel, TrainingData, as_labels, check_finite
 from genlab.models.vae_maths import (  # re-exported: the maths' home is vae_maths
     LIKELIHOOD_FNS,
@@ -120,7 +127,9 @@ class VAEConfig(train.TrainConfig):
     )
     hidden: int = option(256, "MLP width (conv nets: channels hidden/8, hidden/4).", Integer(8))
     net: NetName = option("auto", "auto: conv for square images, else mlp.", Choice(NETS))
-    iwae_samples: int = option(100, "Importance samples k of log_prob's IWAE estimate.", Integer(1))
+    iwae_samples: int = option(
+        100, "Importance samples k of log_prob's IWAE estimate.", Integer(1, limits.MAX_STEPS)
+    )
 
 
 class VAE(NeuralModel, family="vae"):
@@ -164,6 +173,8 @@ class VAE(NeuralModel, family="vae"):
     density_grid: ClassVar[int] = 100
     example_data: ClassVar[str] = "digits"
     likelihood_: str | None = None  # before fit
+    #: rows of the last log_prob / elbo whose encoder output overflowed (the prior as q)
+    log_prob_far_rows_: int = 0
     _dequantize_levels: int | None = None  # gaussian on quantised data: training dequantises
 
     @property
@@ -188,15 +199,26 @@ class VAE(NeuralModel, family="vae"):
         d = int(np.prod(event_shape))
         self.latent_dim_ = latent = int(fitted.get("latent_dim") or cfg.latent_dim)
         n_out = LIKELIHOOD_FNS[self.likelihood_].n_outputs
-        if self.net_ == "conv":
-            c, side = image_geometry(event_shape)
-            channels = (max(cfg.hidden // 8, 1), max(cfg.hidden // 4, 1))
-            self.encoder = ConvEncoder(c, side, 2 * latent, channels, self.n_classes_)
-            self.decoder = ConvDecoder(latent, c * n_out, side, channels[::-1], self.n_classes_)
-        else:
+
+        def nets() -> nn.ModuleDict:
+            if self.net_ == "conv":
+                c, side = image_geometry(event_shape)
+                channels = (max(cfg.hidden // 8, 1), max(cfg.hidden // 4, 1))
+                return nn.ModuleDict({
+                    "encoder": ConvEncoder(c, side, 2 * latent, channels, self.n_classes_),
+                    "decoder": ConvDecoder(latent, c * n_out, side, channels[::-1],
+                                           self.n_classes_),
+                })  # fmt: skip
             widths = (cfg.hidden, cfg.hidden)
-            self.encoder = MLP(d, 2 * latent, widths, n_classes=self.n_classes_)
-            self.decoder = MLP(latent, n_out * d, widths, n_classes=self.n_classes_)
+            return nn.ModuleDict({
+                "encoder": MLP(d, 2 * latent, widths, n_classes=self.n_classes_),
+                "decoder": MLP(latent, n_out * d, widths, n_classes=self.n_classes_),
+            })  # fmt: skip
+
+        built = limits.build_within_memory(
+            nets, "the VAE's encoder and decoder", "use a smaller hidden or latent_dim"
+        )
+        self.encoder, self.decoder = built["encoder"], built["decoder"]
         if self.likelihood_ == "gaussian":
             self.log_scale = nn.Parameter(torch.zeros(d))
             self.register_buffer("data_loc", torch.zeros(d))
@@ -208,6 +230,7 @@ class VAE(NeuralModel, family="vae"):
     # -- the networks -----------------------------------------------------------------------------
     def _encode(self, x: Tensor, y: Tensor | None) -> Posterior:
         """Flat model-space x (B, D) -> q(z | x)."""
+        x = x.float()
         if self.net_ == "conv":
             c, side = image_geometry(self.event_shape)
             x = x.view(len(x), c, side, side)
@@ -234,8 +257,8 @@ class VAE(NeuralModel, family="vae"):
             lp = lp - self.data_scale.log().sum()
         return lp
 
-    def _to_model_space(self, x: Tensor) -> Tensor:
-        x = x.reshape(len(x), -1).to(self.device, torch.float32)
+    def _to_model_space(self, x: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
+        x = x.reshape(len(x), -1).to(self.device, dtype)
         if self.likelihood_ == "gaussian":
             x = (x - self.data_loc) / self.data_scale
         return x
@@ -297,7 +320,8 @@ class VAE(NeuralModel, family="vae"):
 
     # -- inputs -----------------------------------------------------------------------------------
     def _prepare(self, x: Any) -> Tensor:
-        """Validated flat model-space x (n, D) for inference."""
+        """Validated flat model-space x (n, D) for inference, in float64 (far rows of a
+        gaussian likelihood stay finite there)."""
         x = self.checked_rows(x)
         if self.likelihood_ == "bernoulli" and not bool((x >= 0).all() and (x <= 1).all()):
             raise ValueError("this VAE's Bernoulli likelihood needs x in [0, 1] (binary data)")
@@ -308,7 +332,7 @@ class VAE(NeuralModel, family="vae"):
                 f"this VAE's discretized likelihood needs x = k / {self.levels_ - 1} in [0, 1] "
                 f"({self.levels_} levels), like its training data"
             )
-        return self._to_model_space(x)
+        return self._to_model_space(x, torch.float64)
 
     def _labels(self, y: Any, n: int, required: bool = False) -> Tensor | None:
         """(n,) long labels on the device from an int, a sequence or a tensor; None stays None."""
@@ -329,19 +353,48 @@ class VAE(NeuralModel, family="vae"):
         return torch.logsumexp(torch.stack(per_class, -1), -1)
 
     # -- the bounds -------------------------------------------------------------------------------
-    def _chunks(self, x: Tensor, y: Tensor | int | None, rows: int):
-        for start in range(0, len(x), rows):
-            xb = x[start : start + rows]
-            if isinstance(y, int):
-                yb = torch.full((len(xb),), y, dtype=torch.long, device=self.device)
-            else:
-                yb = None if y is None else y[start : start + rows]
-            yield xb, yb
+    def _proposal(self, x: Tensor, y: Tensor | None) -> tuple[Posterior, Tensor]:
+        """(q, far): the encoder's q(z | x) for the bounds, with the prior N(0, I) in the rows
+        `far` where the encoder's output is not finite (x so far from the training data that
+        the network overflows): an importance-weighted bound with any proposal is still a
+        bound of log p(x), only a looser one."""
+        post = self._encode(x, y)
+        far = ~(torch.isfinite(post.mu).all(1) & torch.isfinite(post.log_var).all(1))
+        if bool(far.any()):
+            post = Posterior(*(t.masked_fill(far[:, None], 0.0) for t in post))
+        return post, far
+
+    def _bound(self, x: Tensor, y: Tensor | None, k: int, per_rows: Callable) -> Tensor:
+        """per_rows(xb, yb, q) (float64 nats) over chunks of rows of model-space x, for the
+        given labels or marginalised over the classes (`_marginalise`); returned as float32
+        (`limits.log_prob_result`). Sets `log_prob_far_rows_`: the rows scored with the
+        prior as proposal (`_proposal`)."""
+        far = torch.zeros(len(x), dtype=torch.bool, device=x.device)
+        rows = max(1, EVAL_BATCH // k)
+
+        def bound(labels: Tensor | int | None) -> Tensor:
+            out = []
+            for start in range(0, len(x), rows):
+                xb = x[start : start + rows]
+                if isinstance(labels, int):
+                    yb = torch.full((len(xb),), labels, dtype=torch.long, device=self.device)
+                else:
+                    yb = None if labels is None else labels[start : start + rows]
+                post, far_b = self._proposal(xb, yb)
+                far[start : start + len(xb)] |= far_b
+                out.append(per_rows(xb, yb, post))
+            return torch.cat(out)
+
+        log_p = self._marginalise(bound, y)
+        self.log_prob_far_rows_ = int(far.sum())
+        return limits.log_prob_result(log_p)
 
     def _draws(self, x: Tensor, y: Tensor | None, post: Posterior, k: int, g: torch.Generator):
         """k draws z_i ~ q(z | x) per row: (log p(x | z_i), log p(z_i) - log q(z_i | x)), each
-        (B, k), decoded in chunks of at most EVAL_BATCH rows."""
+        (B, k) in float64 (a far x keeps a finite likelihood), decoded in chunks of at most
+        EVAL_BATCH rows."""
         std = torch.exp(0.5 * post.log_var)
+        mu64, log_var64 = post.mu.double()[:, None], post.log_var.double()[:, None]
         per = max(1, min(k, EVAL_BATCH // max(len(x), 1)))
         log_px, log_ratio = [], []
         for s in range(0, k, per):
@@ -349,11 +402,10 @@ class VAE(NeuralModel, family="vae"):
             eps = torch.randn(len(x), m, post.mu.shape[1], generator=g, device=self.device)
             z = post.mu[:, None] + std[:, None] * eps  # (B, m, L)
             y_rep = None if y is None else y.repeat_interleave(m)
-            theta = self._decode(z.reshape(-1, z.shape[-1]), y_rep)
+            theta = tuple(t.double() for t in self._decode(z.reshape(-1, z.shape[-1]), y_rep))
             log_px.append(self._log_likelihood(x.repeat_interleave(m, 0), theta).view(len(x), m))
-            log_ratio.append(
-                normal_log_prob(z) - normal_log_prob(z, post.mu[:, None], post.log_var[:, None])
-            )
+            z = z.double()
+            log_ratio.append(normal_log_prob(z) - normal_log_prob(z, mu64, log_var64))
         return torch.cat(log_px, 1), torch.cat(log_ratio, 1)
 
     @torch.no_grad()
@@ -367,25 +419,24 @@ class VAE(NeuralModel, family="vae"):
         A stochastic lower bound of log p(x) in expectation, which tightens as k grows (k = 1
         is the ELBO); hence `log_prob_kind = "estimate"`. For bernoulli/discretized
         likelihoods it is a log-mass of the quantised x, for gaussian a log-density.
+        The weights are summed in log space (logsumexp) in float64, so a point far from the
+        data gets a finite, very negative value; where the encoder itself overflows (a row
+        ~1e20 out), the prior N(0, I) is that row's proposal (`log_prob_far_rows_` counts
+        them). A value beyond float32's range is a ValueError (`limits.log_prob_result`).
 
         Args:
             x: (n, *event_shape) Tensor, array or Dataset (whose labels are ignored).
             y: labels (an int or (n,)) for log p(x | y) under a conditional VAE; without them a
                 conditional VAE returns log sum_y p(y) p(x | y).
-            k: importance samples per row (default: config.iwae_samples).
+            k: importance samples per row (default: config.iwae_samples; at most
+                `limits.MAX_STEPS`).
             seed: seed of the draws z_i (a local generator; None: fresh draws).
         """
         x = self._prepare(x)
         y = self._labels(y, len(x))
         k = self.config.iwae_samples if k is None else _check_k(k)
         g = self.generator(seed)
-        rows = max(1, EVAL_BATCH // k)
-
-        def bound(labels):
-            return torch.cat([iwae_bound(sum(self._draws(xb, yb, self._encode(xb, yb), k, g)))
-                              for xb, yb in self._chunks(x, labels, rows)])  # fmt: skip
-
-        return self._marginalise(bound, y)
+        return self._bound(x, y, k, lambda xb, yb, q: iwae_bound(sum(self._draws(xb, yb, q, k, g))))
 
     @torch.no_grad()
     def elbo(self, x: Any, y: Any = None, k: int = 1, *, seed: int | None = 0) -> Tensor:
@@ -393,20 +444,17 @@ class VAE(NeuralModel, family="vae"):
 
         The expectation is averaged over k draws z ~ q(z | x); the KL is exact. A conditional
         VAE without y returns log sum_y p(y) exp ELBO(x | y), also a lower bound of log p(x).
+        Far rows are handled as in `log_prob` (the prior as q: their KL term is 0).
         """
         x = self._prepare(x)
         y = self._labels(y, len(x))
         k, g = _check_k(k), self.generator(seed)
 
-        def bound(labels):
-            out = []
-            for xb, yb in self._chunks(x, labels, max(1, EVAL_BATCH // k)):
-                post = self._encode(xb, yb)
-                log_px, _ = self._draws(xb, yb, post, k, g)
-                out.append(log_px.mean(1) - gaussian_kl(*post))
-            return torch.cat(out)
+        def elbo_rows(xb: Tensor, yb: Tensor | None, q: Posterior) -> Tensor:
+            log_px, _ = self._draws(xb, yb, q, k, g)
+            return log_px.mean(1) - gaussian_kl(q.mu.double(), q.log_var.double())
 
-        return self._marginalise(bound, y)
+        return self._bound(x, y, k, elbo_rows)
 
     # -- sampling and the latent space ------------------------------------------------------------
     @torch.no_grad()
@@ -425,7 +473,8 @@ class VAE(NeuralModel, family="vae"):
                 the mean for gaussian): the customary grid of smooth images.
         """
         self.check_is_fitted()
-        n = self.check_n(n)
+        n = self.check_sample_size(n)
+        limits.check_flag(mean, "mean")
         g = self.generator(seed)
         labels = self._labels(y, n)
         if n == 0:
@@ -434,26 +483,54 @@ class VAE(NeuralModel, family="vae"):
             labels = torch.multinomial(self.class_prior, n, replacement=True, generator=g)
         z = torch.randn(n, self.latent_dim_, generator=g, device=self.device)
         theta = self._decode(z, labels)
+        limits.check_outputs(theta, "the decoder's outputs")  # before any clamp or sigmoid
         lik = LIKELIHOOD_FNS[self.likelihood_]
-        x = lik.mean(theta) if mean else lik.sample(theta, g, self.levels_)
-        return self._to_data_space(x)
+        x = self._to_data_space(lik.mean(theta) if mean else lik.sample(theta, g, self.levels_))
+        limits.check_outputs(x, "the samples")
+        return x
 
     @torch.no_grad()
     def encode(self, x: Any, y: Any = None) -> Posterior:
-        """q(z | x) of each row: Posterior(mu, log_var), each (n, latent_dim)."""
+        """q(z | x) of each row: Posterior(mu, log_var), each (n, latent_dim).
+
+        Raises:
+            ValueError: the encoder's output is not finite for a row (one so far from the
+                training data that the network overflows).
+        """
         x = self._prepare(x)
-        return self._encode(x, self._labels(y, len(x), required=True))
+        post, far = self._proposal(x, self._labels(y, len(x), required=True))
+        row = limits.first_row(far)
+        if row is not None:
+            raise ValueError(
+                f"the encoder's output for row {row} is not finite: the "
+                "row lies too far from the training data for the network (log_prob scores such "
+                "rows with the prior as proposal); remove such rows or rescale the data"
+            )
+        return post
 
     @torch.no_grad()
     def decode(self, z: Any, y: Any = None) -> Tensor:
-        """Decoder means E[x | z] in data space: (n, latent_dim) -> (n, *event_shape)."""
+        """Decoder means E[x | z] in data space: (n, latent_dim) -> (n, *event_shape).
+
+        Raises:
+            ValueError: z of the wrong shape, not finite, or farther than
+                `limits.FAR_SIGMAS` from the prior N(0, I) (where the decoder overflows).
+            DivergedError: the decoder's outputs are not finite (diverged weights).
+        """
         self.check_is_fitted()
         z = torch.as_tensor(np.asarray(z) if not isinstance(z, Tensor) else z)
         if z.ndim != 2 or z.shape[1] != self.latent_dim_:
             raise ValueError(f"z must have shape (n, {self.latent_dim_}), got {tuple(z.shape)}")
         z = z.to(self.device, torch.float32)
         check_finite(z, "z")
+        row = limits.first_row(z.abs().amax(1) > limits.FAR_SIGMAS)
+        if row is not None:
+            raise ValueError(
+                f"row {row} of z lies more than {limits.FAR_SIGMAS:g} standard deviations from "
+                "the prior N(0, I) of the latent space; decode points of the prior's range"
+            )
         theta = self._decode(z, self._labels(y, len(z), required=True))
+        limits.check_outputs(theta, "the decoder's outputs")
         return self._to_data_space(LIKELIHOOD_FNS[self.likelihood_].mean(theta))
 
     def reconstruct(self, x: Any, y: Any = None) -> Tensor:
@@ -469,6 +546,7 @@ class VAE(NeuralModel, family="vae"):
         self.check_is_fitted()
         if isinstance(steps, bool) or not isinstance(steps, int | np.integer) or steps < 2:
             raise ValueError(f"steps must be an integer >= 2, got {steps!r}")
+        self.check_sample_size(steps)
         ends = [
             torch.as_tensor(np.asarray(e) if not isinstance(e, Tensor) else e) for e in (x0, x1)
         ]
@@ -500,6 +578,4 @@ class VAE(NeuralModel, family="vae"):
 
 
 def _check_k(k: Any) -> int:
-    if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
-        raise ValueError(f"k (importance samples) must be an integer >= 1, got {k!r}")
-    return int(k)
+    return limits.check_steps(k, "k (importance samples)")
