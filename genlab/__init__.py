@@ -6,7 +6,7 @@ m = GaussianMixture(n_components=8).fit(x)
 m.save("runs/gmm"); m2 = genlab.load("runs/gmm")
 """
 
-from genlab.models.base import load
+from genlab.models.folder import load
 
 __version__ = "0.1.0"
 __all__ = ["__version__", "load"]

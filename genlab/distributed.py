@@ -6,11 +6,14 @@ need no branches of their own.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.distributed as dist
 from torch import nn
 
 __all__ = [
+    "all_gather_padded",
     "all_reduce",
     "all_reduce_gradients",
     "broadcast_state",
@@ -36,6 +39,22 @@ def all_reduce(t: torch.Tensor) -> torch.Tensor:
     if is_distributed():
         dist.all_reduce(t)
     return t
+
+
+def all_gather_padded(lp: torch.Tensor, z: torch.Tensor, k: int) -> tuple[torch.Tensor, ...]:
+    """Every process's rows (lp (m,), z (m, D)), each padded to k rows with lp = +inf, then
+    concatenated over processes (the inputs themselves outside torch.distributed)."""
+    if not is_distributed():
+        return lp, z
+    pad = k - len(lp)
+    lp = torch.cat([lp, lp.new_full((pad,), math.inf)])
+    z = torch.cat([z, z.new_zeros(pad, z.shape[1])])
+    _, world = rank_and_world()
+    lps = [torch.empty_like(lp) for _ in range(world)]
+    zs = [torch.empty_like(z) for _ in range(world)]
+    dist.all_gather(lps, lp.contiguous())
+    dist.all_gather(zs, z.contiguous())
+    return torch.cat(lps), torch.cat(zs)
 
 
 def broadcast_state(model: nn.Module) -> None:

@@ -945,3 +945,11 @@ def test_sample_writes_no_non_finite_samples(moons_model, tmp_path, monkeypatch,
     code, stdout, err = cli(capsys, "sample", moons_model, "-n", "5", "--out", out)
     assert_one_line_error(code, err, "NaN or infinity", "nothing written")
     assert code == 1 and stdout == "" and not out.exists()
+
+
+@pytest.mark.parametrize("out", ["", "."])
+def test_compare_refuses_an_out_that_names_no_folder(out, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = cli(capsys, "compare", "--data", "moons", "--budget", "2steps", "--out", out)
+    assert_one_line_error(code, err, "folder")
+    assert not list(tmp_path.iterdir())  # nothing written into the current directory

@@ -64,9 +64,9 @@ def compare_families(
         ),
     ] = "120s",
     out: Annotated[
-        Path,
+        str,
         typer.Option("--out", "-o", help="Folder of report.html, report.md, records.json."),
-    ] = Path("runs/compare"),
+    ] = "runs/compare",
     samples: Annotated[
         int, typer.Option("--samples", min=2, help="Model samples measured per family.")
     ] = 1000,
@@ -96,6 +96,12 @@ def compare_families(
     if not names or not wanted:
         raise typer.BadParameter("--data and --families must each name at least one")
     comparison.check_families(wanted)
+    if not out.strip() or Path(out) == Path("."):
+        raise ValueError(
+            f"--out {out!r} names no folder (the report would go into the current directory): "
+            "give a folder name, e.g. --out runs/compare"
+        )
+    out = Path(out)
     pairs = {name: comparison.load_pair(name, n_train=n, n_test=n_test, seed=seed, root=root)
              for name in dict.fromkeys(names)}  # fmt: skip
     settings = comparison.Settings(n_samples=samples)

@@ -7,10 +7,10 @@ from genlab.models.base import (
     DivergedError,
     GenerativeModel,
     NotFittedError,
-    load,
 )
 from genlab.models.diffusion import Diffusion
 from genlab.models.flow import FlowMatching
+from genlab.models.folder import load
 from genlab.models.gmm import GaussianMixture
 from genlab.models.vae import VAE
 

@@ -57,6 +57,17 @@ from genlab.data.tokenizers import (
     train_tokenizer,
 )
 from genlab.models import limits
+from genlab.models.autoregressive_maths import (  # re-exported: the maths' home
+    MAX_LAYERS,
+    _check_width,
+    check_fitted_facts,
+    check_sampling,
+    check_tokenizer,
+    context_start,
+    draw_categorical,
+    filter_logits,
+    scoring_windows,
+)
 from genlab.models.base import (
     NeuralModel,
     TrainingData,
@@ -72,78 +83,6 @@ TEXT_BLOCK_SIZE = 64  # block_size=None for text (nanoGPT's CPU recipe)
 DEFAULT_NEW_TOKENS = 256  # max_new_tokens of text `sample` / `generate` when not given
 EVAL_TOKENS = 1 << 16  # positions per forward pass when scoring
 SMALL_IMAGE_PIXELS = 256  # images of at most this many pixels get the small transformer
-MAX_LAYERS = 1000  # transformer blocks (more is an error of units, not a network)
-
-
-# -- the maths, as pure functions ----------------------------------------------------------------
-def context_start(t: int, block_size: int, stride: int) -> int:
-    """s(t): the first position of the context that predicts token t (t >= 1).
-
-    0 while t <= block_size; then the window [s, t) moves by `stride` each time it would
-    exceed block_size tokens: s(t) = stride * (floor((t - block_size - 1) / stride) + 1).
-    """
-    return 0 if t <= block_size else stride * ((t - block_size - 1) // stride + 1)
-
-
-def scoring_windows(length: int, block_size: int, stride: int) -> list[tuple[int, int, int]]:
-    """The forward passes that give every next-token log-probability of a sequence.
-
-    Returns (start, size, skip) triples: inputs x[start : start + size] predict tokens
-    start + 1 .. start + size, of which the first `skip` belong to an earlier window and the
-    rest have context start s(t) = start. Together the windows score tokens 1..length-1 once.
-    """
-    last = length - 1  # the last target
-    windows, start = [], 0
-    while True:
-        size = min(block_size, last - start)
-        skip = 0 if start == 0 else block_size - stride
-        windows.append((start, size, skip))
-        if start + size >= last:
-            return windows
-        start += stride
-
-
-def filter_logits(
-    logits: Tensor, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None
-) -> Tensor:
-    """Log-probabilities of the sampling distribution: softmax(logits / temperature), keeping
-    only the top_k likeliest tokens and then the smallest set whose mass reaches top_p
-    (nucleus), renormalised; removed tokens get -inf.
-
-    Shapes: logits (n, V)  ->  (n, V) float32 log-probabilities.
-    """
-    logits = (
-        logits.float()
-    )  # the largest logit subtracted first: a tiny temperature cannot overflow
-    logits = (logits - logits.amax(-1, keepdim=True)) / temperature
-    if top_k is not None and top_k < logits.shape[-1]:
-        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, -math.inf)
-    if top_p is not None and top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-        probs = torch.softmax(sorted_logits, dim=-1)
-        before = torch.cumsum(probs, dim=-1) - probs  # mass of the likelier tokens
-        drop = torch.zeros_like(logits, dtype=torch.bool).scatter(-1, order, before >= top_p)
-        logits = logits.masked_fill(drop, -math.inf)
-    return torch.log_softmax(logits, dim=-1)
-
-
-def draw_categorical(probs: Tensor, generator: torch.Generator) -> Tensor:
-    """One draw per row of (unnormalised) probabilities (n, V) -> (n,): the first index whose
-    cumulative mass exceeds u * total, u ~ U[0, 1) (zero mass: never drawn; one rand a row)."""
-    cdf = probs.cumsum(-1)
-    u = torch.rand(len(probs), 1, generator=generator, device=probs.device) * cdf[:, -1:]
-    return torch.searchsorted(cdf, u, right=True)[:, 0].clamp_(max=probs.shape[-1] - 1)
-
-
-def check_sampling(temperature: float, top_k: int | None, top_p: float | None) -> None:
-    finite = isinstance(temperature, int | float) and math.isfinite(temperature)
-    if not (finite and temperature > 0):
-        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
-        raise ValueError(f"top_k must be None or an integer >= 1, got {top_k!r}")
-    if top_p is not None and not (isinstance(top_p, int | float) and 0 < top_p <= 1):
-        raise ValueError(f"top_p must be None or a number in (0, 1], got {top_p!r}")
 
 
 # -- config ---------------------------------------------------------------------------------------
@@ -189,11 +128,6 @@ class AutoregressiveConfig(train.TrainConfig):
     def __post_init__(self):
         super().__post_init__()
         _check_width(self.n_embd, self.n_head)
-
-
-def _check_width(n_embd: int | None, n_head: int) -> None:
-    if n_embd is not None and n_embd % n_head:
-        raise ValueError(f"n_embd ({n_embd}) must be divisible by n_head ({n_head})")
 
 
 def _check_int(name: str, v: Any, minimum: int) -> None:
@@ -248,15 +182,15 @@ class Autoregressive(NeuralModel, family="autoregressive"):
 
     # -- building ---------------------------------------------------------------------------------
     def _build(self, event_shape: tuple[int, ...], fitted: dict[str, Any]) -> None:
-        """The transformer and buffers for the fitted facts, each checked (`_check_facts`)."""
+        """The transformer and buffers for the fitted facts, each checked (`check_fitted_facts`)."""
         cfg = self.config
-        self._check_facts(event_shape, fitted)
+        check_fitted_facts(self.config, event_shape, fitted)
         self.kind_: Literal["text", "image"] = fitted["kind"]
         self.tokenizer_: Tokenizer = tokenizer_from_json(fitted["tokenizer"])
         self.block_size_: int = int(fitted["block_size"])
         self.n_layer_ = int(fitted.get("n_layer") or cfg.n_layer)  # old folders: the config's
         self.n_embd_ = int(fitted.get("n_embd") or cfg.n_embd)
-        self._check_tokenizer(event_shape)
+        check_tokenizer(self.tokenizer_, self.kind_, event_shape, self.block_size_)
         self.stride_ = max(1, self.block_size_ // 2)  # of the context rule (module docstring)
         vocab = self.tokenizer_.vocab_size
         #: tokens that can be predicted: the pixel tokens of an image model, all text tokens
@@ -271,52 +205,6 @@ class Autoregressive(NeuralModel, family="autoregressive"):
         elif self.tokenizer_.n_classes is not None:
             self.register_buffer("class_prior", torch.zeros(self.tokenizer_.n_classes))
         self.to(self.device_)
-
-    def _check_facts(self, event_shape: tuple[int, ...], fitted: dict[str, Any]) -> None:
-        """The fitted facts of config.json, checked before use (an edited or truncated
-        config.json is a ValueError naming the fact).
-
-        Raises:
-            ValueError: a missing fact, or one of the wrong type or value.
-        """
-        for name in ("kind", "tokenizer", "block_size"):
-            if name not in fitted:
-                raise ValueError(f"fitted.{name} is missing")
-        if fitted["kind"] not in ("text", "image"):
-            raise ValueError(f"fitted.kind must be 'text' or 'image', got {fitted['kind']!r}")
-        for name in ("block_size", "n_layer", "n_embd"):
-            value = fitted.get(name)
-            value = getattr(self.config, name) if value is None else value  # old folders
-            if name != "block_size" and value is None:
-                raise ValueError(f"fitted.{name} is missing (and the config's {name} is None)")
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"fitted.{name} must be an integer >= 1, got {value!r}")
-            if name == "n_layer" and value > MAX_LAYERS:
-                raise ValueError(f"fitted.n_layer must be at most {MAX_LAYERS}, got {value!r}")
-        _check_width(fitted.get("n_embd") or self.config.n_embd, self.config.n_head)
-        if (fitted["kind"] == "text") != (event_shape == ()):
-            raise ValueError(
-                f"fitted.event_shape {list(event_shape)} does not fit kind {fitted['kind']!r} "
-                "(text models have event_shape [], image models an image's shape)"
-            )
-
-    def _check_tokenizer(self, event_shape: tuple[int, ...]) -> None:
-        """The tokenizer must match the model: its kind, and for images the event shape and
-        a block_size that holds every pixel."""
-        tok = self.tokenizer_
-        if (tok.kind == "image") != (self.kind_ == "image"):
-            raise ValueError(f"a {tok.kind} tokenizer cannot serve a {self.kind_} model")
-        if self.kind_ == "image":
-            if tok.event_shape != event_shape:
-                raise ValueError(
-                    f"fitted.tokenizer.event_shape {list(tok.event_shape)} differs from "
-                    f"fitted.event_shape {list(event_shape)}"
-                )
-            if self.block_size_ < tok.length - 1:
-                raise ValueError(
-                    f"fitted.block_size {self.block_size_} is shorter than the "
-                    f"{tok.length - 1} pixels of an image"
-                )
 
     def _fitted_meta(self) -> dict[str, Any]:
         return super()._fitted_meta() | {"tokenizer": self.tokenizer_.to_json()}

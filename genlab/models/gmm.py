@@ -24,7 +24,7 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from genlab.data.dataset import ArrayLike, Dataset
-from genlab.distributed import all_reduce, is_distributed, rank_and_world
+from genlab.distributed import all_gather_padded, all_reduce, is_distributed, rank_and_world
 from genlab.models import gmm_selection, limits
 from genlab.models.base import (
     Budget,
@@ -496,7 +496,7 @@ class GaussianMixture(GenerativeModel, family="gmm"):
     def _reseed_dead(self, p: Params, mass: torch.Tensor, worst, n: int) -> Params:
         """Move components with total responsibility < DEAD_MASS onto the worst-explained rows."""
         dead = (mass < DEAD_MASS).nonzero().flatten()
-        worst_lp, worst_z = _gather_worst(*worst, self.config.n_components)
+        worst_lp, worst_z = all_gather_padded(*worst, self.config.n_components)
         order = worst_lp.argsort()[: len(dead)]
         means, weights, cov = p.means.clone(), p.weights.clone(), p.covariances.clone()
         means[dead[: len(order)]] = worst_z[order].double()
@@ -640,20 +640,3 @@ class GaussianMixture(GenerativeModel, family="gmm"):
     def fit_for_budget(cls, data: Dataset, budget: Budget) -> tuple[GaussianMixture, dict]:
         """The lowest-BIC mixture of a sweep within the budget (`gmm_selection.by_bic`)."""
         return gmm_selection.by_bic(cls, data, budget)
-
-
-def _gather_worst(lp: torch.Tensor, z: torch.Tensor, k: int):
-    """All processes' worst rows (padded to k rows each with log p = +inf)."""
-    if not is_distributed():
-        return lp, z
-    pad = k - len(lp)
-    lp = torch.cat([lp, lp.new_full((pad,), math.inf)])
-    z = torch.cat([z, z.new_zeros(pad, z.shape[1])])
-    _, world = rank_and_world()
-    lps, zs = (
-        [torch.empty_like(lp) for _ in range(world)],
-        [torch.empty_like(z) for _ in range(world)],
-    )
-    dist.all_gather(lps, lp.contiguous())
-    dist.all_gather(zs, z.contiguous())
-    return torch.cat(lps), torch.cat(zs)

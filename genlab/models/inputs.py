@@ -1,0 +1,186 @@
+"""What the families accept as input, checked once: rows (`as_data`), labels
+(`check_train_labels`, `as_labels`), finiteness, and `TrainingData`, the record in which a
+neural `fit` decides the kind of data, its levels and its labels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any, Literal, NamedTuple
+
+import numpy as np
+import torch
+
+from genlab.data.dataset import ArrayLike, Dataset, NpyArray, image_geometry, shape_kind
+
+
+def as_data(x: Any, y: Any = None) -> tuple[ArrayLike, torch.Tensor | None, tuple[int, ...]]:
+    """Accept a Dataset, a Tensor, a NumPy array (or a list of rows) and return (x, y, event_shape).
+
+    Raises:
+        TypeError: x is of an unsupported type or dtype.
+        ValueError: x is empty or 0-/1-dimensional.
+    """
+    if isinstance(x, Dataset):
+        y = x.y if y is None else y
+        x = x.x
+    elif isinstance(x, np.ndarray | list | tuple):
+        arr = np.asarray(x)
+        if arr.dtype == object or not (
+            np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_
+        ):
+            raise TypeError(f"x must hold numbers, got an array of dtype {arr.dtype}")
+        x = torch.from_numpy(np.ascontiguousarray(arr))
+    elif not isinstance(x, torch.Tensor | NpyArray):
+        raise TypeError(
+            f"x must be a Tensor, a NumPy array or a genlab Dataset, got {type(x).__name__}"
+        )
+    if isinstance(x, torch.Tensor) and (x.is_complex() or x.dtype == torch.bool):
+        raise TypeError(f"x must hold real numbers, got dtype {x.dtype}")
+    if x.ndim < 2:
+        raise ValueError(
+            f"x must have shape (n_samples, *event_shape), got shape {tuple(x.shape)}; "
+            "reshape a single feature with x.reshape(-1, 1)"
+        )
+    if len(x) == 0:
+        raise ValueError("x is empty: fit needs at least one sample")
+    if any(int(s) == 0 for s in x.shape[1:]):
+        raise ValueError(
+            f"x has samples of shape {tuple(x.shape[1:])}, with no values: each sample needs "
+            "at least one number (a zero-width column set?)"
+        )
+    if y is not None:
+        if not isinstance(y, torch.Tensor):
+            labels = np.asarray(y)
+            if not (np.issubdtype(labels.dtype, np.integer) or labels.dtype == np.bool_):
+                raise TypeError(
+                    f"y must hold integer class labels, got values of dtype {labels.dtype}; "
+                    "map names to 0..K-1 first"
+                )
+            y = labels
+        y = torch.as_tensor(y)
+        if y.shape != (len(x),):
+            raise ValueError(f"y must have shape ({len(x)},), got {tuple(y.shape)}")
+    return x, y, tuple(int(s) for s in x.shape[1:])
+
+
+def iter_chunks(x: ArrayLike, chunk_size: int) -> Iterator[tuple[int, torch.Tensor]]:
+    """Yield (start, rows[start:start + chunk_size]) over the first axis of x."""
+    for start in range(0, len(x), chunk_size):
+        yield start, x[start : start + chunk_size]
+
+
+MAX_CLASSES = 65_536  # labels are class indices; a larger max(y) is an id, not a class
+
+
+def check_train_labels(y: torch.Tensor | None) -> int | None:
+    """n_classes = max(y) + 1 for integer labels in [0, MAX_CLASSES); None without labels."""
+    if y is None:
+        return None
+    if y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool:
+        raise TypeError(f"y must hold integer class labels, got dtype {y.dtype}")
+    if int(y.min()) < 0:
+        raise ValueError(f"labels must be >= 0, got a minimum of {int(y.min())}")
+    if int(y.max()) + 1 > MAX_CLASSES:
+        raise ValueError(
+            f"labels must be 0..K-1 class indices (K at most {MAX_CLASSES}); got a maximum of "
+            f"{int(y.max()):.4g}: relabel them (e.g. numpy.unique(y, return_inverse=True))"
+        )
+    return int(y.max()) + 1
+
+
+def as_labels(y: Any, n: int, n_classes: int) -> torch.Tensor:
+    """(n,) int64 labels from an int (every sample that class), a sequence or a tensor,
+    checked to be integers in [0, n_classes), the classes seen in fit."""
+    if isinstance(y, int | np.integer) and not isinstance(y, bool):
+        y = torch.full((n,), int(y), dtype=torch.long)
+    y = y if isinstance(y, torch.Tensor) else torch.as_tensor(np.asarray(y))
+    if y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool:
+        raise TypeError(f"y must hold integer class labels, got dtype {y.dtype}")
+    if y.shape != (n,):
+        raise ValueError(f"y must be an int or have shape ({n},), got shape {tuple(y.shape)}")
+    if n and (int(y.min()) < 0 or int(y.max()) >= n_classes):
+        raise ValueError(
+            f"labels must lie in [0, {n_classes}) (the classes seen in fit); got values in "
+            f"[{int(y.min())}, {int(y.max())}]"
+        )
+    return y.long()
+
+
+def check_finite(x: torch.Tensor, what: str = "x") -> None:
+    if not torch.isfinite(x).all():
+        bad = int((~torch.isfinite(x)).any(dim=tuple(range(1, x.ndim))).nonzero()[0, 0])
+        raise ValueError(
+            f"{what} contains NaN or infinity (first in row {bad}); clean the data first"
+        )
+
+
+class TrainingData(NamedTuple):
+    """What a family's `fit` learns from, decided once from the input (`from_input`).
+
+    Attributes:
+        x: (n, *event_shape) rows, float32 (a lazy `NpyArray` stays lazy); None for text.
+        y: (n,) int64 labels passed to fit as `y=` (a Dataset's own labels are not used:
+            conditioning is asked for, never implied), or None.
+        event_shape: the shape of one sample (() for text).
+        kind: "points", "image" (an image shape, `genlab.data.image_shape`, with values in
+            [0, 1]) or "text".
+        levels: grey levels of quantised images (a Dataset's `levels`), else None.
+        text: the corpus of a text data set, else None.
+        name: the data set's name ("" for tensors).
+        n_classes: max(y) + 1, or None without labels.
+    """
+
+    x: ArrayLike | None
+    y: torch.Tensor | None
+    event_shape: tuple[int, ...]
+    kind: Literal["points", "image", "text"]
+    levels: int | None
+    text: str | None
+    name: str
+    n_classes: int | None
+
+    @classmethod
+    def from_input(cls, x: Any, y: Any = None) -> TrainingData:
+        """From a Dataset, a str (text), a Tensor, a NumPy array or a list of rows.
+
+        Raises:
+            TypeError, ValueError: unsupported types, empty or non-finite data, bad labels.
+        """
+        if isinstance(x, str) or (isinstance(x, Dataset) and x.kind == "text"):
+            text = x if isinstance(x, str) else x.text
+            if y is not None:
+                raise ValueError("text models take no labels y")
+            if not isinstance(text, str) or not text:
+                raise ValueError("the training text is empty")
+            name = x.name if isinstance(x, Dataset) else ""
+            return cls(None, None, (), "text", None, text, name, None)
+        dataset = x if isinstance(x, Dataset) else None
+        rows, y, event_shape = as_data(x.x if dataset is not None else x, y)
+        if isinstance(rows, torch.Tensor):
+            rows = rows.float() if rows.dtype != torch.float32 else rows
+            check_finite(rows)
+        kind = dataset.kind if dataset is not None else shape_kind(event_shape)
+        if kind == "image" and isinstance(rows, torch.Tensor):
+            kind = "image" if bool(rows.min() >= 0) and bool(rows.max() <= 1) else "points"
+        levels = dataset.levels if dataset is not None and kind == "image" else None
+        name = dataset.name if dataset is not None else ""
+        return cls(rows, y, event_shape, kind, levels, None, name, check_train_labels(y))
+
+    @property
+    def dim(self) -> int:
+        return int(np.prod(self.event_shape, dtype=np.int64))
+
+    @property
+    def square_image(self) -> tuple[int, int] | None:
+        """(channels, side) of square images (what conv nets need), else None."""
+        return image_geometry(self.event_shape) if self.kind == "image" else None
+
+    def rows(self) -> torch.Tensor:
+        """All of x as a float32 tensor (reading a lazy `NpyArray`)."""
+        if self.x is None:
+            raise ValueError("text data has no rows of numbers")
+        x = self.x if isinstance(self.x, torch.Tensor) else self.x[:]
+        x = x.float() if x.dtype != torch.float32 else x
+        check_finite(x)
+        return x
