@@ -768,13 +768,19 @@ def test_diffusion_fit_sample_plot(tmp_path, capsys):
     assert_png(out / "denoising.png") is not None and "denoising.png" in stdout
 
 
-def test_autoregressive_on_text(tmp_path, capsys):
+def tiny_text_fit(tmp_path: Path, steps: int) -> tuple[Path, Path, list]:
+    """(corpus, out, argv) of a tiny character-level autoregressive fit."""
     corpus = tmp_path / "tiny.txt"
     corpus.write_text("the cat sat on the mat. " * 60)
     out = tmp_path / "ar"
     argv = ["fit", "autoregressive", "--data", f"text:{corpus}", "--n-layer", "1", "--n-head",
-            "2", "--n-embd", "16", "--block-size", "16", "--max-steps", "5", "--out", out,
-            "--no-progress"]  # fmt: skip
+            "2", "--n-embd", "16", "--block-size", "16", "--max-steps", str(steps), "--out",
+            out, "--no-progress"]  # fmt: skip
+    return corpus, out, argv
+
+
+def test_autoregressive_on_text(tmp_path, capsys):
+    corpus, out, argv = tiny_text_fit(tmp_path, 5)
     code, stdout, err = cli(capsys, *argv)
     assert code == 0, err
     assert "validation loss" in stdout and "nats/char" in stdout and "train characters" in stdout
@@ -920,12 +926,7 @@ def test_plot_says_why_it_cannot_draw_5d_points(points_5d, tmp_path, capsys):
 
 
 def test_plot_fails_when_it_draws_nothing(tmp_path, capsys):
-    corpus = tmp_path / "tiny.txt"
-    corpus.write_text("the cat sat on the mat. " * 60)
-    out = tmp_path / "ar"
-    argv = ["fit", "autoregressive", "--data", f"text:{corpus}", "--n-layer", "1", "--n-head",
-            "2", "--n-embd", "16", "--block-size", "16", "--max-steps", "3", "--out", out,
-            "--no-progress"]  # fmt: skip
+    _, out, argv = tiny_text_fit(tmp_path, 3)
     assert cli(capsys, *argv)[0] == 0
     code, stdout, err = cli(capsys, "plot", out)
     assert code == 0 and "text model" in err and "history.png" in stdout

@@ -377,23 +377,6 @@ def test_the_flow_picks_the_mlp_for_digits():
     assert model.sample(2, seed=0, steps=2).shape == (2, 1, 8, 8)
 
 
-@pytest.mark.parametrize("data", ["moons", "digits"])
-def test_folders_saved_before_the_redesign_keep_their_log_prob(data):
-    """tests/fixtures/v1 was written by the code before the redesign (a UNet for the digits,
-    by the old rule: a loaded model keeps the net it was fitted with)."""
-    folder = FIXTURES / f"flow-{data}"
-    expected = json.loads((folder / "expected.json").read_text())
-    model = genlab.load(folder)
-    assert model.net_ == {"moons": "mlp", "digits": "unet"}[data]
-    x = load_dataset(data, split="test", n=5).x[:5]
-    lp = model.log_prob(x, steps=4, method="rk4")
-    torch.testing.assert_close(lp.double(), torch.tensor(expected["log_prob"]).double(),
-                               rtol=0, atol=1e-4)  # fmt: skip
-    samples = model.sample(3, seed=0).flatten(1)[:, :6].double()
-    torch.testing.assert_close(samples, torch.tensor(expected["sample"]).double(), rtol=0,
-                               atol=1e-4)  # fmt: skip
-
-
 def test_declared_capabilities():
     assert FlowMatching.sample_options == {"steps", "method", "y", "guidance",
                                            "return_trajectory", "rtol", "atol"}  # fmt: skip
