@@ -34,7 +34,6 @@ diffusion timesteps, importance samples (typical values are 10 to 1,000)."""
 FAR_SIGMAS = 1e4
 """Rows farther than this many standard deviations (in the normalised space of the ODE
 families) are scored in closed form, not by integrating the network's field there."""
-FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 
 
 def build_within_memory(make: Callable[[], nn.Module], what: str, fix: str) -> nn.Module:

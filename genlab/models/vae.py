@@ -33,7 +33,6 @@ could make them look finite.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, NamedTuple
@@ -91,7 +90,6 @@ __all__ = [
 NetName = Literal["auto", "mlp", "conv"]
 LIKELIHOODS = ("auto", "bernoulli", "gaussian", "discretized")
 NETS = ("auto", "mlp", "conv")
-LOG_2PI = math.log(2 * math.pi)
 EVAL_BATCH = 4096  # decoder evaluations (rows x importance samples) per forward pass
 LOG_VAR_RANGE = (-20.0, 10.0)  # clamp of the encoder's log-variance (overflow guard)
 MAX_LATENT = 16  # latent_dim=None: min(MAX_LATENT, D)

@@ -14,8 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from genlab.solvers import LOG_2PI
+
 LikelihoodName = Literal["auto", "bernoulli", "gaussian", "discretized"]
-LOG_2PI = math.log(2 * math.pi)
 LOG_SCALE_MIN = -7.0  # floor of the discretized logistic's log-scale (in [0, 1] units)
 MAX_LEVELS = 256  # largest number of grey levels `infer_levels` looks for
 
