@@ -11,7 +11,8 @@ tensor-in functions of `genlab.metrics`:
   pickle), keyed by a hash of the train split and of the recipe, so it is trained once; a
   cache entry that does not load or does not match its recipe is rebuilt, with a warning;
 - `gmm_nll_vs_components`: where a Gaussian mixture stops being enough as the dimension grows
-  (fitted through the family's own `sweep`).
+  (fitted through the family's own `sweep`), and, next to the BIC sweep, how many components a
+  Dirichlet-process mixture keeps (model selection without BIC).
 
 Nothing here names a family class: a model says what it accepts (`log_prob_options`,
 `log_prob_space`, `is_text`) and families are found in `genlab.models.FAMILIES`.
@@ -372,6 +373,7 @@ def gmm_nll_vs_components(
     max_seconds: float = math.inf,
     device: str | None = None,
     family: str = "gmm",
+    selection_family: str | None = "bgmm",
 ) -> dict[str, Any]:
     """Test NLL (bits per dimension) of mixtures with K components on the data projected by PCA.
 
@@ -389,10 +391,16 @@ def gmm_nll_vs_components(
         dims: projection dimensions (those above D are dropped).
         components: numbers of components K.
         family: the registry name of a family with a components sweep (`component_study`).
+        selection_family: the registry name of a family that selects its own number of
+            components (`select_components`: the Dirichlet-process mixture), fitted after each
+            sweep with K = max(components) on the time left: model selection without BIC,
+            shown next to the sweep. None (or a name not registered): not fitted.
 
     Returns:
         {"dims": [d...], "components": [K...], "test_bits_per_dim": [[bpd or None per K] per
-        d], "seconds": float}.
+        d], "seconds": float}, and with a selection family "bic_free": {"family",
+        "n_components": K, "effective_components": [components kept (weight > 1e-2) or None
+        per d], "test_bits_per_dim": [bpd or None per d], "notes": [None or why not, per d]}.
     """
     sweep = FAMILIES[family].sweep
     train = train.reshape(len(train), -1).double()
@@ -401,20 +409,64 @@ def gmm_nll_vs_components(
     _, _, vh = torch.linalg.svd(train - mean, full_matrices=False)
     dims = [d for d in dims if d <= train.shape[1]]
     components = [int(k) for k in components]
+    selector = selection_family if selection_family in FAMILIES else None
+    free = {"family": selector, "n_components": max(components, default=1),
+            "effective_components": [], "test_bits_per_dim": [], "notes": []}  # fmt: skip
     start, table = time.perf_counter(), []
     for d in dims:
         left = max_seconds - (time.perf_counter() - start)
         if left <= 0:
             table.append([None] * len(components))
+            _add_bic_free(free, (None, None, "skipped: the study's time was spent"))
             continue
         axes = vh[:d].T
         tr, te = (train - mean) @ axes, (test - mean) @ axes
         fits = sweep(tr, components, test=te, seed=seed, max_seconds=left, device=device)
         by_k = {int(f["n_components"]): f for f in fits}
         table.append([_bits(by_k.get(k), d) for k in components])
-    return {
+        if selector is not None:
+            left = max_seconds - (time.perf_counter() - start)
+            cell = _bic_free(selector, tr, te, fits, free["n_components"], seed=seed,
+                             left=left, device=device)  # fmt: skip
+            _add_bic_free(free, cell)
+    study = {
         "dims": dims,
         "components": components,
         "test_bits_per_dim": table,
         "seconds": time.perf_counter() - start,
     }
+    return {**study, "bic_free": free} if selector is not None else study
+
+
+def _add_bic_free(free: dict[str, Any], cell: tuple[Any, Any, Any]) -> None:
+    for key, value in zip(("effective_components", "test_bits_per_dim", "notes"), cell,
+                          strict=True):  # fmt: skip
+        free[key].append(value)
+
+
+def _bic_free(
+    family: str,
+    train: torch.Tensor,
+    test: torch.Tensor,
+    fits: Sequence[dict[str, Any]],
+    k: int,
+    *,
+    seed: int,
+    left: float,
+    device: str | None,
+) -> tuple[int | None, float | None, str | None]:
+    """(components kept, test bits/dim, None) of one `select_components` fit with K = k, or
+    (None, None, why): skipped when no time is left or when the sweep's largest fit predicts
+    (cost ∝ K) that it would overrun; a failed fit gives its error."""
+    if left <= 0:
+        return None, None, "skipped: the study's time was spent"
+    done = [f for f in fits if f.get("model") is not None and f.get("seconds")]
+    if done:
+        last = max(done, key=lambda f: f["n_components"])
+        if last["seconds"] * k / last["n_components"] > left:
+            return None, None, f"skipped: predicted to overrun the study's time (K={k})"
+    record = FAMILIES[family].select_components(train, k, test=test, seed=seed,
+                                                max_seconds=left, device=device)  # fmt: skip
+    if record["error"]:
+        return None, None, record["error"]
+    return record["effective_components"], _bits(record, train.shape[1]), None

@@ -182,6 +182,13 @@ def _data_summary(rows: Sequence[Mapping[str, Any]]) -> list[str]:
                 if vals:
                     best.append(f"d={d_}: K={min(vals)[1]}")
             lines.append(f"{r['family']} test NLL is lowest at " + ", ".join(best) + ".")
+            free = study.get("bic_free") or {}
+            kept = [f"d={d_}: {k}" for d_, k in zip(study["dims"], free.get(
+                "effective_components", []), strict=False) if k is not None]  # fmt: skip
+            if kept:
+                lines.append(f"Without BIC, a Dirichlet-process mixture ({free['family']}, "
+                             f"K={free['n_components']}) keeps components of weight > 0.01 at "
+                             + ", ".join(kept) + ".")  # fmt: skip
     return lines
 
 

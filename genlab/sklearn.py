@@ -10,6 +10,12 @@ the EM, the densities and the sampling to `genlab.models.GaussianMixture`, kept 
 (save it with `gm.model_.save(path)`). Given the same starting values it follows scikit-learn's
 EM trajectory to round-off; what differs is how the starting values are drawn (genlab's own
 k-means, not `sklearn.cluster.KMeans`) and that components left with no data are re-seeded.
+Where scikit-learn's users rely on its behaviour, the estimator behaves the same: `warm_start`
+(`converged_` and `n_iter_` across successive fits), the stopping rule (|change| < tol, the
+first change taken from the previous fit's bound when warm), the texts of the
+`ConvergenceWarning` and of the ill-defined-covariance `ValueError`, and `fit_predict` ==
+`fit(X).predict(X)`. Beyond scikit-learn: `fit(X, sample_weight=w)` (integer weights equal
+repeated rows), weighted `score`/`bic`/`aic`, and `partial_fit` (online EM).
 """
 
 from __future__ import annotations
@@ -25,12 +31,21 @@ from sklearn.base import BaseEstimator, DensityMixin, _fit_context
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
-from sklearn.utils.validation import check_array, check_is_fitted, validate_data
+from sklearn.utils.validation import (
+    _check_sample_weight,
+    check_array,
+    check_is_fitted,
+    validate_data,
+)
 
-from genlab.models import gmm
+from genlab.models import gmm, mixture
 from genlab.models.base import ConvergenceWarning as GenlabConvergenceWarning
 
 SEED_BOUND = np.iinfo(np.int32).max  # seeds are drawn as check_random_state(rs).randint(this)
+# scikit-learn appends this to the ill-defined-covariance message for float32 data
+FLOAT32_HINT = (
+    " The numerical accuracy can also be improved by passing float64 data instead of float32."
+)
 
 
 def _numpy(t: torch.Tensor) -> np.ndarray:
@@ -90,7 +105,86 @@ def check_precisions(precisions: Any, covariance_type: str, k: int, d: int) -> n
     return p
 
 
-class GaussianMixture(DensityMixin, BaseEstimator):
+class _MixtureEstimator(DensityMixin, BaseEstimator):
+    """What the two mixture estimators share: the common parameters' constraints, the checks
+    of X, and the predictions and sampling delegated to the genlab model `model_`."""
+
+    _parameter_constraints: ClassVar[dict] = {
+        "n_components": [Interval(Integral, 1, None, closed="left")],
+        "covariance_type": [StrOptions(set(mixture.COVARIANCE_TYPES))],
+        "tol": [Interval(Real, 0.0, None, closed="left")],
+        "reg_covar": [Interval(Real, 0.0, None, closed="left")],
+        "max_iter": [Interval(Integral, 0, None, closed="left")],
+        "n_init": [Interval(Integral, 1, None, closed="left")],
+        "init_params": [StrOptions(set(mixture.INIT_METHODS))],
+        "random_state": ["random_state"],
+        "warm_start": ["boolean"],
+        "verbose": ["verbose"],
+        "verbose_interval": [Interval(Integral, 1, None, closed="left")],
+        "dtype": [StrOptions({"float32", "float64"})],
+        "device": [str, torch.device, None],
+        "chunk_size": [Interval(Integral, 1, None, closed="left"), None],
+    }
+
+    def _set_params_from(self, values: dict[str, Any]) -> None:
+        """__init__'s body: store each constructor parameter (`values`: its locals()) as is,
+        as scikit-learn requires (no validation until fit)."""
+        for name in self._get_param_names():
+            setattr(self, name, values[name])
+
+    def _check_fit_X(self, X: Any, warm: bool) -> np.ndarray:
+        """X for fit (scikit-learn's checks; a warm start keeps the fitted features).
+
+        Raises:
+            ValueError: fewer than 2 rows, or fewer rows than n_components.
+        """
+        X = validate_data(
+            self, X, dtype=[np.float64, np.float32], ensure_min_samples=2, reset=not warm
+        )
+        if len(X) < self.n_components:
+            raise ValueError(
+                "Expected n_samples >= n_components but got "
+                f"n_components = {self.n_components}, n_samples = {len(X)}"
+            )
+        return X
+
+    def _check_X(self, X: Any) -> np.ndarray:
+        check_is_fitted(self)
+        X = validate_data(self, X, dtype=[np.float64, np.float32], reset=False)
+        return _writeable(X)
+
+    def _warn_not_converged(self) -> None:
+        """scikit-learn's ConvergenceWarning when the kept run did not converge."""
+        if not self.converged_ and self.max_iter > 0:
+            warnings.warn(gmm.NOT_CONVERGED, ConvergenceWarning, stacklevel=3)
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        """Component probabilities of each row, the model's responsibilities:
+        (n_samples, n_components) float64."""
+        X = self._check_X(X)  # before model_: unfitted raises NotFittedError
+        return _numpy(self.model_.predict_proba(X))
+
+    def predict(self, X: Any) -> np.ndarray:
+        """Most probable component of each row: (n_samples,) int64."""
+        X = self._check_X(X)
+        return self.model_.predict(X).cpu().numpy()
+
+    def sample(self, n_samples: int = 1) -> tuple[np.ndarray, np.ndarray]:
+        """Draw n_samples points of the (point-estimate) mixture: X (n_samples, n_features)
+        float64 and their components y (n_samples,) int64. Rows come in random order
+        (scikit-learn groups them by component)."""
+        check_is_fitted(self)
+        if isinstance(n_samples, bool) or not isinstance(n_samples, Integral) or n_samples < 1:
+            raise ValueError(
+                f"Invalid value for 'n_samples': {n_samples!r}. The sampling requires at least "
+                "one sample."
+            )
+        seed = int(check_random_state(self.random_state).randint(SEED_BOUND))
+        x, labels = self.model_.sample(int(n_samples), seed=seed, return_labels=True)
+        return _numpy(x), labels.cpu().numpy()
+
+
+class GaussianMixture(_MixtureEstimator):
     """Gaussian mixture fitted by EM, with scikit-learn's API, over genlab's batched EM.
 
     Parameters are scikit-learn's (`sklearn.mixture.GaussianMixture`): see its documentation
@@ -110,9 +204,10 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         random_state: None, an int or a `RandomState`; genlab's seed is
             `check_random_state(random_state).randint(2**31 - 1)`, drawn once per `fit` and
             once per `sample` (so an int gives the same samples at every call).
-        warm_start: a second `fit` continues EM from the fitted parameters (one
-            initialisation). Unlike scikit-learn, the first iteration of the new fit is never
-            compared with the previous fit's lower bound, so it runs at least two iterations.
+        warm_start: a second `fit` continues EM from the fitted parameters (exactly: no
+            initialisation, n_init ignored) and, as in scikit-learn, its first iteration's
+            bound is compared with the previous fit's `lower_bound_` against `tol`, so that
+            successive `max_iter=1` fits set `converged_` and `n_iter_` as scikit-learn does.
         verbose: > 0 shows genlab's progress bar (per-iteration log-likelihood and change).
         verbose_interval: accepted for compatibility; the bar refreshes every iteration.
         dtype: genlab's E-step precision ("float64" matches scikit-learn to round-off).
@@ -127,23 +222,10 @@ class GaussianMixture(DensityMixin, BaseEstimator):
     """
 
     _parameter_constraints: ClassVar[dict] = {
-        "n_components": [Interval(Integral, 1, None, closed="left")],
-        "covariance_type": [StrOptions(set(gmm.COVARIANCE_TYPES))],
-        "tol": [Interval(Real, 0.0, None, closed="left")],
-        "reg_covar": [Interval(Real, 0.0, None, closed="left")],
-        "max_iter": [Interval(Integral, 0, None, closed="left")],
-        "n_init": [Interval(Integral, 1, None, closed="left")],
-        "init_params": [StrOptions(set(gmm.INIT_METHODS))],
+        **_MixtureEstimator._parameter_constraints,
         "weights_init": ["array-like", None],
         "means_init": ["array-like", None],
         "precisions_init": ["array-like", None],
-        "random_state": ["random_state"],
-        "warm_start": ["boolean"],
-        "verbose": ["verbose"],
-        "verbose_interval": [Interval(Integral, 1, None, closed="left")],
-        "dtype": [StrOptions({"float32", "float64"})],
-        "device": [str, torch.device, None],
-        "chunk_size": [Interval(Integral, 1, None, closed="left"), None],
     }
 
     def __init__(
@@ -167,75 +249,105 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         device: str | torch.device | None = None,
         chunk_size: int | None = None,
     ):
-        self.n_components = n_components
-        self.covariance_type = covariance_type
-        self.tol = tol
-        self.reg_covar = reg_covar
-        self.max_iter = max_iter
-        self.n_init = n_init
-        self.init_params = init_params
-        self.weights_init = weights_init
-        self.means_init = means_init
-        self.precisions_init = precisions_init
-        self.random_state = random_state
-        self.warm_start = warm_start
-        self.verbose = verbose
-        self.verbose_interval = verbose_interval
-        self.dtype = dtype
-        self.device = device
-        self.chunk_size = chunk_size
+        self._set_params_from(locals())
 
     # -- fit --------------------------------------------------------------------------------------
-    def fit(self, X: Any, y: Any = None) -> GaussianMixture:
-        """Fit by EM on X (n_samples, n_features); `y` is ignored. Returns self."""
-        self.fit_predict(X, y)
+    def fit(self, X: Any, y: Any = None, sample_weight: Any = None) -> GaussianMixture:
+        """Fit by EM on X (n_samples, n_features); `y` is ignored. Returns self.
+
+        sample_weight: optional (n_samples,) weights >= 0 (or a scalar): EM maximises
+        sum w log p(x) / sum w, so integer weights equal repeated rows (0: a dropped row); see
+        `genlab.models.GaussianMixture.fit`.
+        """
+        self.fit_predict(X, y, sample_weight=sample_weight)
         return self
 
     @_fit_context(prefer_skip_nested_validation=True)
-    def fit_predict(self, X: Any, y: Any = None) -> np.ndarray:
+    def fit_predict(self, X: Any, y: Any = None, sample_weight: Any = None) -> np.ndarray:
         """Fit by EM, then label X by a final E-step: equal to `fit(X).predict(X)`, (n,) int64."""
-        warm = self.warm_start and hasattr(self, "converged_")
-        # a warm start continues the previous fit, so X must have its features
-        X = validate_data(
-            self, X, dtype=[np.float64, np.float32], ensure_min_samples=2, reset=not warm
-        )
-        n, d = X.shape
-        if n < self.n_components:
-            raise ValueError(
-                "Expected n_samples >= n_components but got "
-                f"n_components = {self.n_components}, n_samples = {n}"
+        warm = self.warm_start and hasattr(self, "model_")
+        X = self._check_fit_X(X, warm)  # a warm start continues the fit: X keeps its features
+        d = X.shape[1]
+        if sample_weight is not None:  # scikit-learn's checks and messages, then genlab's
+            sample_weight = _check_sample_weight(
+                sample_weight, X, dtype=np.float64, ensure_non_negative=True
             )
-        starts = self._previous_fit() if warm else self._user_starts(d)
+        starts = self._user_starts(d)  # checked even when a warm start ignores them
         seed = int(check_random_state(self.random_state).randint(SEED_BOUND))
-        model = gmm.GaussianMixture(
+        model = self._model(
+            # with every start given, `init` is overwritten: take the cheapest one
+            init="random_from_data" if all(v is not None for v in starts) else self.init_params,
+            seed=seed,
+            n_init=1 if warm else int(self.n_init),  # scikit-learn: one run when warm
+            warm_start=warm,
+            weights_init=starts[0],
+            means_init=starts[1],
+            precisions_init=starts[2],
+        )
+        if warm:
+            _continue_from(model, self.model_, self.lower_bound_)
+        with warnings.catch_warnings():  # re-raised below as scikit-learn's warning
+            warnings.simplefilter("ignore", GenlabConvergenceWarning)
+            try:
+                model.fit(_writeable(X), sample_weight=sample_weight, progress=bool(self.verbose))
+            except gmm.IllDefinedCovarianceError as e:  # scikit-learn's words for it
+                float32 = FLOAT32_HINT if X.dtype == np.float32 else ""
+                raise ValueError(gmm.ILL_DEFINED + float32) from e
+        self._set_fitted(model)
+        self._warn_not_converged()
+        return model.predict(_writeable(X)).cpu().numpy()
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def partial_fit(self, X: Any, y: Any = None, sample_weight: Any = None) -> GaussianMixture:
+        """One stepwise (online) EM update on the mini-batch X (`y` is ignored); returns self.
+
+        Delegates to `genlab.models.GaussianMixture.partial_fit` (step size
+        (t + t0)^-kappa, see `genlab.models.gmm_online`): the first call on an unfitted
+        estimator initialises the mixture from X (`init_params`, `random_state`, the `*_init`
+        starts), a call after `fit` continues from the fitted parameters. The parameter
+        attributes are refreshed after each call; `converged_`, `n_iter_` and the lower bounds
+        describe the last `fit` only (EM on a stream has no end to converge to).
+        """
+        first = not hasattr(self, "model_")
+        X = validate_data(self, X, dtype=[np.float64, np.float32], reset=first)
+        if sample_weight is not None:
+            sample_weight = _check_sample_weight(
+                sample_weight, X, dtype=np.float64, ensure_non_negative=True
+            )
+        if first:
+            starts = self._user_starts(X.shape[1])
+            seed = int(check_random_state(self.random_state).randint(SEED_BOUND))
+            model = self._model(
+                init="random_from_data" if all(v is not None for v in starts) else self.init_params,
+                seed=seed,
+                n_init=1,
+                weights_init=starts[0],
+                means_init=starts[1],
+                precisions_init=starts[2],
+            )
+        else:
+            model = self.model_
+        try:
+            model.partial_fit(_writeable(X), sample_weight=sample_weight)
+        except gmm.IllDefinedCovarianceError as e:
+            float32 = FLOAT32_HINT if X.dtype == np.float32 else ""
+            raise ValueError(gmm.ILL_DEFINED + float32) from e
+        self._set_fitted(model, fitted_by_em=False)
+        return self
+
+    def _model(self, **options: Any) -> gmm.GaussianMixture:
+        """genlab's mixture with this estimator's parameters (and `options`)."""
+        return gmm.GaussianMixture(
             int(self.n_components),
             covariance_type=self.covariance_type,
             tol=float(self.tol),
             reg_covar=float(self.reg_covar),
             max_iter=int(self.max_iter),
-            n_init=1 if warm else int(self.n_init),
-            # with every start given, `init` is overwritten: take the cheapest one
-            init="random_from_data" if all(v is not None for v in starts) else self.init_params,
-            seed=seed,
             dtype=self.dtype,
             chunk_size=self.chunk_size,
             device=self.device,
-            weights_init=starts[0],
-            means_init=starts[1],
-            precisions_init=starts[2],
+            **options,
         )
-        with warnings.catch_warnings():  # re-raised below as scikit-learn's warning
-            warnings.simplefilter("ignore", GenlabConvergenceWarning)
-            model.fit(_writeable(X), progress=bool(self.verbose))
-        self._set_fitted(model)
-        if not self.converged_ and self.max_iter > 0:
-            warnings.warn(
-                f"EM did not converge in max_iter={self.max_iter} iterations (tol={self.tol}): "
-                "raise max_iter or tol, try other init parameters, or check for degenerate data",
-                ConvergenceWarning,
-                stacklevel=2,
-            )
-        return model.predict(_writeable(X)).cpu().numpy()
 
     def _user_starts(self, d: int) -> tuple[Any, Any, Any]:
         k, ct = self.n_components, self.covariance_type
@@ -247,74 +359,90 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             else check_precisions(self.precisions_init, ct, k, d),
         )
 
-    def _previous_fit(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """warm_start: the last fit's parameters as starting values (copies)."""
-        return self.weights_.copy(), self.means_.copy(), self.precisions_.copy()
-
-    def _set_fitted(self, model: gmm.GaussianMixture) -> None:
+    def _set_fitted(self, model: gmm.GaussianMixture, fitted_by_em: bool = True) -> None:
+        """The fitted attributes from `model`; fitted_by_em=False (partial_fit after a fit)
+        refreshes the parameters only."""
         self.model_ = model
         self.weights_ = _numpy(model.weights_)
         self.means_ = _numpy(model.means_)
         self.covariances_ = _numpy(model.covariances_)
         self.precisions_cholesky_ = _numpy(model.precisions_cholesky_)
         self.precisions_ = _numpy(model.precisions_)
+        if not fitted_by_em and hasattr(self, "converged_"):
+            return
+        if not fitted_by_em:  # a first partial_fit: no EM run, no lower bound yet
+            self.converged_, self.n_iter_, self.lower_bound_, self.lower_bounds_ = (
+                False, 0, -math.inf, [],
+            )  # fmt: skip
+            return
         self.converged_ = bool(model.converged_)
         if self.max_iter == 0:  # scikit-learn: no EM step ran, so no lower bound
             self.n_iter_, self.lower_bound_, self.lower_bounds_ = 0, -math.inf, []
         else:
             self.n_iter_ = int(model.n_iter_)
-            self.lower_bound_ = float(model.lower_bound_)
-            self.lower_bounds_ = [float(v) for v in model.lower_bounds_]
+            self.lower_bound_ = np.float64(model.lower_bound_)  # scikit-learn's types
+            self.lower_bounds_ = [np.float64(v) for v in model.lower_bounds_]
 
     # -- the fitted density -----------------------------------------------------------------------
-    def _check_X(self, X: Any) -> np.ndarray:
-        check_is_fitted(self)
-        X = validate_data(self, X, dtype=[np.float64, np.float32], reset=False)
-        return _writeable(X)
-
     def score_samples(self, X: Any) -> np.ndarray:
         """log p(x) of each row, nats: (n_samples,) float64."""
         X = self._check_X(X)
         return _numpy(self.model_.log_prob(X))
 
-    def score(self, X: Any, y: Any = None) -> float:
-        """Mean log-likelihood per sample of X, nats (`y` is ignored)."""
-        return float(self.score_samples(X).mean())
-
-    def predict_proba(self, X: Any) -> np.ndarray:
-        """Posterior component probabilities p(k | x): (n_samples, n_components) float64."""
-        X = self._check_X(X)
-        return _numpy(self.model_.predict_proba(X))
-
-    def predict(self, X: Any) -> np.ndarray:
-        """Most probable component of each row: (n_samples,) int64."""
-        X = self._check_X(X)
-        return self.model_.predict(X).cpu().numpy()
-
-    def bic(self, X: Any) -> float:
-        """Bayesian information criterion -2 log L + p log n on X (lower is better)."""
+    def _weighted_log_prob(self, X: Any, sample_weight: Any) -> tuple[np.ndarray, float]:
+        """(w_i log p(x_i) (n,), sum w), w = 1 without weights."""
         lp = self.score_samples(X)
-        return float(-2 * lp.sum() + self.model_.n_parameters * math.log(len(lp)))
+        if sample_weight is None:
+            return lp, float(len(lp))
+        w = _check_sample_weight(sample_weight, lp, dtype=np.float64, ensure_non_negative=True)
+        return np.where(w > 0, w * lp, 0.0), float(w.sum())
 
-    def aic(self, X: Any) -> float:
-        """Akaike information criterion -2 log L + 2 p on X (lower is better)."""
-        return float(-2 * self.score_samples(X).sum() + 2 * self.model_.n_parameters)
+    def score(self, X: Any, y: Any = None, sample_weight: Any = None) -> float:
+        """Mean log-likelihood per sample of X, nats: sum w log p(x) / sum w (`y` is ignored;
+        w = 1 by default)."""
+        wlp, mass = self._weighted_log_prob(X, sample_weight)
+        return float(wlp.sum() / mass)
 
-    def sample(self, n_samples: int = 1) -> tuple[np.ndarray, np.ndarray]:
-        """Draw n_samples points: X (n_samples, n_features) float64 and their components y
-        (n_samples,) int64. Rows come in random order (scikit-learn groups them by component).
-        """
-        check_is_fitted(self)
-        if isinstance(n_samples, bool) or not isinstance(n_samples, Integral) or n_samples < 1:
-            raise ValueError(
-                f"Invalid value for 'n_samples': {n_samples!r}. The sampling requires at least "
-                "one sample."
-            )
-        seed = int(check_random_state(self.random_state).randint(SEED_BOUND))
-        x, labels = self.model_.sample(int(n_samples), seed=seed, return_labels=True)
-        return _numpy(x), labels.cpu().numpy()
+    def bic(self, X: Any, sample_weight: Any = None) -> float:
+        """Bayesian information criterion -2 sum w log p(x) + p log(sum w) on X, p the free
+        parameters (w = 1 by default: -2 log L + p log n); lower is better."""
+        wlp, mass = self._weighted_log_prob(X, sample_weight)
+        return float(-2 * wlp.sum() + self.model_.n_parameters * math.log(mass))
+
+    def aic(self, X: Any, sample_weight: Any = None) -> float:
+        """Akaike information criterion -2 sum w log p(x) + 2 p on X (lower is better)."""
+        wlp, _ = self._weighted_log_prob(X, sample_weight)
+        return float(-2 * wlp.sum() + 2 * self.model_.n_parameters)
+
+
+def _continue_from(model: gmm.GaussianMixture, old: gmm.GaussianMixture, bound: float) -> None:
+    """warm_start: give the new `model` (options of this fit, warm_start=True) the fitted
+    parameters of `old` exactly, and `bound` (the estimator's `lower_bound_`) as the bound its
+    first iteration is compared with, as scikit-learn compares it with its last fit's."""
+    was, now = old.config, model.config
+    if (was.n_components, was.covariance_type) != (now.n_components, now.covariance_type):
+        raise ValueError(
+            f"warm_start continues the last fit (n_components={was.n_components}, "
+            f"covariance_type={was.covariance_type!r}), which these parameters no longer "
+            "match; set warm_start=False to fit afresh"
+        )
+    model._build(old.event_shape, {})  # the buffers, as genlab.load makes them
+    model.event_shape = old.event_shape
+    for name in ("weights_", "means_", "covariances_", "precisions_cholesky_"):
+        setattr(model, name, getattr(old, name).detach().clone().to(model.device))
+    model.lower_bound_ = bound
 
 
 def _writeable(X: np.ndarray) -> np.ndarray:
     """X itself, or a copy when read-only (torch.from_numpy warns on read-only memory)."""
     return X if X.flags.writeable else X.copy()
+
+
+def __getattr__(name: str) -> Any:
+    """`genlab.sklearn.BayesianGaussianMixture`, imported on first use (its module imports
+    this one's shared estimator base, so an import here at load time would be circular)."""
+    if name == "BayesianGaussianMixture":
+        from genlab.sklearn_bayesian import BayesianGaussianMixture
+
+        return BayesianGaussianMixture
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

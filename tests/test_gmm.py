@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from gmm_helpers import flat_far_component, overlapping_clusters, sklearn_start
 from sklearn.mixture import GaussianMixture as SklearnGMM
 
 import genlab
@@ -19,25 +20,6 @@ from genlab.models import GaussianMixture, NotFittedError
 from genlab.models.gmm import FEATURES, n_features, natural_parameters, precision_cholesky
 
 COV_TYPES = ["full", "tied", "diag", "spherical"]
-
-
-def overlapping_clusters(n_per: int = 300, d: int = 4, k: int = 4, seed: int = 1) -> np.ndarray:
-    """Correlated, overlapping clusters far from the origin: EM needs many iterations."""
-    rng = np.random.default_rng(seed)
-    parts = [
-        rng.normal(size=(n_per, d)) @ rng.normal(size=(d, d)) * 0.7 + rng.normal(size=d) * 2
-        for _ in range(k)
-    ]
-    return np.concatenate(parts) + 50.0
-
-
-def sklearn_start(x: np.ndarray, k: int, cov: str) -> dict:
-    """A deliberately poor common starting point, taken from sklearn's random init."""
-    sk = SklearnGMM(k, covariance_type=cov, init_params="random", max_iter=1, random_state=0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        sk.fit(x)
-    return {"weights_init": sk.weights_, "means_init": sk.means_, "precisions_init": sk.precisions_}
 
 
 @pytest.mark.parametrize("cov", COV_TYPES)
@@ -338,16 +320,13 @@ def test_torchrun_two_processes_equal_one(tmp_path, init):
 def test_float32_statistics_fall_back_to_float64_on_a_degenerate_component(monkeypatch):
     """A component with zero spread far from the centre: float32 S2/N - mu^2 is not positive
     definite, so that iteration's statistics are recomputed in float64."""
-    rng = np.random.default_rng(0)
-    flat = np.column_stack([rng.normal(size=(300, 2)) + 40, np.full(300, 3001.37)])
-    x = np.concatenate([rng.normal(size=(300, 3)), flat])
-    means = np.array([[0.0, 0.0, 0.0], [40.0, 40.0, 3001.37]])
+    x, means = flat_far_component()
     exact_passes = []
     original = GaussianMixture._em_pass
 
-    def spy(self, x, centre, theta, exact):
+    def spy(self, x, centre, theta, exact, weights=None):
         exact_passes.append(exact)
-        return original(self, x, centre, theta, exact)
+        return original(self, x, centre, theta, exact, weights)
 
     monkeypatch.setattr(GaussianMixture, "_em_pass", spy)
     f32 = GaussianMixture(2, dtype="float32", means_init=means, max_iter=5, tol=0).fit(x)

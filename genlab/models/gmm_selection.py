@@ -16,11 +16,28 @@ import torch
 
 from genlab import metrics
 from genlab.data.dataset import Dataset
+from genlab.models import gmm_maths
 from genlab.models.base import Budget, GenerativeModel, as_data
 from genlab.solvers import local_generator
 
 SWEEP_COMPONENTS: tuple[int, ...] = (1, 2, 4, 8, 16, 32)  # `by_bic`'s default sweep
-OVERRUN = "skipped: predicted to overrun the budget (EM's cost grows with K d^2)"
+OVERRUN = "skipped: predicted to overrun the budget (by the EM cost model, `iteration_cost`)"
+
+
+def iteration_cost(options: dict[str, Any], k: int, n: int, d: int) -> float:
+    """Modelled seconds of one EM iteration of a K-component mixture on n rows of dimension d:
+    the E/M pass on the path the mixture will take (`gmm_maths.estep_seconds` of
+    `options["estep"]`, "auto": the cheaper one, as `GaussianMixture` chooses) plus the
+    M-step's Cholesky factorisations and triangular inverses (~4/3 D^3 float64 flops per
+    covariance). Only ratios between K are used (`sweep` scales the last fit's time)."""
+    ct = options.get("covariance_type", "full")
+    itemsize = 4 if options.get("dtype", "float64") == "float32" else 8
+    path = options.get("estep", "auto")
+    if path == "auto":
+        path = gmm_maths.cheaper_estep(ct, k, d, itemsize)
+    n_cov = {"full": k, "tied": 1}.get(ct, 0)
+    mstep = n_cov * 4 / 3 * d**3 / (gmm_maths.GEMM_FLOPS / 2)
+    return n * gmm_maths.estep_seconds(path, ct, k, d, itemsize) + mstep
 
 
 def dequantized_rows(x: Any, seed: int | None) -> Any:
@@ -52,11 +69,11 @@ def sweep(
     """Fit one mixture per number of components K: the one fitting path of model
     selection (BIC) and of the components-vs-dimension study.
 
-    A K whose fit, predicted from the last one (EM's cost grows like K d^2), would end
-    after `max_seconds` (counted from the start of the sweep) is skipped (the first fit is
-    always made), as is a K above the number of rows. A fit that fails with ValueError (a
-    covariance that is not positive definite) is recorded, not raised; convergence
-    warnings are silenced.
+    A K whose fit, predicted from the last one (scaled by `iteration_cost`, which knows
+    the E/M path each K takes), would end after `max_seconds` (counted from the start of
+    the sweep) is skipped (the first fit is always made), as is a K above the number of
+    rows. A fit that fails with ValueError (a covariance that is not positive definite) is
+    recorded, not raised; convergence warnings are silenced.
 
     Args:
         x: (n, *event_shape) training rows, or a Dataset (quantised images dequantised as
@@ -74,7 +91,8 @@ def sweep(
     if options.get("dequantize", True):
         x = dequantized_rows(x, None if seed is None else seed + 1)
         test = dequantized_rows(test, seed)
-    x, _, _ = as_data(x)
+    x, _, event_shape = as_data(x)
+    d = math.prod(event_shape)
     start, last, records = time.perf_counter(), None, []
     for k in components:
         record = dict.fromkeys(("bic", "test_nll", "seconds", "model", "error", "skipped"))
@@ -83,8 +101,11 @@ def sweep(
         if k > n:
             records[-1]["skipped"] = f"skipped: K={k} > {n} rows"
             continue
-        # cost ∝ K d^2 (d is fixed within a sweep); the first fit has no prediction
-        if last is not None and began - start + last[1] * k / last[0] > max_seconds:
+        # the first fit has no prediction; later ones scale the last by the modelled cost
+        ratio = None if last is None else (
+            iteration_cost(options, k, n, d) / iteration_cost(options, last[0], n, d)
+        )  # fmt: skip
+        if ratio is not None and began - start + last[1] * ratio > max_seconds:
             records[-1]["skipped"] = OVERRUN
             continue
         model = cls(k, seed=seed, device=device, **options)  # bad options raise here
