@@ -7,6 +7,8 @@ log-density change integrate together); `f` returns the same structure with the 
     sol = solve(f, x0, 1.0, 0.0, method="heun", steps=50, return_trajectory=True)
     sol.x, sol.nfe, sol.times, sol.trajectory     # (n, d), 100, (51,), (51, n, d)
     sol = solve(f, x0, 0.0, 1.0, method="dopri5", rtol=1e-6, atol=1e-6)
+    sol = solve(f, x0, 1.0, 0.0, method="euler", steps=50,
+                callback=lambda step, t, x: step == 10)        # sol.stopped; sol.x at t = 0.8
 
 Fixed-step methods take `steps` uniform steps from t0 to t1, or the explicit grid `times`
 (increasing, or decreasing to integrate backwards). Their explicit Runge–Kutta tableaux
@@ -24,6 +26,12 @@ stage of the next step ("first same as last"), so 6 NFE per attempted step plus 
 (f(t0, x0) and one probe for the initial step size). It advances with the 5th-order solution and
 controls the step with the embedded 4th-order one, as torchdiffeq's `dopri5` does.
 
+After each step (each accepted step of dopri5) `callback(step, t, x)` sees the number of steps
+taken (1, 2, ...), the time reached and the state there; returning True stops the integration
+(`Solution.stopped`), as diffusers' `callback_on_step_end` and k-diffusion's `callback` let a
+caller watch or cut a sampling loop. `progress` draws a tqdm bar over the steps
+(`StepMonitor`, which the diffusion samplers' own step loops use too).
+
 References: Hairer, Nørsett & Wanner, Solving ODEs I (2nd ed.), sections II.1, II.4 and II.5;
 Dormand & Prince (1980), "A family of embedded Runge-Kutta formulae".
 """
@@ -39,11 +47,15 @@ from typing import Any, Literal, NamedTuple
 
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
 State = Tensor | tuple[Tensor, ...]
 """An ODE state: one tensor, or a tuple of tensors integrated together."""
 Field = Callable[[Tensor, State], State]
 """f(t, x) -> dx/dt, with t a 0-d tensor and the output shaped like x."""
+StepCallback = Callable[[int, float, Any], bool | None]
+"""callback(step, t, x) after each step: steps taken so far (from 1), the time reached, the state
+there; True stops, None or False goes on."""
 Method = Literal["euler", "midpoint", "heun", "rk4", "dopri5"]
 METHODS: tuple[str, ...] = ("euler", "midpoint", "heun", "rk4", "dopri5")
 
@@ -71,12 +83,15 @@ class Solution:
             of a fixed-step method, the accepted steps of dopri5, or the `times` passed in.
         trajectory: None unless asked for; else (S+1, *x.shape), the states at `times` (index 0
             is x0), a tuple of such for a tuple state.
+        stopped: whether the callback stopped the integration (then `x` is the state at the
+            last of `times`, short of t1).
     """
 
     x: State
     nfe: int
     times: Tensor
     trajectory: State | None = None
+    stopped: bool = False
 
 
 # -- state arithmetic (a tensor or a tuple of tensors) ---------------------------------------------
@@ -109,6 +124,85 @@ def _rms(x: State) -> float:
     leaves = _leaves(x)
     total = sum(float(leaf.double().square().sum()) for leaf in leaves)
     return math.sqrt(total / sum(leaf.numel() for leaf in leaves))
+
+
+# -- watching the steps: callbacks and progress bars ----------------------------------------------
+def check_callback(callback: Any) -> StepCallback | None:
+    """callback, which must be None or callable as callback(step, t, x).
+
+    Raises:
+        TypeError: anything else.
+    """
+    if callback is not None and not callable(callback):
+        raise TypeError(
+            f"callback must be a function callback(step, t, x) -> bool | None, or None; got "
+            f"{type(callback).__name__}"
+        )
+    return callback
+
+
+def progress_bar(progress: Any, total: int | None, desc: str) -> tqdm:
+    """A tqdm bar of `total` steps (None: a count without an end) on stderr, left off the
+    screen when done; progress=None shows it only on a TTY (as the trainer does), and only
+    on rank 0 of torch.distributed.
+
+    Raises:
+        TypeError: progress is not None, True or False.
+    """
+    if progress is not None and not isinstance(progress, bool):
+        raise TypeError(f"progress must be True, False or None (a TTY only), got {progress!r}")
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    rank = torch.distributed.get_rank() if distributed else 0
+    hide = True if rank else (None if progress is None else not progress)
+    return tqdm(total=total, desc=desc, unit="step", disable=hide, leave=False)
+
+
+class StepMonitor:
+    """What runs after each step of a sampler: the caller's callback and a progress bar.
+
+    `monitor(t, x)` counts the step, advances the bar and calls callback(step, t, view(x))
+    (`view` maps the sampler's state to what the caller sees, e.g. data space); it returns
+    True when the callback asks to stop. Use it as a context manager (the bar is closed).
+
+    Raises (from the call):
+        TypeError: the callback returned something other than None, True or False.
+    """
+
+    def __init__(
+        self,
+        callback: StepCallback | None,
+        progress: bool | None,
+        total: int | None,
+        desc: str,
+        view: Callable[[Any], Any] | None = None,
+    ):
+        self.callback = check_callback(callback)
+        self.bar = progress_bar(progress, total, desc)
+        self.view, self.steps = view, 0
+
+    def __call__(self, t: float, x: Any) -> bool:
+        self.steps += 1
+        self.bar.update(1)
+        if self.bar.total is None and not self.bar.disable:
+            self.bar.set_postfix(t=f"{float(t):.4f}", refresh=False)
+        if self.callback is None:
+            return False
+        out = self.callback(self.steps, float(t), x if self.view is None else self.view(x))
+        if out is None or isinstance(out, bool):
+            return bool(out)
+        raise TypeError(
+            f"callback returned {type(out).__name__}: it must return None or False to go on, "
+            "True to stop"
+        )
+
+    def close(self) -> None:
+        self.bar.close()
+
+    def __enter__(self) -> StepMonitor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 # -- fixed-step methods ----------------------------------------------------------------------------
@@ -237,11 +331,14 @@ def _solve_dopri5(
     max_steps: int,
     keep_steps: bool,
     keep_states: bool,
-) -> tuple[State, list[float], list[State]]:
-    """Integrate through each time in `outputs`, never stepping past the next one.
+    on_step: Callable[[float, State], bool] | None = None,
+) -> tuple[State, list[float], list[State], bool]:
+    """Integrate through each time in `outputs`, never stepping past the next one; after each
+    accepted step, on_step(t, x) returning True stops there.
 
-    Returns the final state, and the times kept (every accepted step when `keep_steps`, else
-    `outputs`) with the states there (only when `keep_states`, else an empty list).
+    Returns the final state, the times kept (every accepted step when `keep_steps`, else
+    `outputs`, and the time reached when stopped) with the states there (only when
+    `keep_states`, else an empty list), and whether on_step stopped it.
     """
     like = _leaves(x0)[0]
 
@@ -281,11 +378,16 @@ def _solve_dopri5(
                 if keep_steps:
                     times.append(t)
                     states.extend([x] if keep_states else [])
+                if on_step is not None and on_step(t, x):
+                    if not keep_steps:
+                        times.append(t)
+                        states.extend([x] if keep_states else [])
+                    return x, times, states, True
             h = h_try * step_factor(ratio, accepted)
         if not keep_steps:
             times.append(target)
             states.extend([x] if keep_states else [])
-    return x, times, states
+    return x, times, states, False
 
 
 # -- checks ----------------------------------------------------------------------------------------
@@ -413,6 +515,8 @@ def solve(
     atol: float = 1e-5,
     return_trajectory: bool = False,
     max_steps: int = MAX_STEPS,
+    callback: StepCallback | None = None,
+    progress: bool | None = False,
 ) -> Solution:
     """Integrate dx/dt = f(t, x) from x(t0) = x0 to t1.
 
@@ -431,14 +535,21 @@ def solve(
             error / (atol + rtol max(|x_old|, |x_new|)) is <= 1. Ignored by fixed-step methods.
         return_trajectory: also return the states at `Solution.times`.
         max_steps: dopri5's limit on attempted steps (RuntimeError past it).
+        callback: callback(step, t, x) after each step (each accepted one for dopri5): the
+            steps taken so far (1, 2, ...), the time reached (a float) and the state there
+            (the solver's own tensors: do not modify them in place). Returning True stops the
+            integration there: the `Solution` then ends at that time, `stopped` set.
+        progress: a tqdm bar over the steps on stderr (fixed-step: out of the total; dopri5:
+            a count with the time reached); None: only on a TTY.
 
     Returns:
-        A `Solution` (x, nfe, times, trajectory). NFE: steps * (1, 2, 2, 4) for euler, midpoint,
-        heun, rk4; 2 + 6 * attempted steps for dopri5.
+        A `Solution` (x, nfe, times, trajectory, stopped). NFE: steps * (1, 2, 2, 4) for
+        euler, midpoint, heun, rk4; 2 + 6 * attempted steps for dopri5.
 
     Raises:
         ValueError: unknown method, bad steps/times/tolerances, non-finite x0, or f returning
-            the wrong structure or shape. TypeError: x0 not a floating tensor (tuple).
+            the wrong structure or shape. TypeError: x0 not a floating tensor (tuple), a
+            callback that is not callable or returns something other than None/True/False.
         RuntimeError: dopri5 exceeded max_steps or its step size underflowed.
     """
     if method not in METHODS:
@@ -452,17 +563,21 @@ def solve(
             raise ValueError(f"max_steps must be an integer >= 1, got {max_steps!r}")
         if max_steps < 1:
             raise ValueError(f"max_steps must be an integer >= 1, got {max_steps!r}")
-        x, kept_times, states = _solve_dopri5(
-            field, x0, grid, rtol, atol, int(max_steps), times is None, return_trajectory
+        max_steps = int(max_steps)
+    total = None if method == "dopri5" else len(grid) - 1
+    with StepMonitor(callback, progress, total, f"ODE ({method})") as monitor:
+        x, kept_times, states, stopped = _integrate(
+            field,
+            x0,
+            grid,
+            method,
+            rtol,
+            atol,
+            max_steps,
+            times is None,
+            return_trajectory,
+            monitor,
         )
-    else:
-        step = FIXED_STEPS[method]
-        x, kept_times, states = x0, grid, [x0]
-        for t_start, t_end in itertools.pairwise(grid):
-            t = torch.tensor(t_start, dtype=like.dtype, device=like.device)
-            x = step(field, t, t_end - t_start, x)
-            if return_trajectory:
-                states.append(x)
     trajectory = None
     if return_trajectory:
         trajectory = _map(lambda *leaves: torch.stack(leaves), *states)
@@ -471,7 +586,38 @@ def solve(
         nfe=field.nfe,
         times=torch.tensor(kept_times, dtype=like.dtype, device=like.device),
         trajectory=trajectory,
+        stopped=stopped,
     )
+
+
+def _integrate(
+    field: Field,
+    x0: State,
+    grid: list[float],
+    method: str,
+    rtol: float,
+    atol: float,
+    max_steps: int,
+    keep_steps: bool,
+    keep_states: bool,
+    on_step: Callable[[float, State], bool] | None,
+) -> tuple[State, list[float], list[State], bool]:
+    """`solve`'s loop: (x at the end, the times kept, the states there, stopped)."""
+    if method == "dopri5":
+        return _solve_dopri5(
+            field, x0, grid, rtol, atol, max_steps, keep_steps, keep_states, on_step
+        )
+    like = _leaves(x0)[0]
+    step = FIXED_STEPS[method]
+    x, states = x0, [x0]
+    for k, (t_start, t_end) in enumerate(itertools.pairwise(grid)):
+        t = torch.tensor(t_start, dtype=like.dtype, device=like.device)
+        x = step(field, t, t_end - t_start, x)
+        if keep_states:
+            states.append(x)
+        if on_step is not None and on_step(t_end, x):
+            return x, grid[: k + 2], states, True
+    return x, grid, states, False
 
 
 # -- the likelihood of a continuous normalising flow ----------------------------------------------
@@ -555,6 +701,7 @@ def log_likelihood(
     steps: int | None = None,
     rtol: float = 1e-5,
     atol: float = 1e-5,
+    progress: bool | None = False,
 ) -> ODELikelihood:
     """log p_t0(x) of the flow dx/dt = field(t, x) whose end p_t1 is N(0, I) (nats): (B,).
 
@@ -576,6 +723,8 @@ def log_likelihood(
         rows: rows per ODE solve (None: all at once); dopri5 controls the error of a whole
             solve, so results depend slightly on this batching.
         method, steps, rtol, atol: the solver (`solve`).
+        progress: one tqdm bar over the solver steps of all batches of rows (out of the
+            total for a fixed-step method; a count for dopri5); None: only on a TTY.
     """
     if divergence not in ("exact", "hutchinson"):
         raise ValueError(f"divergence must be 'exact' or 'hutchinson', got {divergence!r}")
@@ -585,27 +734,31 @@ def log_likelihood(
         estimator = f"hutchinson ({probes} rademacher probe{'s' * (probes > 1)})"
     g = local_generator(seed, x.device)
     rows = max(1, rows or len(x))
+    fixed = method != "dopri5" and isinstance(steps, int)
+    total = -(-len(x) // rows) * steps if fixed else None
+    options = {"method": method, "steps": steps, "rtol": rtol, "atol": atol}
     out, nfe = [], 0
-    for start in range(0, len(x), rows):
-        xb = x[start : start + rows]
-        cb = None if context is None else context[start : start + rows]
-        e = None
-        if divergence == "hutchinson":
-            bits = torch.randint(0, 2, (probes, *xb.shape), generator=g, device=xb.device)
-            e = (2 * bits - 1).to(xb.dtype)
+    with StepMonitor(None, progress, total, f"log p ({estimator})") as monitor:
+        for start in range(0, len(x), rows):
+            xb = x[start : start + rows]
+            cb = None if context is None else context[start : start + rows]
+            e = None
+            if divergence == "hutchinson":
+                bits = torch.randint(0, 2, (probes, *xb.shape), generator=g, device=xb.device)
+                e = (2 * bits - 1).to(xb.dtype)
 
-        def f(t: Tensor, state: tuple[Tensor, Tensor], e: Tensor | None = e, cb=cb) -> tuple:
-            v = (lambda u: field(t, u)) if cb is None else (lambda u: field(t, u, cb))
-            return (
-                exact_divergence(v, state[0])
-                if e is None
-                else hutchinson_divergence(v, state[0], e)
-            )
+            def f(t: Tensor, state: tuple[Tensor, Tensor], e: Tensor | None = e, cb=cb) -> tuple:
+                v = (lambda u: field(t, u)) if cb is None else (lambda u: field(t, u, cb))
+                return (
+                    exact_divergence(v, state[0])
+                    if e is None
+                    else hutchinson_divergence(v, state[0], e)
+                )
 
-        zero = torch.zeros(len(xb), dtype=xb.dtype, device=xb.device)
-        sol = solve(f, (xb, zero), t0, t1, method=method, steps=steps, rtol=rtol, atol=atol)
-        nfe = max(nfe, sol.nfe)
-        x1, delta = sol.x
-        out.append(standard_normal_log_prob(x1) + delta)
+            zero = torch.zeros(len(xb), dtype=xb.dtype, device=xb.device)
+            sol = solve(f, (xb, zero), t0, t1, callback=lambda _, t, s: monitor(t, s), **options)
+            nfe = max(nfe, sol.nfe)
+            x1, delta = sol.x
+            out.append(standard_normal_log_prob(x1) + delta)
     log_p = torch.cat(out) if out else x.new_zeros(0)
     return ODELikelihood(log_p, nfe, estimator)

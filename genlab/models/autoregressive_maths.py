@@ -71,7 +71,8 @@ def draw_categorical(probs: Tensor, generator: torch.Generator) -> Tensor:
     """One draw per row of (unnormalised) probabilities (n, V) -> (n,): the first index whose
     cumulative mass exceeds u * total, u ~ U[0, 1) (zero mass: never drawn; one rand a row)."""
     cdf = probs.cumsum(-1)
-    u = torch.rand(len(probs), 1, generator=generator, device=probs.device) * cdf[:, -1:]
+    u = torch.rand(len(probs), 1, generator=generator, device=generator.device)  # then moved
+    u = u.to(probs.device) * cdf[:, -1:]
     return torch.searchsorted(cdf, u, right=True)[:, 0].clamp_(max=probs.shape[-1] - 1)
 
 

@@ -34,7 +34,7 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import Tensor, nn
 
-from genlab import solvers
+from genlab import sampling, solvers
 from genlab.models import continuous, limits
 from genlab.models.base import TrajectoryPicture
 from genlab.models.diffusion_maths import (
@@ -240,6 +240,10 @@ class Diffusion(continuous.ContinuousModel, family="diffusion"):
         method: SamplerName = "dpm++",
         steps: int | None = None,
         seed: int | None = None,
+        generator: torch.Generator | None = None,
+        noise: Tensor | None = None,
+        callback: solvers.StepCallback | None = None,
+        progress: bool | None = None,
         eta: float = 0.0,
         y: Any = None,
         guidance: float = 0.0,
@@ -257,7 +261,22 @@ class Diffusion(continuous.ContinuousModel, family="diffusion"):
             method: "ddpm", "ddim", "dpm++" or "ode" (module docstring).
             steps: sampler steps: ddpm T (default) or fewer, on the respaced chain; ddim 50;
                 dpm++ 20; ode: fixed solver steps (default: dopri5, adaptive).
-            seed: seed of a local generator (same seed, same samples; None: OS entropy).
+            seed: seed of a CPU generator (same seed, same samples, on any device; None: OS
+                entropy); seed=s is the same as generator=torch.Generator().manual_seed(s).
+            generator: a torch.Generator for every draw instead (advanced in place; not with
+                seed).
+            noise: (n, *event_shape) the starting point x_1: N(0, I) draws in the model's
+                normalised space (before loc / scale), e.g. torch.randn(n, *event_shape,
+                generator=torch.Generator().manual_seed(s)), which `seed=s` draws. Later noise
+                (ddpm's and ddim's with eta > 0, per step) still comes from the generator,
+                which the given noise leaves unadvanced. ddim with eta=0, dpm++ and ode are
+                deterministic: the same noise gives the same samples whatever the seed.
+            callback: callback(step, t, x) after each sampler step (each accepted dopri5 step
+                of ode): the steps taken (1, 2, ...), the schedule time reached (from 1 down)
+                and x, what `sample` would return if it stopped there: the current state x_t in
+                data space, (n, *event_shape), images clipped to [0, 1]. Returning True stops
+                sampling and returns that x (the trajectory ends there).
+            progress: a tqdm bar over the sampler steps on stderr; None: only on a TTY.
             eta: DDIM's noise (0: deterministic; 1: the DDPM posterior); ddim only.
             y: an int or (n,) labels for a conditional model; None samples unconditionally
                 (the null label).
@@ -289,26 +308,34 @@ class Diffusion(continuous.ContinuousModel, family="diffusion"):
         limits.check_tolerances(rtol, atol)
         if limits.check_flag(return_trajectory, "return_trajectory") and steps is not None:
             limits.check_trajectory(steps, n, self.dim)
-        g = self.generator(seed)
-        x = torch.randn(n, *self.net_shape_, generator=g, device=self.device)
+        solvers.check_callback(callback)
+        x, g = self._start(n, seed, generator, noise)
         if n == 0:
             self.nfe_ = 0
             states, times = [x, x], torch.tensor([1.0, 0.0])
         elif method == "ode":
             states, times = self._sample_ode(x, steps, solver, labels, guidance, rtol, atol,
-                                             return_trajectory)  # fmt: skip
+                                             return_trajectory, callback, progress)  # fmt: skip
         else:
             times = sampling_times(self.schedule, self.config.timesteps, steps, grid)
-            states = self._sample_discrete(x, method, times, eta, order, labels, guidance, g,
-                                           return_trajectory)  # fmt: skip
-        samples = self._to_data_space(states[-1])
-        limits.check_outputs(samples, "the samples")  # before images are clipped to [0, 1]
-        if self.kind_ == "image":
-            samples = samples.clamp(0.0, 1.0)
+            with solvers.StepMonitor(callback, progress, steps, f"{method} sampling",
+                                     view=self._samples) as monitor:  # fmt: skip
+                states, times = self._sample_discrete(x, method, times, eta, order, labels,
+                                                      guidance, g, return_trajectory,
+                                                      monitor)  # fmt: skip
+        samples = self._samples(states[-1], check=True)
         if not return_trajectory:
             return samples
         path = torch.stack([self._to_data_space(s).cpu() for s in states[:-1]] + [samples.cpu()])
         return continuous.SampleTrajectory(samples, path, times.float().cpu())
+
+    def _samples(self, x: Tensor, check: bool = False) -> Tensor:
+        """Model-space states (B, *net_shape) as samples: data space, images clipped to
+        [0, 1]; `check`: first a DivergedError if any is not finite."""
+        samples = self._to_data_space(x)
+        if check:
+            limits.check_outputs(samples, "the samples")  # before images are clipped to [0, 1]
+        return samples.clamp(0.0, 1.0) if self.kind_ == "image" else samples
 
     def _check_sampler(self, method, steps, eta, grid, solver):
         if method not in SAMPLERS:
@@ -335,14 +362,17 @@ class Diffusion(continuous.ContinuousModel, family="diffusion"):
         grid = grid or DEFAULT_GRID[method]
         return method, None if steps is None else int(steps), grid, solver
 
-    def _sample_discrete(self, x, method, times, eta, order, y, guidance, g, keep) -> list[Tensor]:
-        """ddpm / ddim / dpm++ through `times` (float64, decreasing); the states at every time
-        (only the last unless `keep`)."""
+    def _sample_discrete(
+        self, x, method, times, eta, order, y, guidance, g, keep, monitor: solvers.StepMonitor
+    ) -> tuple[list[Tensor], Tensor]:
+        """ddpm / ddim / dpm++ through `times` (float64, decreasing): (the states at every time
+        (only the last unless `keep`), the times reached). After each step monitor(t, x)
+        returning True stops there."""
         clip = self.config.clip_denoised and self.kind_ == "image"
         ab = self.schedule.alpha_bar(times).tolist()
         orders = dpm_solver_pp_orders(len(times) - 1, order)
-        states, history, lams = [x], [], []
-        for k, (t, ab_t, ab_s) in enumerate(zip(times.tolist(), ab, ab[1:], strict=False)):
+        states, history, lams, grid = [x], [], [], times.tolist()
+        for k, (t, ab_t, ab_s) in enumerate(zip(grid, ab, ab[1:], strict=False)):
             x0, eps = self._predict(x, t, y, guidance)
             if clip:
                 x0, eps = clip_x0(x0, x, ab_t)
@@ -350,19 +380,24 @@ class Diffusion(continuous.ContinuousModel, family="diffusion"):
                 history, lams = [x0, *history[:2]], [half_log_snr(ab_t), *lams[:2]]
                 x = dpm_solver_pp_step(x, history, lams, ab_t, ab_s, orders[k])
             else:
-                noise = torch.randn(x.shape, generator=g, device=x.device)
+                noise = sampling.standard_normal(x.shape, g, x.device, x.dtype)
                 x = (ddpm_step(x, x0, ab_t, ab_s, noise) if method == "ddpm"
                      else ddim_step(x0, eps, ab_t, ab_s, eta, noise))  # fmt: skip
             if keep:
                 states.append(x)
-        self.nfe_ = len(times) - 1
-        return states if keep else [x]
+            if monitor(grid[k + 1], x):
+                break
+        self.nfe_ = monitor.steps
+        return (states if keep else [x]), times[: monitor.steps + 1]
 
-    def _sample_ode(self, x, steps, solver, y, guidance, rtol, atol, keep):
-        """Integrate the probability-flow ODE from t = 1 to t = 1 / T."""
+    def _sample_ode(self, x, steps, solver, y, guidance, rtol, atol, keep, callback, progress):
+        """Integrate the probability-flow ODE from t = 1 to t = 1 / T (callback(step, t, x)
+        sees x as samples, `_samples`)."""
+        watch = None if callback is None else lambda k, t, x_t: callback(k, t, self._samples(x_t))
         sol = solvers.solve(lambda t, x_t: self._velocity(x_t, t, y, guidance), x, 1.0,
                             1.0 / self.config.timesteps, method=solver, steps=steps, rtol=rtol,
-                            atol=atol, return_trajectory=keep)  # fmt: skip
+                            atol=atol, return_trajectory=keep, callback=watch,
+                            progress=progress)  # fmt: skip
         self.nfe_ = sol.nfe
         states = list(sol.trajectory.unbind(0)) if keep else [sol.x]
         return states, sol.times.double().cpu()

@@ -54,7 +54,7 @@ from genlab.models.continuous import (
 from genlab.nets import MLP, UNet
 from genlab.options import Choice, Integer, Real, option
 from genlab.schedules import PATHS, Schedule
-from genlab.solvers import METHODS, solve
+from genlab.solvers import METHODS, StepCallback, check_callback, solve
 
 PathName = Literal["linear", "vp"]
 CouplingName = Literal["independent", "ot"]
@@ -231,6 +231,10 @@ class FlowMatching(ContinuousModel, family="flow"):
         n: int,
         *,
         seed: int | None = None,
+        generator: torch.Generator | None = None,
+        noise: Tensor | None = None,
+        callback: StepCallback | None = None,
+        progress: bool | None = None,
         steps: int | None = None,
         method: SolverName | None = None,
         y: Any = None,
@@ -243,10 +247,24 @@ class FlowMatching(ContinuousModel, family="flow"):
 
         Args:
             n: number of samples.
-            seed: seed of a local generator for the noise (same seed, same samples).
+            seed: seed of a CPU generator for the noise (same seed, same samples, on any
+                device); None: OS entropy. seed=s is the same as
+                generator=torch.Generator().manual_seed(s) (`genlab.sampling`).
+            generator: a torch.Generator to draw the noise from instead (advanced in place;
+                not with seed).
+            noise: (n, *event_shape) the starting point x(1): N(0, I) draws in the model's
+                normalised space (before loc / scale), e.g. torch.randn(n, *event_shape,
+                generator=torch.Generator().manual_seed(s)), which `seed=s` draws. The ODE
+                is deterministic, so the same noise gives the same samples whatever the seed.
+            callback: callback(step, t, x) after each solver step (each accepted dopri5 step):
+                the steps taken (1, 2, ...), the schedule time reached (from 1 towards 0) and
+                the current state, (n, *event_shape) in data space. Returning True stops
+                sampling: that state is returned (and the trajectory ends there).
+            progress: a tqdm bar over the solver steps on stderr; None: only on a TTY.
             steps, method: the solver (`genlab.solvers`): "euler", "midpoint", "heun", "rk4"
                 take `steps` uniform steps (default: config.sample_steps); "dopri5" adapts its
-                steps to rtol/atol. Default method: config.sample_method.
+                steps to rtol/atol, controlling the error of all n samples together. Default
+                method: config.sample_method.
             y: labels of a conditional flow (an int or (n,)); None: the unconditional field.
             guidance: classifier-free guidance weight w: v = v_u + (1 + w)(v_y - v_u); 0 is
                 plain conditional sampling. Needs y.
@@ -255,7 +273,8 @@ class FlowMatching(ContinuousModel, family="flow"):
         Returns:
             (n, *event_shape) samples in data space, or a `SampleTrajectory`. Sets `nfe_`, the
             evaluations of the field per trajectory; a guided evaluation (conditional and
-            unconditional rows in one batched net call) counts as one.
+            unconditional rows in one batched net call) counts as one. The field is evaluated
+            in batches of EVAL_ROWS rows, all n samples stepping together.
         """
         self.check_is_fitted()
         n = self.check_sample_size(n)
@@ -265,28 +284,32 @@ class FlowMatching(ContinuousModel, family="flow"):
         limits.check_tolerances(rtol, atol)
         if limits.check_flag(return_trajectory, "return_trajectory") and steps is not None:
             limits.check_trajectory(steps, n, self.dim)
-        g = self.generator(seed)
-        eps = torch.randn(n, *self.net_shape_, generator=g, device=self.device,
-                          dtype=self.model_dtype)  # fmt: skip
-        rows = max(n, 1) if return_trajectory else EVAL_ROWS[self.net_]
-        kw = {"method": method, "steps": steps, "rtol": rtol, "atol": atol,
-              "return_trajectory": return_trajectory}  # fmt: skip
-        sols = []
-        for i in range(0, n, rows):
-            yb = None if labels is None else labels[i : i + rows]
-            field = lambda t, z, yb=yb: self.velocity(z, t, yb, w)  # noqa: E731
-            sols.append(solve(field, eps[i : i + rows], 1.0, 0.0, **kw))
-        self.nfe_ = max((s.nfe for s in sols), default=0)
-        samples = self._to_data_space(torch.cat([s.x for s in sols])) if sols else eps
-        limits.check_outputs(samples, "the samples")
+        check_callback(callback)
+        eps, _ = self._start(n, seed, generator, noise)
         if n == 0:
-            samples = samples.reshape(0, *self.event_shape)
-        if not return_trajectory:
-            return samples
-        if not sols:
+            self.nfe_ = 0
+            samples = eps.reshape(0, *self.event_shape)
+            if not return_trajectory:
+                return samples
             empty = torch.zeros(1, 0, *self.event_shape)
             return SampleTrajectory(samples.cpu(), empty, torch.ones(1))
-        traj = sols[0].trajectory
+        rows = EVAL_ROWS[self.net_]
+
+        def field(t: Tensor, z: Tensor) -> Tensor:
+            return torch.cat([self.velocity(z[i : i + rows], t, None if labels is None
+                                            else labels[i : i + rows], w)
+                              for i in range(0, len(z), rows)])  # fmt: skip
+
+        watch = None if callback is None else lambda k, t, z: callback(k, t, self._to_data_space(z))
+        sol = solve(field, eps, 1.0, 0.0, method=method, steps=steps, rtol=rtol, atol=atol,
+                    return_trajectory=return_trajectory, callback=watch,
+                    progress=progress)  # fmt: skip
+        self.nfe_ = sol.nfe
+        samples = self._to_data_space(sol.x)
+        limits.check_outputs(samples, "the samples")
+        if not return_trajectory:
+            return samples
+        traj = sol.trajectory
         states = self._to_data_space(traj.reshape(-1, *self.net_shape_))
         trajectory = states.reshape(len(traj), n, *self.event_shape).cpu()
-        return SampleTrajectory(samples, trajectory, sols[0].times.cpu())
+        return SampleTrajectory(samples, trajectory, sol.times.cpu())
