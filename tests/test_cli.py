@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import csv
+import importlib.metadata
+import importlib.util
 import json
 import math
 import os
@@ -23,7 +26,7 @@ from typer.testing import CliRunner
 import genlab
 import genlab.cli.fit as fit_module
 from genlab import evaluation
-from genlab.cli import app, run
+from genlab.cli import app, common, run
 from genlab.cli.fit import fit_command
 from genlab.cli.sample import SAMPLER_FLAGS
 from genlab.data import load_dataset
@@ -47,6 +50,13 @@ EVAL_KEYS = {
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(autouse=True)
+def one_default_thread(monkeypatch):
+    """`genlab fit`'s default --threads honours OMP_NUM_THREADS: 1 here, like `one_thread`,
+    so no command spends its start measuring busy cores (tests of that measure it apart)."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
 
 
 def cli(capsys, *args: str) -> tuple[int, str, str]:
@@ -350,7 +360,8 @@ def test_fit_vae_writes_model_checkpoint_and_log(digits_vae, capsys):
     assert config["config"]["latent_dim"] == 2 and config["config"]["max_steps"] == 20
     assert config["fitted"]["likelihood"] == "discretized" and config["fitted"]["levels"] == 17
     log = [json.loads(line) for line in (digits_vae / "log.jsonl").read_text().splitlines()]
-    assert log[-1]["step"] == 20 and math.isfinite(log[-1]["loss"])
+    trained = [row for row in log if "loss" in row]  # validation rows hold val_loss
+    assert trained[-1]["step"] == 20 and math.isfinite(trained[-1]["loss"])
 
 
 def test_fit_vae_summary_and_resume(tmp_path, capsys):
@@ -627,7 +638,8 @@ def test_a_new_family_needs_no_cli_edit(monkeypatch):
     assert seen["config"] == {"width": 3, "mode": "a", "scale": 1.0, "order": 1, "fast": False,
                               "seed": 0}  # fmt: skip
     assert seen["run"] == {"data": "circles", "n": None, "root": None, "out": None,
-                           "device": None, "progress": True}  # fmt: skip
+                           "device": None, "progress": True, "config_file": None,
+                           "threads": None}  # fmt: skip
     argv = ["toy", "-w", "4", "--mode", "none", "--scale", "None", "--order", "2", "--fast"]
     assert runner.invoke(toy_cli(), argv).exit_code == 0
     assert seen["config"] == {"width": 4, "mode": None, "scale": None, "order": 2, "fast": True,
@@ -954,3 +966,290 @@ def test_compare_refuses_an_out_that_names_no_folder(out, tmp_path, capsys, monk
     code, _, err = cli(capsys, "compare", "--data", "moons", "--budget", "2steps", "--out", out)
     assert_one_line_error(code, err, "folder")
     assert not list(tmp_path.iterdir())  # nothing written into the current directory
+
+
+# -- real runs: --version, --config, --threads, --precision, --val, --loggers, curves ------------
+def test_version(capsys):
+    code, stdout, _ = cli(capsys, "--version")
+    assert code == 0
+    assert stdout.strip() == f"genlab {importlib.metadata.version('genlab')}"
+
+
+def capture_fit(monkeypatch) -> dict[str, Any]:
+    seen: dict[str, Any] = {}
+    monkeypatch.setattr(fit_module, "fit_and_report", lambda cls, config, **run: seen.update(
+        config=config, run=run))  # fmt: skip
+    return seen
+
+
+def test_config_file_values_and_command_line_precedence(tmp_path, monkeypatch, capsys):
+    seen = capture_fit(monkeypatch)
+    toml = tmp_path / "run.toml"
+    toml.write_text(
+        'data = "circles"\nn = 200\ncomponents = 3\nmax_iter = 7\ncovariance-type = "diag"\n'
+        "progress = false\nseed = 4\nreg_covar = 1e-4\n"
+    )
+    code, _, err = cli(capsys, "fit", "gmm", "--config", toml)
+    assert code == 0, err
+    assert seen["config"]["n_components"] == 3 and seen["config"]["max_iter"] == 7
+    assert seen["config"]["covariance_type"] == "diag" and seen["config"]["seed"] == 4
+    assert seen["config"]["reg_covar"] == 1e-4
+    assert seen["run"]["data"] == "circles" and seen["run"]["n"] == 200
+    assert seen["run"]["progress"] is False and seen["run"]["config_file"] == toml
+    # the command line wins over the file, before or after --config
+    code, _, err = cli(capsys, "fit", "gmm", "-k", "2", "--config", toml, "--max-iter", "9",
+                       "--progress", "--data", "moons")  # fmt: skip
+    assert code == 0, err
+    assert seen["config"]["n_components"] == 2 and seen["config"]["max_iter"] == 9
+    assert seen["config"]["covariance_type"] == "diag"  # still from the file
+    assert seen["run"]["progress"] is True and seen["run"]["data"] == "moons"
+    # training options of a neural family, with dashes or underscores
+    flow_toml = 'max-steps = 12\nbatch_size = 32\nlr = 2e-3\nval = "none"\n'
+    (tmp_path / "flow.toml").write_text(flow_toml)
+    code, _, err = cli(capsys, "fit", "flow", "--config", tmp_path / "flow.toml", "--lr", "0.01")
+    assert code == 0, err
+    assert (seen["config"]["max_steps"], seen["config"]["batch_size"]) == (12, 32)
+    assert seen["config"]["lr"] == 0.01 and seen["run"]["val"] == "none"
+
+
+@pytest.mark.parametrize(
+    "text, fragments",
+    [
+        ("bogus = 1\nmax_iter = 3\nwhat-else = 2\n", ["unknown option(s) 'bogus', 'what-else'"]),
+        ("max_iter = -1\n", ["max_iter = -1", "max_iter must be an integer >= 0"]),
+        ('covariance = "round"\n', ["covariance = 'round'", "not one of full"]),
+        ("max_iter = 3\nmax-iter = 4\n", ["given twice"]),
+        ("max_iter = [3]\n", ["not a table or list"]),
+        ("progress = 3\n", ["progress = 3"]),
+        ("config = 'other.toml'\n", ["unknown option(s) 'config'"]),
+        ("max_iter = \n", ["is not valid TOML"]),
+    ],
+)
+def test_config_file_errors_are_usage_errors(text, fragments, tmp_path, monkeypatch, capsys):
+    seen = capture_fit(monkeypatch)
+    toml = tmp_path / "bad.toml"
+    toml.write_text(text)
+    code, stdout, err = cli(capsys, "fit", "gmm", "--config", toml)
+    assert code == 2 and not seen and stdout == ""
+    assert_one_line_error(code, err, "bad.toml", *fragments)
+
+
+def test_config_file_missing(tmp_path, capsys):
+    code, _, err = cli(capsys, "fit", "gmm", "--config", tmp_path / "none.toml")
+    assert_one_line_error(code, err, "none.toml")
+
+
+def test_threads_option_sets_torch_threads_during_the_fit_only(tmp_path, monkeypatch, capsys):
+    from genlab.models import GaussianMixture
+
+    inside: list[int] = []
+    real_fit = GaussianMixture.fit
+
+    def spy(self, *args, **kwargs):
+        inside.append(torch.get_num_threads())
+        return real_fit(self, *args, **kwargs)
+
+    monkeypatch.setattr(GaussianMixture, "fit", spy)
+    before = torch.get_num_threads()
+    argv = ["fit", "gmm", "--n", "100", "-k", "2", "--max-iter", "3", "--no-progress"]
+    code, stdout, err = cli(capsys, *argv, "--threads", "2", "--out", tmp_path / "m")
+    assert code == 0, err
+    assert inside == [2]
+    assert torch.get_num_threads() == before  # given back after the command
+    assert "2 threads (" in stdout.splitlines()[0]  # the run's header
+    assert re.search(r"threads\s+2\b", stdout)  # and its summary
+    code, _, err = cli(capsys, *argv, "--threads", "0", "--out", tmp_path / "m")
+    assert code == 2 and "--threads" in err
+
+
+def test_default_threads_leave_the_busy_cores(monkeypatch):
+    monkeypatch.setattr(common, "usable_cores", lambda: 4)
+    for busy, expected in [(0.0, 4), (0.4, 4), (1.0, 3), (1.6, 2), (3.9, 1), (8.0, 1)]:
+        monkeypatch.setattr(common, "busy_cores", lambda busy=busy: busy)
+        choice = common.default_threads()
+        assert (choice.threads, choice.usable, choice.busy) == (expected, 4, busy)
+    monkeypatch.setattr(common, "usable_cores", lambda: 1)
+    monkeypatch.setattr(common, "busy_cores", lambda: pytest.fail("measured for one core"))
+    assert common.default_threads().threads == 1
+    assert common.choose_threads(3) == common.ThreadChoice(3, 1)
+    assert common.ThreadChoice(1, 2, 1.0).describe() == (
+        "1 thread (2 usable cores, 1.0 kept busy by other processes)"
+    )
+
+
+def test_busy_cores_from_proc_stat(monkeypatch):
+    """Two CPUs: one busy for 80 of 100 jiffies, the other for 20 of 100: 1.0 busy core."""
+    stat = "cpu  9 9 9 9\ncpu0 10 0 5 80 5 0 0 0 0 0\ncpu1 1 1 1 1 1 1 1 1\nintr 1 2\n"
+    with monkeypatch.context() as m:
+        m.setattr(common.Path, "read_text", lambda self: stat)
+        assert common._cpu_times({0}) == (15.0, 100.0)  # user + system; not idle + iowait
+        assert common._cpu_times({0, 1}) == (21.0, 108.0)
+    monkeypatch.setattr(common.os, "sched_getaffinity", lambda pid: {0, 1})
+    samples = iter([(0.0, 0.0), (100.0, 200.0)])
+    monkeypatch.setattr(common, "_cpu_times", lambda cpus: next(samples))
+    monkeypatch.setattr(common.time, "sleep", lambda s: None)
+    assert common.busy_cores() == pytest.approx(1.0)
+
+
+def test_usable_cores_honours_omp_num_threads(monkeypatch):
+    assert common.usable_cores() == 1  # OMP_NUM_THREADS=1 (the fixture)
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert 1 <= common.usable_cores() <= (os.cpu_count() or 1)
+
+
+def test_gmm_precision_is_its_dtype(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "m"
+    argv = ["fit", "gmm", "--n", "100", "-k", "2", "--max-iter", "3", "--no-progress"]
+    code, _, err = cli(capsys, *argv, "--precision", "fp32", "--out", out)
+    assert code == 0, err
+    assert json.loads((out / "config.json").read_text())["config"]["dtype"] == "float32"
+    for bad in ("bf16", "fp16"):
+        code, _, err = cli(capsys, *argv, "--precision", bad, "--out", tmp_path / bad)
+        assert_one_line_error(code, err, f"--precision {bad}", "--dtype")
+    code, _, err = cli(capsys, *argv, "--precision", "fp8", "--out", out)
+    assert code == 2 and "'fp8' is not one of fp32, bf16, fp16" in err
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_every_family_has_the_run_options(family):
+    params = fit_command_params(family)
+    flags = {flag for param in params.values() for flag in param.opts}
+    assert {"--threads", "--config", "--precision", "--device"} <= flags
+    trained = FAMILIES[family].resumable
+    assert ({"--val", "--loggers"} <= flags) == trained
+    assert ("--val" in flags) == ("--loggers" in flags) == trained
+    if trained:  # the trainer's shared options, generated from TrainConfig
+        for flag in ("--eval-every", "--patience", "--val-fraction", "--grad-accum-steps",
+                     "--data-window", "--precision", "--compile"):  # fmt: skip
+            assert flag in flags, flag
+
+
+FLOW_ARGS = ("--n", "200", "--hidden", "16", "--depth", "1", "--batch-size", "50",
+             "--sample-steps", "2", "--no-progress")  # fmt: skip
+
+
+def test_validation_on_the_test_split_prints_the_best_step(tmp_path, capsys):
+    out = tmp_path / "flow"
+    argv = ["fit", "flow", "-d", "moons", *FLOW_ARGS, "--max-steps", "20", "--eval-every", "5",
+            "--out", out, "--loggers", "csv"]  # fmt: skip
+    code, stdout, err = cli(capsys, *argv)
+    assert code == 0, err
+    assert "validation: the test split (2000 samples)" in stdout.splitlines()[0]
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    val = [r for r in log if "val_loss" in r]
+    assert [r["step"] for r in val] == [5, 10, 15, 20]
+    best = min(val, key=lambda r: r["val_loss"])
+    assert re.search(rf"best step\s+{best['step']}\b", stdout)
+    assert re.search(rf"best val loss\s+{best['val_loss']:.6g}\b", stdout)
+    assert genlab.load(out / "best").family == "flow"
+    # --loggers csv: the same rows in log.csv
+    with open(out / "log.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [float(r["val_loss"]) for r in rows if r["val_loss"]] == [r["val_loss"] for r in val]
+    assert [int(r["step"]) for r in rows] == [r["step"] for r in log]
+
+    code, stdout, err = cli(capsys, "plot", out)  # the curves, best step marked
+    assert code == 0, err
+    assert_png(out / "history.png")
+    assert f"best validation loss {best['val_loss']:.5g} at step {best['step']}" in stdout
+
+
+def test_val_none_and_val_fraction(tmp_path, capsys):
+    argv = ["fit", "flow", "-d", "moons", *FLOW_ARGS, "--max-steps", "4", "--eval-every", "2"]
+    code, stdout, err = cli(capsys, *argv, "--val", "none", "--out", tmp_path / "a")
+    assert code == 0, err
+    assert "best step" not in stdout and re.search(r"validation\s+none", stdout)
+    assert not any("val_loss" in line for line in (tmp_path / "a" / "log.jsonl").open())
+    code, stdout, err = cli(capsys, *argv, "--val-fraction", "0.1", "--out", tmp_path / "b")
+    assert code == 0, err
+    assert "0.1 of the train split" in stdout and "best step" in stdout
+    code, _, err = cli(capsys, *argv, "--val", "test", "--val-fraction", "0.1", "--out",
+                       tmp_path / "c")  # fmt: skip
+    assert_one_line_error(code, err, "--val test and --val-fraction 0.1")
+    code, _, err = cli(capsys, *argv, "--val", "train", "--out", tmp_path / "c")
+    assert code == 2 and "'train' is not one of test, none" in err
+
+
+def test_bad_loggers_are_usage_errors(tmp_path, capsys, monkeypatch):
+    code, _, err = cli(capsys, "fit", "flow", "--loggers", "csv,wandb", "--out", tmp_path / "m")
+    assert code == 2
+    assert_one_line_error(code, err, "unknown logger 'wandb'")
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # tensorboard missing
+    code, _, err = cli(capsys, "fit", "flow", "-d", "moons", *FLOW_ARGS, "--max-steps", "2",
+                       "--loggers", "tensorboard", "--out", tmp_path / "m")  # fmt: skip
+    assert code == 1
+    assert_one_line_error(code, err, "pip install 'genlab[tensorboard]'")
+
+
+def write_log(folder: Path, rows: list[dict[str, float]]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_plot_curves_of_a_run_without_a_model_yet(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    rows = []
+    for step in range(50, 501, 50):
+        rows.append({"step": step, "loss": 3.0 / step**0.5, "lr": 1e-3, "seconds": step / 10})
+        if step % 100 == 0:
+            val = {100: 0.9, 200: 0.7, 300: 0.6, 400: 0.6, 500: 0.65}[step]
+            rows.append({"step": step, "val_loss": val, "seconds": step / 10})
+    write_log(run_dir, rows)
+    with open(run_dir / "log.jsonl", "a") as f:
+        f.write('{"step": 550, "lo')  # a torn last line of a running job
+    code, stdout, err = cli(capsys, "plot", run_dir)
+    assert code == 0, err
+    assert "best validation loss 0.6 at step 300" in stdout  # the first of equal minima
+    with_val = assert_png(run_dir / "history.png")
+
+    write_log(tmp_path / "plain", [r for r in rows if "loss" in r])  # no validation rows
+    code, stdout, err = cli(capsys, "plot", tmp_path / "plain", "--out", tmp_path / "c.png")
+    assert code == 0, err
+    assert "best" not in stdout
+    plain = assert_png(tmp_path / "c.png")
+    assert with_val.shape == plain.shape and not np.array_equal(with_val, plain)
+
+    write_log(tmp_path / "empty", [{"step": 10, "val_loss": 1.0, "seconds": 1.0}])
+    code, _, err = cli(capsys, "plot", tmp_path / "empty")
+    assert_one_line_error(code, err, "no training rows")
+
+
+def test_loss_curves_checks_its_input(tmp_path):
+    from genlab import plots
+
+    with pytest.raises(ValueError, match="train needs 1-D steps and values of one length"):
+        plots.loss_curves(([1, 2], [1.0]), tmp_path / "x.png")
+    with pytest.raises(ValueError, match="val must be a pair"):
+        plots.loss_curves(([1, 2], [1.0, 0.5]), tmp_path / "x.png", val=[1, 2, 3])
+    path = plots.loss_curves(([1, 2], [1.0, 0.5]), tmp_path / "x.png",
+                             val=([2], [float("nan")]))  # fmt: skip
+    assert_png(path)
+
+
+# -- benchmarks/gpu_check.py: its CPU path and its message without CUDA ----------------------------
+def gpu_check_module():
+    spec = importlib.util.spec_from_file_location("gpu_check", REPO / "benchmarks" / "gpu_check.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_gpu_check_without_cuda_says_so(monkeypatch, capsys):
+    gpu_check = gpu_check_module()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert gpu_check.main([]) == 2
+    err = capsys.readouterr().err
+    assert "no CUDA device" in err and "--device cpu" in err
+
+
+def test_gpu_check_dry_run_on_cpu(tmp_path, capsys):
+    gpu_check = gpu_check_module()
+    out = tmp_path / "rows.json"
+    argv = ["--device", "cpu", "--steps", "2", "--cpu-steps", "2", "--families", "gmm,flow",
+            "--quick-score"]  # fmt: skip
+    assert gpu_check.main([*argv, "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())
+    assert [(r["family"], r["steps"], r["failures"]) for r in rows] == [
+        ("gmm", 2, []), ("flow", 2, [])]  # fmt: skip
+    assert all(r["reload_max_diff"] == 0 and r["steps_per_s"] > 0 for r in rows)
+    assert "2 of 2 checks passed" in capsys.readouterr().out

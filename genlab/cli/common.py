@@ -5,27 +5,41 @@ Every failure ends the program with one line `genlab: error: ...` on stderr, nev
 traceback: exit code 2 for usage errors (the command line itself is wrong), 1 for everything
 else (bad or missing input, impossible sizes, a diverged run, memory, a bug), 130 when
 interrupted (Ctrl-C). Set GENLAB_DEBUG=1 to see the traceback instead.
+
+Also here: `genlab --version`, the `--threads` option (the one place genlab sets torch's
+thread counts: `torch_threads`, default `default_threads`) and `--config FILE.toml`
+(`config_file_callback`: a file of option values, the command line's win).
 """
 
 from __future__ import annotations
 
+import contextlib
+import importlib.metadata
 import io
 import math
 import os
 import re
 import sys
+import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
+import torch
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from genlab.data import BUILTINS
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover  (Python 3.10: the tomli backport, a dependency there)
+    import tomli as tomllib
 
 USER_ERRORS = (ValueError, TypeError, OSError, FloatingPointError)
 """Exceptions that report bad input, a missing file or a diverged run (`DivergedError` is both
@@ -49,6 +63,239 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
 )
+
+
+def genlab_version() -> str:
+    """The installed distribution's version (importlib.metadata), else `genlab.__version__`."""
+    try:
+        return importlib.metadata.version("genlab")
+    except importlib.metadata.PackageNotFoundError:
+        from genlab import __version__
+
+        return __version__
+
+
+def print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"genlab {genlab_version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", is_eager=True, callback=print_version, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    pass
+
+
+# -- threads --------------------------------------------------------------------------------------
+BUSY_SAMPLE_SECONDS = 0.2
+"""How long `default_threads` watches /proc/stat for the cores other processes keep busy."""
+
+
+@dataclass(frozen=True)
+class ThreadChoice:
+    """The threads a run uses and why: `usable` cores (affinity, cgroup quota,
+    OMP_NUM_THREADS), `busy`: how many of them other processes kept busy (None: not
+    measured, or given by --threads)."""
+
+    threads: int
+    usable: int
+    busy: float | None = None
+
+    def describe(self) -> str:
+        """ "1 thread (2 usable cores, 1.0 kept busy by other processes)"."""
+        plural = "" if self.threads == 1 else "s"
+        why = f"{self.usable} usable core{'' if self.usable == 1 else 's'}"
+        if self.busy is not None:
+            why += f", {self.busy:.1f} kept busy by other processes"
+        return f"{self.threads} thread{plural} ({why})"
+
+
+def usable_cores() -> int:
+    """The cores this process may run on: its CPU affinity, capped by a cgroup v2 CPU quota
+    (/sys/fs/cgroup/cpu.max, containers' --cpus) and by OMP_NUM_THREADS when set."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        cores = os.cpu_count() or 1
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            cores = min(cores, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    omp = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if omp.isdigit() and int(omp) >= 1:
+        cores = min(cores, int(omp))
+    return max(cores, 1)
+
+
+def _cpu_times(cpus: set[int]) -> tuple[float, float] | None:
+    """(busy, total) jiffies summed over the given CPUs from /proc/stat, or None."""
+    try:
+        lines = Path("/proc/stat").read_text().splitlines()
+    except OSError:
+        return None
+    busy = total = 0.0
+    for line in lines:
+        name, *fields = line.split()
+        if not (name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in cpus):
+            continue
+        values = [float(v) for v in fields[:8]]  # user nice system idle iowait irq softirq steal
+        idle = values[3] + values[4]
+        busy, total = busy + sum(values) - idle, total + sum(values)
+    return (busy, total) if total > 0 else None
+
+
+def busy_cores(seconds: float = BUSY_SAMPLE_SECONDS) -> float:
+    """How many of this process's cores other processes keep busy: the busy share of each
+    CPU in its affinity over `seconds` (this process sleeps meanwhile), summed; without
+    /proc/stat, the 1-minute load average scaled to the affinity."""
+    try:
+        cpus = os.sched_getaffinity(0)
+    except (AttributeError, OSError):
+        cpus = set(range(os.cpu_count() or 1))
+    before = _cpu_times(cpus)
+    if before is None:
+        try:
+            load = os.getloadavg()[0]
+        except OSError:
+            return 0.0
+        return min(load, os.cpu_count() or 1) * len(cpus) / (os.cpu_count() or 1)
+    time.sleep(seconds)
+    after = _cpu_times(cpus) or before
+    spent = after[1] - before[1]
+    return len(cpus) * (after[0] - before[0]) / spent if spent > 0 else 0.0
+
+
+def default_threads() -> ThreadChoice:
+    """The usable cores minus those other processes keep busy (a core counts when it is more
+    than half busy), at least 1: never more threads than free cores, because OpenMP threads
+    spin-wait on a shared core (measured on 2 cores beside a busy process: a flow fit did
+    741 steps in 10 s on two threads, 2,654 on one)."""
+    usable = usable_cores()
+    if usable == 1:
+        return ThreadChoice(1, 1)
+    busy = busy_cores()
+    return ThreadChoice(max(1, usable - math.floor(busy + 0.5)), usable, busy)
+
+
+def choose_threads(threads: int | None) -> ThreadChoice:
+    """--threads N as given, or `default_threads()` when None."""
+    return default_threads() if threads is None else ThreadChoice(threads, usable_cores())
+
+
+@contextmanager
+def torch_threads(choice: ThreadChoice) -> Iterator[ThreadChoice]:
+    """Run the block with torch's intra-op threads set to `choice.threads` (and the inter-op
+    pool too, which torch allows once per process, before any parallel work), then restore
+    the intra-op count, so that running the CLI in-process (tests, notebooks) leaves the
+    caller's settings as they were. The library itself never sets threads."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(choice.threads)
+    with contextlib.suppress(RuntimeError):  # set already, or parallel work began: keep it
+        torch.set_num_interop_threads(choice.threads)
+    try:
+        yield choice
+    finally:
+        torch.set_num_threads(before)
+
+
+ThreadsOption = Annotated[
+    int | None,
+    typer.Option(
+        "--threads",
+        min=1,
+        help="CPU threads for torch (default: the cores this process may use, less those other "
+        "processes keep busy, measured at start; never more: contended threads spin-wait).",
+    ),
+]
+
+
+# -- --config FILE.toml ---------------------------------------------------------------------------
+def read_toml(path: Path) -> dict[str, Any]:
+    """The top-level table of a TOML file.
+
+    Raises:
+        typer.BadParameter: the file cannot be read or is not TOML.
+    """
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except OSError as e:
+        raise typer.BadParameter(f"cannot read {path}: {e.strerror or e}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise typer.BadParameter(f"{path} is not valid TOML: {e}") from None
+
+
+def option_keys(command: Any, skip: str) -> dict[str, Any]:
+    """Every spelling of a command's options a config file may use as a key -> the option:
+    the long flags without dashes ("max-steps", and with underscores "max_steps") and the
+    parameter's own name ("n_components" beside its flag "components")."""
+    keys: dict[str, Any] = {}
+    for param in command.params:  # typer's click parameters (typer vendors its own click)
+        if param.param_type_name != "option" or param.name == skip:
+            continue
+        spellings = [param.name.removesuffix("_")]
+        spellings += [o.removeprefix("--") for o in param.opts if o.startswith("--")]
+        for word in spellings:
+            keys[word] = keys[word.replace("-", "_")] = keys[word.replace("_", "-")] = param
+    return keys
+
+
+def config_file_callback(ctx: typer.Context, param: typer.CallbackParam, path: Path | None):
+    """Read --config FILE.toml into the command's defaults (click's `default_map`), so every
+    option may come from the file and a value given on the command line wins.
+
+    Keys are option names with dashes or underscores (`max-steps = 500`, `batch_size = 64`,
+    `data = "digits"`, `progress = false`); each value is checked as the command line's
+    text would be. An unknown key, a table or an array is a usage error naming it.
+    """
+    if path is None or ctx.resilient_parsing:
+        return path
+    table = read_toml(path)
+    keys = option_keys(ctx.command, param.name)
+    unknown = [k for k in table if k not in keys]
+    if unknown:
+        raise typer.BadParameter(
+            f"{path}: unknown option(s) {', '.join(map(repr, unknown))}; the keys are the "
+            f"options of '{ctx.command_path}' (see its --help), with dashes or underscores"
+        )
+    defaults: dict[str, Any] = {}
+    for key, value in table.items():
+        target = keys[key]
+        if target.name in defaults:
+            raise typer.BadParameter(f"{path}: the option {key!r} is given twice")
+        if isinstance(value, dict | list):
+            raise typer.BadParameter(f"{path}: {key} must be a single value, not a table or list")
+        text = value if isinstance(value, bool) and target.is_flag else str(value)
+        try:
+            target.process_value(ctx, text)  # the conversion and checks of the command line
+        except typer.BadParameter as e:
+            raise typer.BadParameter(f"{path}: {key} = {value!r}: {e.format_message()}") from None
+        defaults[target.name] = text
+    ctx.default_map = {**(ctx.default_map or {}), **defaults}
+    return path
+
+
+ConfigFileOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        is_eager=True,
+        callback=config_file_callback,
+        dir_okay=False,
+        help="A TOML file of option values (keys: the option names, e.g. max-steps = 500); "
+        "options given on the command line win.",
+    ),
+]
+
 
 # -- options shared by several commands -----------------------------------------------------------
 NOption = Annotated[

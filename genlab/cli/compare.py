@@ -12,7 +12,17 @@ from rich.table import Table
 
 from genlab import compare as comparison
 from genlab import report as reporting
-from genlab.cli.common import NOption, RootOption, SeedOption, app, console, data_name
+from genlab.cli.common import (
+    NOption,
+    RootOption,
+    SeedOption,
+    ThreadsOption,
+    app,
+    choose_threads,
+    console,
+    data_name,
+    torch_threads,
+)
 from genlab.data import BUILTINS
 
 
@@ -78,6 +88,7 @@ def compare_families(
     seed: SeedOption = 0,
     root: RootOption = None,
     progress: Annotated[bool, typer.Option(help="Show progress and training bars.")] = True,
+    threads: ThreadsOption = None,
 ) -> None:
     """Fit families on the same data with the same budget; compare NLL, samples and cost.
 
@@ -106,13 +117,16 @@ def compare_families(
              for name in dict.fromkeys(names)}  # fmt: skip
     settings = comparison.Settings(n_samples=samples)
     records: list[dict[str, Any]] = []
-    for name in names:
-        train, test = pairs[name]
-        found = comparison.compare(train, wanted, test=test, budget_seconds=parsed.seconds,
-                                   budget_steps=parsed.steps, out=out, seed=seed,
-                                   settings=settings, progress=progress,
-                                   report=False)  # fmt: skip
-        print_comparison(found, f"{data_name(name)}: test split, budget {parsed} per family")
-        records += found
+    with torch_threads(choose_threads(threads)) as chosen:
+        typer.echo(f"comparing {', '.join(wanted)} with {chosen.describe()}")
+        for name in names:
+            train, test = pairs[name]
+            found = comparison.compare(train, wanted, test=test, budget_seconds=parsed.seconds,
+                                       budget_steps=parsed.steps, out=out, seed=seed,
+                                       settings=settings, progress=progress,
+                                       report=False)  # fmt: skip
+            title = f"{data_name(name)}: test split, budget {parsed} per family"
+            print_comparison(found, title)
+            records += found
     paths = reporting.write_report(records, out)
     typer.echo(f"wrote {paths['html']}, {paths['md']} and {paths['json']}")

@@ -6,8 +6,14 @@ value is checked by the field's constraint as it is read (a broken rule is a usa
 exit code 2); rules across fields are the config's own (`genlab: error: ...`, exit code 1).
 So the command-line defaults are the Python defaults, and a new family needs no edit here.
 Beside its config, every command takes the options of the run: --data, --n, --root, --out,
---device, --progress, and where the family has them --conditional, --checkpoint-every and
---resume.
+--device, --progress, --threads, --config FILE.toml, and where the family has them
+--conditional, --checkpoint-every, --resume, --val and --loggers (families trained by
+`genlab.train`), and --precision for a family that computes in a --dtype instead (the GMM:
+fp32 is --dtype float32; 16-bit floats are refused).
+
+Families trained by `genlab.train` validate on the data set's test split by default (`--val`),
+and the summary gives the best step, its validation loss and the folder OUT/best/ holding that
+model.
 
 The model is saved before it is scored: a failure while scoring the fitted model (for
 example a text whose validation part holds a symbol the training part lacks) prints a line
@@ -18,6 +24,7 @@ one run at a time holds it (`genlab.runs.run_lock`).
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import math
 import time
@@ -30,16 +37,20 @@ from typing import Annotated, Any, Literal
 import typer
 from rich.markup import escape
 
-from genlab import evaluation, runs
+from genlab import evaluation, loggers, runs
 from genlab.cli.common import (
     DATA_HELP,
+    ConfigFileOption,
     NOption,
     RootOption,
+    ThreadsOption,
     app,
+    choose_threads,
     data_name,
     echo_err,
     error_message,
     print_table,
+    torch_threads,
 )
 from genlab.data import Dataset, load_dataset
 from genlab.models import FAMILIES, GenerativeModel
@@ -168,6 +179,63 @@ DeviceOption = Annotated[
 ]
 
 
+def choice_parser(choices: tuple[str, ...]) -> Callable[[Any], Any]:
+    """A typer parser accepting one of `choices` (a usage error names them)."""
+
+    def parse(value: Any) -> Any:
+        if isinstance(value, str) and value not in choices:
+            raise typer.BadParameter(f"{value!r} is not one of {', '.join(choices)}")
+        return value
+
+    return parse
+
+
+def choice_option(flag: str, choices: tuple[str, ...], help_: str) -> Any:
+    """An optional text option taking one of `choices` (shown as [a|b|...]; any other value
+    is a usage error naming them)."""
+    parser = choice_parser(choices)
+    metavar = "[" + "|".join(choices) + "]"
+    return Annotated[str | None, typer.Option(flag, parser=parser, metavar=metavar, help=help_)]
+
+
+VAL_CHOICES = ("test", "none")
+ValOption = choice_option(
+    "--val",
+    VAL_CHOICES,
+    "Validation data: the data set's test split, or none (default: test, unless "
+    "--val-fraction holds out part of the train split instead). The validation loss is "
+    "logged every --eval-every steps and the best model kept in OUT/best/.",
+)
+
+
+def parse_loggers(text: Any) -> Any:
+    if not isinstance(text, str):
+        return text
+    try:
+        return loggers.check_logger_names(text)
+    except (TypeError, ValueError) as e:
+        raise typer.BadParameter(str(e)) from None
+
+
+LoggersOption = Annotated[
+    str | None,
+    typer.Option(
+        "--loggers",
+        parser=parse_loggers,
+        metavar="csv,tensorboard",
+        help="Also log to OUT/log.csv (csv) and/or OUT/tensorboard/ (tensorboard, needs "
+        "pip install 'genlab[tensorboard]'), comma-separated; OUT/log.jsonl is always written.",
+    ),
+]
+PRECISIONS = ("fp32", "bf16", "fp16")
+PrecisionAsDtypeOption = choice_option(
+    "--precision",
+    PRECISIONS,
+    "This family computes in --dtype: fp32 means --dtype float32; bf16 and fp16 are "
+    "refused (too coarse for its statistics).",
+)
+
+
 def out_option(family: str) -> Any:
     help_ = (
         "Model folder: config.json, model.safetensors and, for trained networks, "
@@ -183,10 +251,17 @@ def keyword(name: str, default: Any, annotation: Any) -> inspect.Parameter:
     )
 
 
+def precision_as_dtype(cls: type[GenerativeModel]) -> bool:
+    """Whether the family has no `precision` field but a `dtype` one (the GMM), so that
+    --precision is read as a dtype."""
+    names = {opt.name for opt in cli_fields(cls)}
+    return "precision" not in names and "dtype" in names
+
+
 def run_parameters(cls: type[GenerativeModel]) -> list[inspect.Parameter]:
-    """--data, --n, --root, --out, --device, --progress, and --conditional,
-    --checkpoint-every, --resume where the family has them (names end in "_": no config
-    field's clash)."""
+    """--data, --n, --root, --out, --device, --progress, --config, --threads, and
+    --precision (as a dtype), --conditional, --checkpoint-every, --resume, --val, --loggers
+    where the family has them (names end in "_": no config field's clash)."""
     params = [
         keyword("data_", cls.example_data, DataOption),
         keyword("n_", None, NOption),
@@ -194,12 +269,18 @@ def run_parameters(cls: type[GenerativeModel]) -> list[inspect.Parameter]:
         keyword("out_", None, out_option(cls.family)),
         keyword("device_", None, DeviceOption),
         keyword("progress_", True, ProgressOption),
+        keyword("config_file_", None, ConfigFileOption),
+        keyword("threads_", None, ThreadsOption),
     ]
+    if precision_as_dtype(cls):
+        params.append(keyword("precision_", None, PrecisionAsDtypeOption))
     if cls.takes_labels:
         params.append(keyword("conditional_", False, ConditionalOption))
     if trains_networks(cls):
         params.append(keyword("checkpoint_every_", None, CheckpointEveryOption))
         params.append(keyword("resume_", False, ResumeOption))
+        params.append(keyword("val_", None, ValOption))
+        params.append(keyword("loggers_", None, LoggersOption))
     return params
 
 
@@ -255,12 +336,22 @@ def fit_and_report(
     out: str | None,
     progress: bool,
     device: str | None = None,
+    config_file: Path | None = None,
+    threads: int | None = None,
+    precision: str | None = None,
     conditional: bool = False,
     checkpoint_every: int | None = None,
     resume: bool = False,
+    val: str | None = None,
+    loggers: tuple[str, ...] | None = None,
 ) -> None:
     """Construct `cls(**config)`, fit it on the train split in the --out folder (checked,
-    and locked for the run), save it, then score it and print a summary."""
+    and locked for the run) with `threads` torch threads (None: `default_threads`) and,
+    for trained networks, validation data (`validation_data`), save it, then score it and
+    print a summary (with the best step and its validation loss when there was validation).
+    `config_file` was read into the options already (`config_file_callback`)."""
+    if precision is not None:
+        config = dtype_for_precision(cls, config, precision)
     model = cls(**config, device=device)
     seed = config.get("seed")
     seed = 0 if seed is None else seed
@@ -272,26 +363,101 @@ def fit_and_report(
     labels = train.y if conditional else None
     refuse_unsupported(cls, train, labels)
     kwargs: dict[str, Any] = {"progress": progress}
+    validation = None
     if trains_networks(cls):
         kwargs |= {"out": folder, "checkpoint_every": checkpoint_every, "resume": resume}
-    with runs.run_lock(folder):
-        start = time.perf_counter()
-        model.fit(train, y=labels, **kwargs)
-        seconds = time.perf_counter() - start
-        model.save(folder)
-    try:  # the model is saved: a scoring failure costs nothing but the score
-        score = score_row(model, train, data, root, seed)
-    except Exception as e:
-        echo_err(f"genlab: warning: the model is saved in {folder}, but scoring it failed: "
-                 f"{error_message(e)}")  # fmt: skip
-        score = {}
-    rows = {**score, **model.fit_summary()}
+        val_data, validation = validation_data(val, config, data, root, seed, conditional)
+        if val_data is not None:
+            kwargs["val"] = val_data
+        if loggers:
+            kwargs["loggers"] = loggers
+    unit = "characters" if train.kind == "text" else "samples"
+    with torch_threads(choose_threads(threads)) as chosen:
+        how = [f"{len(train)} train {unit}"]
+        how += [] if validation is None else [f"validation: {validation}"]
+        how += [chosen.describe(), f"device {model.device}"]
+        typer.echo(f"fitting {cls.family} on {data_name(data)}: {'; '.join(how)}")
+        with runs.run_lock(folder):
+            start = time.perf_counter()
+            model.fit(train, y=labels, **kwargs)
+            seconds = time.perf_counter() - start
+            model.save(folder)
+        try:  # the model is saved: a scoring failure costs nothing but the score
+            score = score_row(model, train, data, root, seed)
+        except Exception as e:
+            echo_err(f"genlab: warning: the model is saved in {folder}, but scoring it "
+                     f"failed: {error_message(e)}")  # fmt: skip
+            score = {}
+    rows = {**score, **model.fit_summary(), **validation_rows(model, folder, validation)}
     if cls.takes_labels:
         rows["conditional"] = conditional
-    rows |= {"parameters": model.n_parameters, "time": f"{seconds:.2f} s"}
-    unit = "characters" if model.is_text else "samples"
+    rows |= {"parameters": model.n_parameters, "threads": chosen.threads,
+             "time": f"{seconds:.2f} s"}  # fmt: skip
     print_table(f"{cls.family} on {data_name(data)} ({len(train)} train {unit})", rows)
     typer.echo(f"saved {folder}")
+
+
+def dtype_for_precision(
+    cls: type[GenerativeModel], config: dict[str, Any], precision: str
+) -> dict[str, Any]:
+    """The config with --precision read as its dtype (families with a dtype and no
+    precision field): fp32 is float32.
+
+    Raises:
+        ValueError: bf16/fp16 (the family computes in float32 or float64), or a --dtype
+            given beside --precision fp32 that disagrees.
+    """
+    default = next(opt.default for opt in cli_fields(cls) if opt.name == "dtype")
+    if precision != "fp32":
+        raise ValueError(
+            f"--precision {precision}: the {cls.family} family computes in --dtype float32 "
+            "or float64, not in 16-bit floats (too coarse for its sums of squares); use "
+            "--precision fp32 (= --dtype float32) or --dtype"
+        )
+    if config["dtype"] not in (default, "float32"):
+        raise ValueError(
+            f"--precision fp32 and --dtype {config['dtype']} disagree: give one of them"
+        )
+    return {**config, "dtype": "float32"}
+
+
+def validation_data(
+    val: str | None, config: dict[str, Any], data: str, root: Path | None, seed: int,
+    conditional: bool,
+) -> tuple[Dataset | None, str]:  # fmt: skip
+    """(the `val=` of fit, a description) for --val: the data set's test split ("test", and
+    by default unless the config's val_fraction holds out train rows instead), or none.
+
+    Raises:
+        ValueError: --val given beside --val-fraction (both choose the validation data).
+    """
+    fraction = config.get("val_fraction")
+    if val is not None and fraction is not None:
+        raise ValueError(
+            f"--val {val} and --val-fraction {fraction:g} both choose the validation data: "
+            "give one (--val-fraction holds out that part of the train split)"
+        )
+    if fraction is not None:
+        return None, f"{fraction:g} of the train split, held out"
+    if val == "none":
+        return None, "none"
+    test = load_dataset(data, split="test", seed=seed, root=root)
+    if not conditional:
+        test = dataclasses.replace(test, y=None)
+    unit = "characters" if test.kind == "text" else "samples"
+    return test, f"the test split ({len(test)} {unit})"
+
+
+def validation_rows(model: GenerativeModel, folder: Path, validation: str | None) -> dict:
+    """The summary's rows about validation beside the family's own (`fit_summary`: the best
+    step, its validation loss, an early stop): what the validation data was, and the folder
+    of the best model when the trainer wrote one."""
+    if validation is None:
+        return {}
+    rows: dict[str, Any] = {"validation": validation}
+    if (folder / "best").is_dir():
+        rows["best model"] = str(folder / "best")
+    return rows
 
 
 def refuse_unsupported(cls: type[GenerativeModel], train: Dataset, labels: Any) -> None:

@@ -26,6 +26,7 @@ from genlab.cli.common import (
 )
 from genlab.data import Dataset, load_dataset, shape_kind
 from genlab.models import GenerativeModel
+from genlab.models.base import CONFIG_FILE
 
 PLOT_SAMPLES = {"points": 1000, "image": 64}
 """Default number of model samples drawn by `genlab plot`."""
@@ -114,20 +115,43 @@ def plot_trajectory(
 
 
 def plot_history(model: GenerativeModel, model_dir: Path) -> list[Path]:
-    """MODEL_DIR/history.png: EM log-likelihoods, or the loss rows of the trainer's log.jsonl."""
-    title = f"{model.family} training"
-    path = model_dir / "history.png"
+    """MODEL_DIR/history.png: EM log-likelihoods, or the run's loss curves (`plot_log`)."""
     curve = model.fit_curve()
-    if curve is not None:
-        label, values = curve
-        return [plots.curve({"train": values}, path, ylabel=label, title=title)]
-    logged = [r for r in read_log(model_dir / LOG_FILE, math.inf) if "loss" in r]
-    if not logged:
+    if curve is None:
+        return plot_log(model_dir, f"{model.family} training")
+    label, values = curve
+    path = model_dir / "history.png"
+    return [plots.curve({"train": values}, path, ylabel=label, title=f"{model.family} training")]
+
+
+def best_row(rows: list[dict[str, float]]) -> dict[str, float] | None:
+    """The validation row of the lowest val_loss (the first of equals: the one the trainer
+    kept as best), or None without validation rows."""
+    val = [r for r in rows if isinstance(r.get("val_loss"), int | float)]
+    finite = [r for r in val if math.isfinite(r["val_loss"])]
+    return min(finite, key=lambda r: r["val_loss"]) if finite else None
+
+
+def plot_log(run_dir: Path, title: str, path: Path | None = None) -> list[Path]:
+    """`path` (default RUN_DIR/history.png) from the trainer's log.jsonl: the training loss
+    and, when the run validated, the validation loss against the step, the best step marked
+    (nothing without training rows)."""
+    logged = read_log(run_dir / LOG_FILE, math.inf)
+    train = [r for r in logged if "loss" in r]
+    val = [r for r in logged if "val_loss" in r]
+    if not train:
         return []
-    every = logged[0]["step"]
-    return [plots.curve({"loss": [r["loss"] for r in logged]}, path,
-                        xlabel=f"log row (every {every} steps)", ylabel="training loss",
-                        title=title)]  # fmt: skip
+    drawn = plots.loss_curves(
+        ([r["step"] for r in train], [r["loss"] for r in train]),
+        path or run_dir / "history.png",
+        val=([r["step"] for r in val], [r["val_loss"] for r in val]) if val else None,
+        ylabel="loss (the family's training objective)",
+        title=title,
+    )
+    best = best_row(logged)
+    if best is not None:
+        typer.echo(f"best validation loss {best['val_loss']:.5g} at step {best['step']}")
+    return [drawn]
 
 
 @app.command()
@@ -169,9 +193,18 @@ def plot(
     noise to samples, with MODEL_DIR/samples.gif, the samples moving) or
     MODEL_DIR/denoising.png (diffusion: the denoising sequence of a few samples). Also writes
     MODEL_DIR/history.png when the model kept its training curve (EM log-likelihoods, or
-    the trainer's log.jsonl). For other models (text, points of another dimension) it says
-    why there is no picture of samples, draws the rest, and fails when that is nothing.
+    the trainer's log.jsonl: training and validation loss against the step, the best step
+    marked). For other models (text, points of another dimension) it says why there is no
+    picture of samples, draws the rest, and fails when that is nothing. A run folder without
+    a saved model yet (a run in progress, or killed) gets only its curves: MODEL_DIR/history.png
+    (or --out).
     """
+    if not (model_dir / CONFIG_FILE).is_file() and (model_dir / LOG_FILE).is_file():
+        written = plot_log(model_dir, f"{model_dir.name} training", out)
+        if not written:
+            raise ValueError(f"{model_dir / LOG_FILE} holds no training rows yet: nothing to draw")
+        typer.echo(f"wrote {written[0]}")
+        return
     model = genlab.load(model_dir)
     shape = tuple(model.event_shape or ())
     kind = shape_kind(shape)

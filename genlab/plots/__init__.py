@@ -8,7 +8,7 @@ nothing is left open), writes a PNG to `path` (parent folders are created) and r
 
 - `images`: `tile_images`, `sample_grid`;
 - `points`: `density_2d`, `scatter_2d`, `ellipse_geometry`;
-- `curves`: `curve`, `xy_curves`, and compare's `nfe_figure` and `study_figure`;
+- `curves`: `curve`, `xy_curves`, `loss_curves`, and compare's `nfe_figure` and `study_figure`;
 - `trajectories`: `trajectories_2d`, `trajectory_grid` (from noise to samples);
 - `animation`: `animate` (an animated GIF of a trajectory).
 
@@ -18,7 +18,14 @@ nothing is left open), writes a PNG to `path` (parent folders are created) and r
 
 from genlab.plots.animation import animate
 from genlab.plots.base import Bounds, PathLike
-from genlab.plots.curves import curve, nfe_figure, study_figure, study_ylim, xy_curves
+from genlab.plots.curves import (
+    curve,
+    loss_curves,
+    nfe_figure,
+    study_figure,
+    study_ylim,
+    xy_curves,
+)
 from genlab.plots.images import sample_grid, tile_images
 from genlab.plots.points import CHUNK, density_2d, ellipse_geometry, scatter_2d
 from genlab.plots.trajectories import trajectories_2d, trajectory_grid
@@ -31,6 +38,7 @@ __all__ = [
     "curve",
     "density_2d",
     "ellipse_geometry",
+    "loss_curves",
     "nfe_figure",
     "sample_grid",
     "scatter_2d",

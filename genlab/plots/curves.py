@@ -1,5 +1,6 @@
 """Line plots: `curve` (series against their step), `xy_curves` (y against x, one line per
-name), and the two figures of `genlab compare` drawn from its records: `nfe_figure` (sample
+name), `loss_curves` (a run's training and validation loss against the step, its best step
+marked), and the two figures of `genlab compare` drawn from its records: `nfe_figure` (sample
 quality against NFE) and `study_figure` (test NLL against mixture components)."""
 
 from __future__ import annotations
@@ -68,6 +69,29 @@ def curve(
     return _finish(fig, ax, path, xlabel, ylabel, title)
 
 
+def _pair_arrays(
+    pair: Any, what: str, names: tuple[str, str], labels: tuple[str, str]
+) -> tuple[np.ndarray, np.ndarray]:
+    """`pair` (a tuple or list of two sequences) as two 1-D arrays of one length >= 1.
+
+    Args:
+        pair: the (first, second) sequences.
+        what: names the pair in errors (e.g. "series['a']", "train").
+        names: what the two parts are called in errors (e.g. ("xs", "ys")).
+        labels: the names `to_numpy` gives each part in its own errors.
+    """
+    first, second = names
+    if not isinstance(pair, tuple | list) or len(pair) != 2:
+        raise ValueError(f"{what} must be a pair ({first}, {second})")
+    a, b = to_numpy(pair[0], labels[0]), to_numpy(pair[1], labels[1])
+    if a.ndim != 1 or a.shape != b.shape or len(a) == 0:
+        raise ValueError(
+            f"{what} needs 1-D {first} and {second} of one length >= 1, got shapes {a.shape} "
+            f"and {b.shape}"
+        )
+    return a, b
+
+
 def xy_curves(
     series: Mapping[str, tuple[Sequence[float], Sequence[float]]],
     path: PathLike,
@@ -98,14 +122,9 @@ def xy_curves(
             raise ValueError(f"ylim must be finite (bottom, top) with bottom < top, got {ylim}")
     lines = {}
     for name, pair in series.items():
-        if not isinstance(pair, tuple | list) or len(pair) != 2:
-            raise ValueError(f"series[{name!r}] must be a pair (xs, ys)")
-        xs, ys = to_numpy(pair[0], f"xs of {name!r}"), to_numpy(pair[1], f"ys of {name!r}")
-        if xs.ndim != 1 or xs.shape != ys.shape or len(xs) == 0:
-            raise ValueError(
-                f"series[{name!r}] needs 1-D xs and ys of one length >= 1, got shapes "
-                f"{xs.shape} and {ys.shape}"
-            )
+        xs, ys = _pair_arrays(
+            pair, f"series[{name!r}]", ("xs", "ys"), (f"xs of {name!r}", f"ys of {name!r}")
+        )
         if not np.isfinite(xs).all() or (logx and (xs <= 0).any()) or np.isinf(ys).any():
             raise ValueError(
                 f"series[{name!r}] has non-finite values{' or xs <= 0 (logx)' if logx else ''}"
@@ -124,6 +143,52 @@ def xy_curves(
     if ylim is not None:
         ax.set_ylim(*ylim)
     return _finish(fig, ax, path, xlabel, ylabel, title)
+
+
+def _steps_and_values(pair: Any, name: str) -> tuple[np.ndarray, np.ndarray]:
+    steps, values = _pair_arrays(
+        pair, name, ("steps", "values"), (f"{name} steps", f"{name} values")
+    )
+    if not np.isfinite(steps).all() or np.isinf(values).any():
+        raise ValueError(f"{name} has non-finite steps or infinite values")
+    return steps, values
+
+
+def loss_curves(
+    train: tuple[Sequence[float], Sequence[float]],
+    path: PathLike,
+    *,
+    val: tuple[Sequence[float], Sequence[float]] | None = None,
+    ylabel: str = "loss",
+    title: str | None = None,
+) -> Path:
+    """A run's training loss (and validation loss) against the optimisation step, with the
+    best validation step marked: the first step of the lowest validation loss, the one a
+    trainer that keeps a strictly better model would have kept.
+
+    Args:
+        train: (steps, losses), 1-D of one length (NaN losses leave gaps).
+        path: the .png file.
+        val: optional (steps, validation losses) like `train`.
+        ylabel: the y axis label (say the unit: nats per sample, per token, ...).
+        title: optional axes title.
+    """
+    path = png_path(path)
+    steps, losses = _steps_and_values(train, "train")
+    fig = Figure(figsize=(6, 4))
+    ax = fig.add_subplot()
+    ax.plot(steps, losses, marker="o" if len(steps) <= 30 else None, markersize=3,
+            label="training loss")  # fmt: skip
+    if val is not None:
+        val_steps, val_losses = _steps_and_values(val, "val")
+        ax.plot(val_steps, val_losses, marker="o", markersize=3, label="validation loss")
+        if not np.isnan(val_losses).all():
+            best = int(np.nanargmin(val_losses))
+            step, value = val_steps[best], val_losses[best]
+            ax.axvline(step, color="0.5", linestyle=":", linewidth=1)
+            ax.plot([step], [value], marker="*", markersize=12, color="C3", linestyle="none",
+                    label=f"best: step {step:g}, {value:.4g}")  # fmt: skip
+    return _finish(fig, ax, path, "step", ylabel, title)
 
 
 # -- the figures of `genlab compare`, drawn from its records ---------------------------------------
