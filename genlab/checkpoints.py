@@ -1,9 +1,12 @@
 """Training checkpoints (torch.save, read back with weights_only=True) and the run's log.jsonl.
 
 A checkpoint holds the raw weights, the optimizer, the EMA, the step, the seconds spent, the
-position in the data order, every process's RNG states, the training config and a fingerprint
-of the data (`data_fingerprint`); `restore` puts all of it back, so a resumed run continues bit
-for bit, and `load_checkpoint` refuses a checkpoint that another config or other data wrote.
+position in the data order, every process's RNG states, the fp16 gradient scaler, the
+validation state (the best evaluation's weights, step and loss, the evaluations since it, and
+a fingerprint of the validation rows), the training config and a fingerprint of the data
+(`data_fingerprint`); `restore` puts all of it back, so a resumed run continues bit for bit,
+and `load_checkpoint` refuses a checkpoint that another config or other data wrote. Fields
+added after format 1 ("scaler", "validation") are optional: older checkpoints still resume.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ CHECKPOINT_FORMAT = 1
 CHECKPOINT_KEYS = frozenset(
     ("format", "model", "optimizer", "ema", "step", "seconds", "data", "rng", "config")
 )
-RESUMABLE_CHANGES = ("max_steps", "max_time")  # the config fields a resumed run may change
+RESUMABLE_CHANGES = ("max_steps", "max_time", "patience")  # what a resumed run may change
 FINGERPRINT_ROWS = 4096  # rows of x and y hashed by data_fingerprint (evenly spaced)
 AFRESH = "resume with the same data, or start afresh without --resume (resume=False)"
 
@@ -43,6 +46,11 @@ class RunState:
     seconds: float = 0.0  # wall-clock seconds spent, across resumes
     data: tuple[int, int] = (0, 0)  # (epoch, batch index) of the next batch
     ema: dict[str, torch.Tensor] | None = None  # floating state_dict entries
+    best: dict[str, torch.Tensor] | None = None  # the best evaluation's (EMA) weights
+    best_step: int | None = None  # the step of the best evaluation
+    best_loss: float | None = None  # its validation loss
+    bad_evals: int = 0  # evaluations since the best one (patience counts them)
+    evaluated: int = -1  # the step of the last evaluation (-1: none yet)
 
 
 def rng_state() -> dict[str, Any]:
@@ -77,9 +85,10 @@ def _sha256(t: torch.Tensor) -> str:
     return hashlib.sha256(flat.view(torch.uint8).numpy().tobytes()).hexdigest()
 
 
-def data_fingerprint(x: torch.Tensor, y: torch.Tensor | None) -> dict[str, Any]:
+def data_fingerprint(x: Any, y: torch.Tensor | None) -> dict[str, Any]:
     """What identifies the training data in a checkpoint: x's shape and dtype, and the
-    sha256 of up to FINGERPRINT_ROWS evenly spaced rows of x and of y (cheap for any size)."""
+    sha256 of up to FINGERPRINT_ROWS evenly spaced rows of x and of y (cheap for any size;
+    x is a tensor or a `genlab.data.NpyArray`, whose rows are read)."""
     n = len(x)
     rows = torch.linspace(0, n - 1, min(n, FINGERPRINT_ROWS)).round().long().unique()
     return {
@@ -117,6 +126,16 @@ def check_fingerprint(path: Path, old: Any, new: dict[str, Any]) -> None:
     raise ValueError(f"{path.name} was written for {change}: {AFRESH}")
 
 
+def check_val_fingerprint(path: Path, ckpt: dict[str, Any], new: dict[str, Any] | None) -> None:
+    """Refuse to continue a run's validation on other validation rows (its best loss would
+    not compare): a checkpoint without validation state starts validating afresh."""
+    old = (ckpt.get("validation") or {}).get("fingerprint")
+    if old is not None and new is not None and old != new:
+        raise ValueError(
+            f"{path.name} was written with other validation data (val= or val_fraction): {AFRESH}"
+        )
+
+
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """torch.save(state) to path atomically."""
     atomic_write(path, lambda f: torch.save(state, f))
@@ -145,6 +164,8 @@ def _check_fields(path: Path, state: dict[str, Any]) -> None:
         "model": tensors(state["model"]),
         "ema": state["ema"] is None or tensors(state["ema"]),
         "optimizer": isinstance(state["optimizer"], dict),
+        "scaler": state.get("scaler") is None or isinstance(state.get("scaler"), dict),
+        "validation": _valid_validation(state.get("validation"), tensors),
     }
     broken = [name for name, ok in rules.items() if not ok]
     if broken:
@@ -152,6 +173,21 @@ def _check_fields(path: Path, state: dict[str, Any]) -> None:
             f"{path}: the checkpoint is edited or corrupt (field {', '.join(broken)}); delete "
             "it to start afresh"
         )
+
+
+def _valid_validation(v: Any, tensors: Any) -> bool:
+    if v is None:
+        return True
+    if not isinstance(v, dict):
+        return False
+    step, loss = v.get("best_step"), v.get("best_loss")
+    return (
+        (v.get("best") is None or tensors(v.get("best")))
+        and (step is None or _is_count(step))
+        and (loss is None or isinstance(loss, int | float))
+        and _is_count(v.get("bad_evals"))
+        and isinstance(v.get("evaluated"), int)
+    )
 
 
 def load_checkpoint(path: Path, config: Any, fingerprint: dict[str, Any] | None = None) -> dict:
@@ -174,6 +210,8 @@ def load_checkpoint(path: Path, config: Any, fingerprint: dict[str, Any] | None 
     if state["format"] > CHECKPOINT_FORMAT:
         raise ValueError(f"{path}: written by a newer genlab (format {state['format']})")
     old, new = state["config"], config_dict(config)
+    defaults = config_dict(type(config)()) if dataclasses.is_dataclass(config) else {}
+    old = {**{k: v for k, v in defaults.items() if k not in old}, **old}  # fields added since
     keys = (old.keys() | new.keys()) - set(RESUMABLE_CHANGES)
     changed = sorted(k for k in keys if old.get(k) != new.get(k))
     if changed:
@@ -201,12 +239,18 @@ def read_log(path: Path, upto: float = math.inf) -> list[dict[str, float]]:
     return rows
 
 
+def _cpu(tensors: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor] | None:
+    return None if tensors is None else {k: v.detach().cpu() for k, v in tensors.items()}
+
+
 def checkpoint(
     path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, run: RunState, config: Any,
-    fingerprint: dict[str, Any] | None = None,
+    fingerprint: dict[str, Any] | None = None, *, scaler: Any = None,
+    val_fingerprint: dict[str, Any] | None = None,
 ) -> None:  # fmt: skip
     """Gather every process's RNG states (all processes call this); rank 0 saves them with the
-    raw weights, optimizer, EMA, step, seconds, data position, config and data fingerprint."""
+    raw weights, optimizer, EMA, step, seconds, data position, config, data fingerprint, the
+    fp16 gradient scaler and the validation state."""
     rank, world = rank_and_world()
     rngs = [rng_state()]
     if world > 1:
@@ -218,16 +262,22 @@ def checkpoint(
             "data": list(run.data), "rng": rngs, "config": config_dict(config),
             "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
             "optimizer": optimizer.state_dict(),
-            "ema": None if run.ema is None else {k: v.cpu() for k, v in run.ema.items()},
-            "fingerprint": fingerprint,
+            "ema": _cpu(run.ema), "fingerprint": fingerprint,
+            "scaler": None if scaler is None else scaler.state_dict(),
+            "validation": {
+                "best": _cpu(run.best), "best_step": run.best_step, "best_loss": run.best_loss,
+                "bad_evals": run.bad_evals, "evaluated": run.evaluated,
+                "fingerprint": val_fingerprint,
+            },
         })  # fmt: skip
 
 
 def restore(
     ckpt: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer, device: torch.device,
-    path: Path | str = CHECKPOINT_FILE,
+    path: Path | str = CHECKPOINT_FILE, scaler: Any = None,
 ) -> RunState:  # fmt: skip
-    """Load a checkpoint into the model and optimizer (and this process's RNGs).
+    """Load a checkpoint into the model and optimizer (and this process's RNGs, and the fp16
+    gradient scaler when given and stored).
 
     Raises:
         ValueError: the checkpoint does not fit this model (other options or data): its
@@ -249,7 +299,18 @@ def restore(
         floating = {k for k, v in state.items() if v.is_floating_point()}
         if ema is not None and set(ema) != floating:
             raise ValueError(f"its EMA holds {len(ema)} of the model's {len(floating)} weights")
+        val = ckpt.get("validation") or {}
+        best = (
+            None if val.get("best") is None else {k: v.to(device) for k, v in val["best"].items()}
+        )
+        if best is not None and any(k not in state or state[k].shape != v.shape
+                                    for k, v in best.items()):  # fmt: skip
+            raise ValueError("its best validation weights do not fit the model")
+        if scaler is not None and ckpt.get("scaler") is not None:
+            scaler.load_state_dict(ckpt["scaler"])
     except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as e:
         detail = " ".join(str(e).split())[:300]
         raise ValueError(f"{path} does not fit this model ({detail}): {AFRESH}") from None
-    return RunState(ckpt["step"], ckpt["seconds"], tuple(ckpt["data"]), ema)
+    return RunState(ckpt["step"], ckpt["seconds"], tuple(ckpt["data"]), ema, best,
+                    val.get("best_step"), val.get("best_loss"), val.get("bad_evals", 0),
+                    val.get("evaluated", -1))  # fmt: skip

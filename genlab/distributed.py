@@ -1,22 +1,26 @@
 """torch.distributed helpers shared by the trainer and the mixture's EM (launched by torchrun).
 
-Without an initialised process group every function is the one-process identity, so callers
-need no branches of their own.
+Without an initialised process group every reduction is the one-process identity, so callers
+need no branches of their own; `data_parallel` (the trainer's DistributedDataParallel wrapper)
+is for an initialised group only.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 __all__ = [
+    "LossModule",
     "all_gather_padded",
     "all_reduce",
-    "all_reduce_gradients",
-    "broadcast_state",
+    "data_parallel",
     "is_distributed",
     "rank0_seconds",
     "rank_and_world",
@@ -57,26 +61,35 @@ def all_gather_padded(lp: torch.Tensor, z: torch.Tensor, k: int) -> tuple[torch.
     return torch.cat(lps), torch.cat(zs)
 
 
-def broadcast_state(model: nn.Module) -> None:
-    """Copy rank 0's parameters and buffers to every process."""
-    for tensor in model.state_dict().values():
-        dist.broadcast(tensor, 0)
+class LossModule(nn.Module):
+    """`loss_fn(batch, step)` (a model's `loss`) as the forward of a module holding the model,
+    so that `DistributedDataParallel` can wrap it: the trainer calls losses, not forwards."""
+
+    def __init__(self, model: nn.Module, loss_fn: Callable):
+        super().__init__()
+        self.model = model
+        self.loss_fn = loss_fn
+
+    def forward(self, batch: tuple[torch.Tensor, ...], step: int) -> Any:
+        return self.loss_fn(batch, step)
 
 
-def all_reduce_gradients(params: list[nn.Parameter], weight: float) -> None:
-    """grad <- sum over processes of weight * grad (weight: this process's share of the global
-    batch, so the result is the global mean), one flat buffer per dtype. Unused parameters
-    contribute zeros, so every process reduces the same buffers."""
-    buckets: dict[torch.dtype, list[torch.Tensor]] = {}
-    for p in params:
-        if p.grad is None:
-            p.grad = torch.zeros_like(p)
-        buckets.setdefault(p.grad.dtype, []).append(p.grad)
-    for grads in buckets.values():
-        flat = torch.cat([g.reshape(-1) for g in grads]).mul_(weight)
-        dist.all_reduce(flat)
-        for g, chunk in zip(grads, flat.split([g.numel() for g in grads]), strict=True):
-            g.copy_(chunk.view_as(g))
+def data_parallel(
+    model: nn.Module, loss_fn: Callable, device: torch.device
+) -> DistributedDataParallel:
+    """`loss_fn` wrapped in `DistributedDataParallel` over `model`'s parameters: construction
+    copies rank 0's parameters and buffers to every process, and each backward all-reduces
+    the gradients (their mean over processes) in buckets while it runs, overlapping
+    communication with compute; `no_sync()` skips that for micro-batches that accumulate.
+
+    Buffers are not re-broadcast at each forward (the families' buffers are fixed at set-up);
+    every trainable parameter must take part in the loss (DDP's reducer waits for each).
+    On CUDA the module's device is `device_ids=[device.index]`; on the CPU (gloo) none.
+    """
+    device_ids = [device.index] if device.type == "cuda" else None
+    return DistributedDataParallel(
+        LossModule(model, loss_fn), device_ids=device_ids, broadcast_buffers=False
+    )
 
 
 def rank0_seconds(seconds: float, device: torch.device) -> float:

@@ -36,7 +36,9 @@ def logged_steps(folder: Path) -> list[int]:
     path = folder / "log.jsonl"
     for line in path.read_text().splitlines() if path.exists() else []:
         with contextlib.suppress(json.JSONDecodeError, KeyError):  # a row being written
-            steps.append(json.loads(line)["step"])
+            row = json.loads(line)
+            if "loss" in row:  # training rows (a validation row repeats its step)
+                steps.append(row["step"])
     return steps
 
 

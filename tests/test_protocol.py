@@ -13,6 +13,7 @@ from genlab.models import (
     FAMILIES,
     VAE,
     Autoregressive,
+    BayesianGaussianMixture,
     Diffusion,
     FlowMatching,
     GaussianMixture,
@@ -25,6 +26,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 # itself here (test_every_family_is_covered fails otherwise).
 FACTORIES = {
     "gmm": (lambda: GaussianMixture(3, covariance_type="full", max_iter=20), "moons"),
+    "bgmm": (lambda: BayesianGaussianMixture(5, max_iter=50, tol=1.0), "moons"),
     "autoregressive": (  # text or quantised images, not points: 8 x 8 digits as pixel sequences
         lambda: Autoregressive(n_layer=1, n_head=2, n_embd=16, max_steps=20, batch_size=32),
         "digits",
@@ -170,3 +172,25 @@ def test_absurd_sample_sizes_are_refused_before_allocating(fitted):
     model, _, _ = fitted
     with pytest.raises(ValueError, match=r"sample\(n=1000000000000000\) would need .* of memory"):
         model.sample(10**15, seed=0)
+
+
+def test_trainer_and_data_imports_leave_the_families_unimported():
+    """`genlab.load` and the families are imported on first use (PEP 562 `__getattr__`), so
+    `import genlab.train` / `genlab.data` skip them; `load` still registers every family."""
+    import subprocess
+    import sys
+
+    code = (
+        "import json, sys, genlab.train, genlab.data\n"
+        "print(json.dumps(sorted(m for m in sys.modules if m.startswith('genlab.models.'))))\n"
+        "from genlab import load\n"
+        f"print(type(load({str(FIXTURES / 'gmm-moons')!r}, device='cpu')).__name__)\n"
+        "from genlab.models import FAMILIES\n"
+        "print(json.dumps(list(FAMILIES)))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    imported, loaded, families = out.stdout.splitlines()
+    heavy = {f"genlab.models.{f}" for f in ("flow", "diffusion", "vae", "autoregressive", "gmm")}
+    assert not heavy & set(json.loads(imported)), imported
+    assert loaded == "GaussianMixture"
+    assert json.loads(families) == ["autoregressive", "bgmm", "diffusion", "flow", "gmm", "vae"]

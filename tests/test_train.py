@@ -338,7 +338,12 @@ def test_resume_without_a_checkpoint_starts_afresh(tmp_path):
         {"min_lr_ratio": 1.5},
         {"grad_clip": 0.0},
         {"ema_decay": 1.0},
-        {"precision": "fp16"},
+        {"precision": "fp8"},
+        {"grad_accum_steps": 0},
+        {"eval_every": 0},
+        {"patience": 0},
+        {"val_fraction": 1.0},
+        {"data_window": 0},
         {"compile": "yes"},
     ],
 )
@@ -390,7 +395,7 @@ def test_bad_fit_arguments_raise(tmp_path):
 # -- subprocesses: SIGKILL + resume, torchrun -----------------------------------------------------
 def worker(out: Path, *args: str) -> list[str]:
     return [sys.executable, str(WORKER), str(out), "--steps", "40", "--checkpoint-every", "10",
-            "--noise", *args]  # fmt: skip
+            "--noise", "--val", *args]  # fmt: skip
 
 
 def logged_steps(path: Path) -> list[int]:
@@ -431,31 +436,100 @@ def test_resume_after_sigkill_is_bit_identical(tmp_path):
         assert torch.equal(moments["exp_avg_sq"], b["optimizer"]["state"][slot]["exp_avg_sq"])
     final_a, final_b = (torch.load(p / "final.pt", weights_only=True) for p in (ref, run))
     assert all(torch.equal(final_a[k], final_b[k]) for k in final_a)
-    assert logged_steps(run / "log.jsonl") == list(range(1, 41))  # no duplicated rows
+    assert logged_steps(run / "log.jsonl") == sorted([*range(1, 41), *range(5, 41, 5)])  # once
+    for name in a["validation"]["best"]:  # the best weights and the patience count too
+        assert torch.equal(a["validation"]["best"][name], b["validation"]["best"][name])
+    assert a["validation"]["best_step"] == b["validation"]["best_step"]
 
 
 def test_torchrun_two_processes_match_one(tmp_path):
-    """96 rows: 3 batches of 32 per epoch, 16 rows per process. 31 rows < batch_size 32: every
-    batch is all 31 rows, shared 16 + 15, so the gradients must be weighted by share."""
+    """A fifth of the rows held out for validation. 77 training rows: 2 batches of 32 per
+    epoch, 16 rows per process. 25 rows < batch_size 32: every batch is all 25 rows, shared
+    13 + 12, so the gradients must be weighted by share; with 2 micro-batches per step (DDP's
+    no_sync on the first), 13 rows are 7 + 6. Validation gives the same curve."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    args = [str(WORKER), str(tmp_path), "--steps", "30", "--rows", "96", "31"]
+    args = [str(WORKER), str(tmp_path), "--steps", "30", "--rows", "96", "31", "--accum", "1", "2",
+            "--val"]  # fmt: skip
     done = subprocess.run([*cmd, *args], env=ENV, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    for n in (96, 31):
+    for n, accum in [(96, 1), (31, 1), (96, 2), (31, 2)]:
         torch.manual_seed(0)  # as the worker builds its model
         single = Regressor(hidden=8)
-        result = fit(single, *make_data(n), worker_config(30), log_every=1)
-        both = torch.load(tmp_path / f"rows{n}" / "final.pt", weights_only=True)
+        result = fit(single, *make_data(n), worker_config(30, accum=accum, val=True), log_every=1)
+        folder = tmp_path / (f"rows{n}" + (f"_accum{accum}" if accum > 1 else ""))
+        both = torch.load(folder / "final.pt", weights_only=True)
         for name, value in single.state_dict().items():
             torch.testing.assert_close(both[name], value, atol=1e-5, rtol=0)
         start = Regressor(hidden=8).state_dict()  # a different init: training moved the weights
         assert not torch.allclose(both["net.0.weight"], start["net.0.weight"], atol=1e-2)
-        log = (tmp_path / f"rows{n}" / "log.jsonl").read_text().splitlines()
+        log = (folder / "log.jsonl").read_text().splitlines()
         rows = [json.loads(line) for line in log]
-        assert [r["step"] for r in rows] == list(range(1, 31))  # rank 0 alone wrote the log
+        steps = [r["step"] for r in rows if "loss" in r]
+        assert steps == list(range(1, 31))  # rank 0 alone wrote the log
+        assert [r["step"] for r in rows if "val_loss" in r] == list(range(5, 31, 5))
         for row, expected in zip(rows, result.history, strict=True):  # global means, not sums
-            for key in ("loss", "mse", "grad_norm", "lr"):
-                assert row[key] == pytest.approx(expected[key], rel=1e-4), (n, row["step"], key)
+            for key in ("loss", "mse", "grad_norm", "lr", "val_loss"):
+                if key in expected:
+                    assert row[key] == pytest.approx(expected[key], rel=1e-4), (n, row, key)
+
+
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+
+
+def test_resume_under_torchrun_is_bit_identical(tmp_path):
+    """2 processes (gloo) with per-process noise from torch, NumPy and Python RNGs, validation
+    and 2 micro-batches per step: both SIGKILL themselves at step 15 (after the step-10
+    checkpoint; the same launch first trains an uninterrupted reference), then a torchrun
+    --resume must end bit for bit where the reference did: weights, EMA, AdamW moments, best
+    validation state, both processes' RNG states and the logged numbers."""
+    args = [str(WORKER), str(tmp_path), "--steps", "30", "--checkpoint-every", "10", "--noise",
+            "--val", "--accum", "2"]  # fmt: skip
+    killed = subprocess.run([*TORCHRUN, *args, "--kill-at", "15", "--reference"], env=ENV,
+                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    ref, run = tmp_path / "reference" / "rows96_accum2", tmp_path / "rows96_accum2"
+    assert (ref / "final.pt").exists(), killed.stderr[-3000:]
+    assert killed.returncode != 0 and "SIGKILL" in killed.stderr, killed.stderr[-3000:]
+    assert not (run / "final.pt").exists()
+    assert torch.load(run / "checkpoint.pt", weights_only=True)["step"] == 10
+    assert max(logged_steps(run / "log.jsonl")) == 14  # killed past the checkpoint (the
+    # callback runs before step 15's row is written)
+    resumed = subprocess.run([*TORCHRUN, *args, "--resume"], env=ENV, capture_output=True,
+                             text=True, timeout=300)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+
+    a, b = (torch.load(p / "checkpoint.pt", weights_only=True) for p in (ref, run))
+    assert a["step"] == b["step"] == 30 and a["data"] == b["data"]
+    for key in ("model", "ema"):
+        for name in a[key]:
+            assert torch.equal(a[key][name], b[key][name]), (key, name)
+    assert a["optimizer"]["state"].keys() == b["optimizer"]["state"].keys()
+    for slot, moments in a["optimizer"]["state"].items():
+        for name, value in moments.items():
+            assert torch.equal(value, b["optimizer"]["state"][slot][name]), (slot, name)
+    assert len(a["rng"]) == len(b["rng"]) == 2  # each process's RNG states, not rank 0's twice
+    assert not torch.equal(a["rng"][0]["torch"], a["rng"][1]["torch"])
+    for rank in range(2):
+        for name in ("torch", "numpy", "python"):
+            assert str(a["rng"][rank][name]) == str(b["rng"][rank][name]), (rank, name)
+    va, vb = a["validation"], b["validation"]
+    assert va["best"] is not None and va["best"].keys() == vb["best"].keys()
+    assert all(torch.equal(va["best"][k], vb["best"][k]) for k in va["best"])
+    for key in ("best_step", "best_loss", "bad_evals", "evaluated"):
+        assert va[key] == vb[key], key
+    final_a, final_b = (torch.load(p / "final.pt", weights_only=True) for p in (ref, run))
+    assert all(torch.equal(final_a[k], final_b[k]) for k in final_a)
+    start = Regressor(hidden=8).state_dict()  # trained weights, not a copied initialisation
+    assert not torch.allclose(final_a["net.0.weight"], start["net.0.weight"], atol=1e-2)
+    rows_a, rows_b = (read_rows(p / "log.jsonl") for p in (ref, run))
+    assert [r["step"] for r in rows_b] == sorted([*range(1, 31), *range(5, 31, 5)])  # once
+    for row_a, row_b in zip(rows_a, rows_b, strict=True):
+        assert {k: v for k, v in row_a.items() if k != "seconds"} == {
+            k: v for k, v in row_b.items() if k != "seconds"
+        }
+
+
+def read_rows(path: Path) -> list[dict[str, float]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 def test_batch_size_must_divide_among_processes(monkeypatch):

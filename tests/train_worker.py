@@ -1,16 +1,22 @@
 """A tiny regression trained by `genlab.train.fit` in a subprocess, for test_train.py.
 
     python tests/train_worker.py OUT --steps N [--checkpoint-every K] [--resume] [--noise]
-        [--sleep SECONDS] [--batch-size B] [--rows N [N ...]]
+        [--sleep SECONDS] [--batch-size B] [--rows N [N ...]] [--accum K [K ...]] [--val]
+        [--kill-at STEP] [--reference]
 
-One run per number of rows, in OUT/rows{N} (checkpoint.pt, log.jsonl and final.pt, the final
+One run per number of rows and of micro-batches per step (grad_accum_steps K), in
+OUT/rows{N} (K = 1) or OUT/rows{N}_accum{K} (checkpoint.pt, log.jsonl and final.pt, the final
 EMA weights written by rank 0). Under torchrun (RANK set) it joins a gloo process group
-first. `--sleep` slows each step (inside the loss) so that the test can kill it mid-run.
+first. `--sleep` slows each step (inside the loss) so that the test can kill it mid-run;
+`--kill-at STEP` makes every process SIGKILL itself after that optimisation step (from a
+callback, before that step's evaluation and checkpoint), a kill at a known step without
+polling; `--reference` first trains each run uninterrupted (no kill) into OUT/reference/.
 """
 
 import argparse
 import os
 import random
+import signal
 import sys
 import time
 
@@ -56,9 +62,11 @@ class Regressor(nn.Module):
         return {"loss": mse, "mse": mse.detach()}
 
 
-def config(steps: int, batch_size: int = 32) -> TrainConfig:
+def config(steps: int, batch_size: int = 32, accum: int = 1, val: bool = False) -> TrainConfig:
+    """The worker's config; `val`: hold out a fifth of the rows, evaluated every 5 steps."""
+    validation = {"val_fraction": 0.2, "eval_every": 5} if val else {}
     return TrainConfig(max_steps=steps, batch_size=batch_size, lr=3e-2, warmup_steps=5,
-                       ema_decay=0.9, seed=7)  # fmt: skip
+                       ema_decay=0.9, seed=7, grad_accum_steps=accum, **validation)  # fmt: skip
 
 
 def main() -> None:
@@ -71,19 +79,34 @@ def main() -> None:
     parser.add_argument("--noise", action="store_true")
     parser.add_argument("--sleep", type=float, default=0.0)
     parser.add_argument("--rows", type=int, nargs="+", default=[96])
+    parser.add_argument("--accum", type=int, nargs="+", default=[1])
+    parser.add_argument("--val", action="store_true")
+    parser.add_argument("--kill-at", type=int)
+    parser.add_argument("--reference", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(1)
     if "RANK" in os.environ:
         dist.init_process_group("gloo")
-    for rows in args.rows:
-        out = os.path.join(args.out, f"rows{rows}")
-        torch.manual_seed(0)
-        model = Regressor(hidden=8, noise=args.noise, sleep=args.sleep)
-        x, y = make_data(rows)
-        fit(model, x, y, config(args.steps, args.batch_size), out=out, resume=args.resume,
-            checkpoint_every=args.checkpoint_every, log_every=1, progress=False)  # fmt: skip
-        if not dist.is_initialized() or dist.get_rank() == 0:
-            torch.save(model.state_dict(), os.path.join(out, "final.pt"))
+
+    def kill(step: int, model: nn.Module) -> None:
+        if step == args.kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    roots = [(os.path.join(args.out, "reference"), False)] if args.reference else []
+    for root, killed in [*roots, (args.out, args.kill_at is not None)]:
+        for rows in args.rows:
+            for accum in args.accum:
+                name = f"rows{rows}" + (f"_accum{accum}" if accum > 1 else "")
+                out = os.path.join(root, name)
+                torch.manual_seed(0)
+                model = Regressor(hidden=8, noise=args.noise, sleep=args.sleep)
+                x, y = make_data(rows)
+                hook = {"callback": kill, "callback_every": 1} if killed else {}
+                fit(model, x, y, config(args.steps, args.batch_size, accum, args.val), out=out,
+                    resume=args.resume, checkpoint_every=args.checkpoint_every, log_every=1,
+                    progress=False, **hook)  # fmt: skip
+                if not dist.is_initialized() or dist.get_rank() == 0:
+                    torch.save(model.state_dict(), os.path.join(out, "final.pt"))
     if dist.is_initialized():
         dist.barrier()  # gloo aborts if one rank tears down while another still runs
         dist.destroy_process_group()

@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from genlab import train
+from genlab import sampling, train
 from genlab.data.dataset import Dataset
 from genlab.data.tokenizers import (
     TOKENIZERS,
@@ -294,6 +294,42 @@ class Autoregressive(NeuralModel, family="autoregressive"):
             self.class_prior.copy_(counts / counts.sum())
         return rows
 
+    def _holdout(
+        self, data: TrainingData, fraction: float
+    ) -> tuple[TrainingData, TrainingData] | None:
+        """Text: the last `fraction` of the characters is the validation text (random windows
+        of one corpus overlap, so a random hold-out would leak); images, and a text whose end
+        would hold fewer than 4 (block_size + 1) characters: None (the trainer's random rows:
+        windows then overlap the training ones)."""
+        if data.kind != "text":
+            return None
+        held = round(len(data.text) * fraction)
+        if held < 4 * ((self.config.block_size or TEXT_BLOCK_SIZE) + 1):
+            return None
+        cut = len(data.text) - held
+        return data._replace(text=data.text[:cut]), data._replace(text=data.text[cut:])
+
+    def _val_rows(self, data: TrainingData) -> tuple[Tensor, None]:
+        """Validation rows like `_setup`'s, with the fitted tokeniser: every window of
+        block_size + 1 tokens of a text (unseen characters become `<unk>`), or the token rows
+        [start] + pixels of images (requantised to the model's levels when set).
+
+        Raises:
+            ValueError: a validation text shorter than block_size + 1 tokens.
+        """
+        if data.kind == "text":
+            tokens = torch.tensor(self.tokenizer_.encode(data.text), dtype=torch.long)
+            if len(tokens) < self.block_size_ + 1:
+                raise ValueError(
+                    f"the validation text has {len(tokens)} tokens, too few for one window of "
+                    f"block_size + 1 = {self.block_size_ + 1}; use a longer validation text"
+                )
+            return tokens.unfold(0, self.block_size_ + 1, 1), None
+        x = data.rows()
+        if self.config.levels is not None:
+            x = requantise(x, self.tokenizer_.levels)
+        return self.tokenizer_.encode(x, data.y), None
+
     def loss(self, batch: tuple[Tensor, ...], step: int) -> dict[str, Tensor]:
         """Mean next-token cross-entropy of rows (B, L): -log p(x_t | x_<t), nats per token."""
         rows = batch[0]
@@ -498,6 +534,7 @@ class Autoregressive(NeuralModel, family="autoregressive"):
         n: int,
         *,
         seed: int | None = None,
+        generator: torch.Generator | None = None,
         prompt: str | None = None,
         max_new_tokens: int | None = None,
         temperature: float = 1.0,
@@ -515,12 +552,18 @@ class Autoregressive(NeuralModel, family="autoregressive"):
         temperature, top_k and top_p shape each next-token distribution (`filter_logits`);
         top_k=1 is greedy decoding. use_cache=False recomputes every context in full (the same
         draws, slower: for timing). Sets `nfe_`: transformer forward passes.
+
+        seed seeds a CPU generator (None: OS entropy); `generator` is a torch.Generator to
+        draw from instead (advanced in place; not with seed): seed=s is the same as
+        generator=torch.Generator().manual_seed(s). Every draw (labels, then one uniform per
+        row and token) is made on the generator's device and moved to the model's, so a seed
+        draws the same numbers on a CPU and on CUDA.
         """
         self.check_is_fitted()
         n = self.check_sample_size(n)
         check_sampling(temperature, top_k, top_p)
         limits.check_flag(use_cache, "use_cache")
-        g = self.generator(seed)
+        g = sampling.resolve_generator(seed, generator)
         options = (g, temperature, top_k, top_p, use_cache)
         if self.kind_ == "text":
             if y is not None:
@@ -531,7 +574,7 @@ class Autoregressive(NeuralModel, family="autoregressive"):
             raise ValueError("image models take no prompt or max_new_tokens")
         labels = None if y is None else self._labels(y, n)
         if labels is None and self.conditional:  # y ~ the training label frequencies
-            labels = torch.multinomial(self.class_prior, max(n, 1), True, generator=g)[:n]
+            labels = sampling.categorical(self.class_prior, max(n, 1), g)[:n]
         context = self.tokenizer_.start_tokens(n, labels)[:, None]
         return self.tokenizer_.decode(self._draw(context, self.tokenizer_.length - 1, options))
 

@@ -14,7 +14,7 @@ import hashlib
 import json
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Literal, NamedTuple
 
@@ -44,6 +44,7 @@ from genlab.solvers import local_generator
 from genlab.train import DivergedError  # defined beside the loop that raises it
 
 LogProbKind = Literal["exact", "bound", "estimate"]
+COMPARE_VAL_FRACTION = 0.05  # held out by `NeuralModel.fit_for_budget` (compare)
 FIT_CHECK_SAMPLES = 16  # seeded draws after training that must be finite (`_check_trained`)
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
@@ -397,6 +398,12 @@ class NeuralModel(GenerativeModel):
     hook `_setup(data)` builds the networks and fitted buffers (under a private RNG seeded by
     config.seed, so initialisation depends on the seed alone) and returns the tensors the
     trainer draws batches from: (rows, labels or None).
+
+    Validation (`fit(..., val=...)` or config.val_fraction): the family's hook
+    `_val_rows(data)` turns held-out data into rows like those of `_setup` (the default:
+    `data.x`, `data.y`), and `_holdout(data, fraction)` may split the training data itself
+    (text holds out its end); the trainer evaluates `loss` on them (see `genlab.train`),
+    keeps the best weights (`load_best`) and, with `out`, the model folder out/best/.
     """
 
     train_result_: train.TrainResult | None = None
@@ -408,12 +415,14 @@ class NeuralModel(GenerativeModel):
         x: Any,
         y: Any = None,
         *,
+        val: Any = None,
         out: str | os.PathLike | None = None,
         checkpoint_every: int | None = None,
         resume: bool = False,
         progress: bool | None = None,
         callback: Any = None,
         callback_every: int | None = None,
+        loggers: Sequence[str] = (),
     ) -> NeuralModel:
         """Set the family up for the data and train it with `genlab.train.fit`.
 
@@ -421,24 +430,105 @@ class NeuralModel(GenerativeModel):
             x: (n, *event_shape) Tensor, array or Dataset (its kind and levels are used, its
                 labels are not), or a text (a str or a text Dataset) for text families.
             y: (n,) integer labels for a class-conditional model, or None.
-            out: folder of checkpoint.pt and log.jsonl (None: no files).
-            checkpoint_every, resume, progress, callback, callback_every: see
+            val: validation data like x (a Dataset, whose labels are used when y is given,
+                a Tensor, an array, or a text), evaluated every config.eval_every steps
+                (None: config.val_fraction of the training data, when set). The model ends
+                with the last weights; `load_best()` switches to the best evaluation's.
+            out: folder of checkpoint.pt and log.jsonl (None: no files); with validation,
+                out/best/ holds the best evaluation's model folder (`genlab.load` reads it).
+            checkpoint_every, resume, progress, callback, callback_every, loggers: see
                 `genlab.train.fit`.
+
+        Raises:
+            ValueError: data the family cannot model, validation data unlike the training
+                data, bad training options (see `genlab.train.fit`).
         """
         data = TrainingData.from_input(x, y)
         reason = self.unsupported(data)
         if reason is not None:
             raise ValueError(reason)
+        val_data = None if val is None else self._val_input(val, data)
+        if val_data is None and self.config.val_fraction is not None:
+            split = self._holdout(data, self.config.val_fraction)
+            if split is not None:
+                data, val_data = split
         with torch.random.fork_rng(devices=[]):  # the nets' init follows config.seed alone
             torch.manual_seed(self.config.seed)
             rows, labels = self._setup(data)
+        val_rows = None if val_data is None else self._val_rows(val_data)
         self.train_result_ = train.fit(
-            self, rows, labels, self.config, out=out, checkpoint_every=checkpoint_every,
-            resume=resume, callback=callback, callback_every=callback_every, progress=progress,
-            device=self.device_,
+            self, rows, labels, self.config, val=val_rows, out=out,
+            checkpoint_every=checkpoint_every, resume=resume, callback=callback,
+            callback_every=callback_every, progress=progress, device=self.device_,
+            save_best=self.save, loggers=loggers,
         )  # fmt: skip
         self.eval()
         self._check_trained()
+        return self
+
+    def _val_input(self, val: Any, data: TrainingData) -> TrainingData:
+        """Validation data as a TrainingData like the training data's: the same kind and
+        event shape, labels (a Dataset's own) exactly when training has them.
+
+        Raises:
+            ValueError: another kind or shape, or labels missing for a conditional fit.
+        """
+        labels = None
+        if data.y is not None:
+            labels = val.y if isinstance(val, Dataset) else None
+            if labels is None:
+                raise ValueError(
+                    "this fit is class-conditional (y given), so val needs labels too: pass a "
+                    "Dataset with labels y as val"
+                )
+        val_data = TrainingData.from_input(val, labels)
+        if (val_data.kind == "text") != (data.kind == "text"):
+            raise ValueError(
+                f"val holds {val_data.kind} but the training data is {data.kind}: pass "
+                "validation data of the same kind"
+            )
+        if val_data.event_shape != data.event_shape:
+            raise ValueError(
+                f"val has samples of shape {val_data.event_shape}, the training data "
+                f"{data.event_shape}: pass validation data of the same shape"
+            )
+        if data.n_classes is not None and val_data.n_classes > data.n_classes:
+            raise ValueError(
+                f"val has labels up to {val_data.n_classes - 1}, beyond the training "
+                f"labels' 0..{data.n_classes - 1}"
+            )
+        return val_data
+
+    def _holdout(
+        self, data: TrainingData, fraction: float
+    ) -> tuple[TrainingData, TrainingData] | None:
+        """(training data, validation data) for config.val_fraction, or None to let the
+        trainer hold out random rows (`genlab.train.holdout_rows`): the default."""
+        return None
+
+    def _val_rows(self, data: TrainingData) -> tuple[Any, torch.Tensor | None]:
+        """The (rows, labels) of validation data, like `_setup`'s (called after it): by
+        default the data's own rows and labels."""
+        return data.x, data.y
+
+    def load_best(self) -> NeuralModel:
+        """Switch to the weights of the best validation evaluation of the last fit (kept in
+        memory; out/best/ holds the same as a model folder). Returns self.
+
+        Raises:
+            ValueError: the last fit had no validation data (val= or val_fraction).
+        """
+        self.check_is_fitted()
+        result = self.train_result_
+        if result is None or result.best_state is None:
+            raise ValueError(
+                "no best weights: the last fit had no validation data; fit with val= or "
+                "val_fraction= to keep them"
+            )
+        state = self.state_dict()
+        with torch.no_grad():
+            for k, v in result.best_state.items():
+                state[k].copy_(v)
         return self
 
     def _check_trained(self) -> None:
@@ -492,22 +582,36 @@ class NeuralModel(GenerativeModel):
         if result is None:
             return {}
         rows: dict[str, Any] = {"steps": result.steps}
-        last = result.history[-1] if result.history else {}
-        if "loss" in last:
-            rows["final loss"] = float(last["loss"])
+        last = [row for row in result.history if "loss" in row]
+        if last:
+            rows["final loss"] = float(last[-1]["loss"])
+        if result.best_step is not None:
+            rows["best step"] = result.best_step
+            rows["best val loss"] = result.best_val_loss
+            if result.stopped_early:
+                rows["stopped early"] = True
         return rows
 
     @classmethod
     def fit_for_budget(cls, data: Dataset, budget: Budget) -> tuple[GenerativeModel, dict]:
         """Construct with max_time=seconds / max_steps=steps (and `options`) and fit on the
-        data as `genlab fit` gives it, without its labels."""
+        data as `genlab fit` gives it, without its labels, holding out COMPARE_VAL_FRACTION
+        of it for validation (unless `options` set val_fraction) and ending with the best
+        evaluation's weights (`load_best`)."""
         b = budget
-        kwargs = {"seed": b.seed, "max_time": b.seconds, "max_steps": b.steps, **b.options}
+        kwargs = {"seed": b.seed, "max_time": b.seconds, "max_steps": b.steps,
+                  "val_fraction": COMPARE_VAL_FRACTION, **b.options}  # fmt: skip
         if b.device is not None:
             kwargs.setdefault("device", b.device)
         model = cls(**kwargs)
         model.fit(dataclasses.replace(data, y=None), progress=b.progress)
-        return model, {"steps": model.train_result_.steps, "options": dict(b.options)}
+        result = model.train_result_
+        if result.best_state is not None:
+            model.load_best()
+        details = {"steps": result.steps, "options": dict(b.options)}
+        if result.best_step is not None:
+            details |= {"best_step": result.best_step, "best_val_loss": result.best_val_loss}
+        return model, details
 
 
 def first_nonfinite(tensors: Mapping[str, torch.Tensor]) -> tuple[str, str] | None:

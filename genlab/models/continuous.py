@@ -9,6 +9,10 @@ are dequantised afresh in every training batch (`dequantize`), so the density is
 dequantised data, as evaluation measures it. Points so far out (beyond `limits.FAR_SIGMAS`
 standard deviations of z) that the field cannot be integrated there are scored in closed form
 (`ContinuousModel.log_prob`).
+
+Sampling starts from noise z(1) ~ N(0, I) in that normalised space, drawn on a CPU generator
+(`genlab.sampling`), or from the caller's `noise` (n, *event_shape): the same N(0, I) draws,
+before any mapping to data units (`ContinuousModel._start`).
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from genlab import train
+from genlab import sampling, train
 from genlab.data.dataset import check_seed, image_geometry, shape_kind
 from genlab.models import limits
 from genlab.models.base import NeuralModel, TrainingData, as_labels
@@ -215,13 +219,13 @@ class ContinuousModel(NeuralModel):
                   "levels": data.levels, "n_classes": data.n_classes}  # fmt: skip
         self._build(data.event_shape, fitted)
         self.event_shape = data.event_shape
-        x = data.rows()
+        x = data.lazy_rows()  # a lazy NpyArray stays lazy: the trainer streams its batches
         with torch.no_grad():
-            flat = x.reshape(len(x), -1).double()
             if data.kind == "image":
-                loc, scale = torch.full_like(flat[0], 0.5), torch.full_like(flat[0], 0.5)
-            else:
-                loc, scale = flat.mean(0), flat.std(0, correction=0).clamp(min=1e-6)
+                loc = scale = torch.full((data.dim,), 0.5, dtype=torch.float64)
+            else:  # streamed over chunks of rows (`TrainingData.moments`)
+                stats = data.moments()
+                loc, scale = stats.mean, stats.std.clamp(min=1e-6)
             self.data_loc.copy_(loc)
             self.data_scale.copy_(scale)
         self.to(self.device_)
@@ -273,6 +277,26 @@ class ContinuousModel(NeuralModel):
             raise ValueError(f"this {name} was fitted without labels, so it takes no y")
         return as_labels(y, n, self.n_classes_).to(self.device)
 
+    # -- sampling: the starting noise -------------------------------------------------------------
+    def _start(
+        self, n: int, seed: int | None, generator: torch.Generator | None, noise: Any
+    ) -> tuple[Tensor, torch.Generator]:
+        """(z, g): the starting point z(1) of a sampler, (n, *net_shape) in model space on the
+        device, and the generator g of any later draws (`sampling.resolve_generator`).
+
+        z is the caller's `noise`, (n, *event_shape) finite floats read as N(0, I) draws in the
+        normalised space (no loc / scale applied), else torch.randn(n, *event_shape) drawn on g
+        (the same numbers: `sample(n, seed=s)` starts from torch.randn(n, *event_shape,
+        generator=torch.Generator().manual_seed(s))). Given noise leaves g unadvanced.
+        """
+        g = sampling.resolve_generator(seed, generator)
+        if noise is None:
+            z = sampling.standard_normal((n, *self.net_shape_), g, self.device, self.model_dtype)
+            return z, g
+        what = "noise (the starting N(0, I) draws, one per sample)"
+        z = sampling.check_noise(noise, (n, *self.event_shape), what)
+        return z.to(self.device, self.model_dtype).reshape(n, *self.net_shape_), g
+
     # -- likelihood -----------------------------------------------------------------------------
     def _likelihood_ode(
         self, method: Method, steps: int | None
@@ -292,6 +316,7 @@ class ContinuousModel(NeuralModel):
         rtol: float = 1e-5,
         atol: float = 1e-5,
         seed: int | None = 0,
+        progress: bool | None = None,
     ) -> Tensor:
         """log p(x) (or log p(x | y)) by the instantaneous change of variables, nats: (n,).
 
@@ -312,6 +337,8 @@ class ContinuousModel(NeuralModel):
             steps, method, rtol, atol: the solver (`genlab.solvers.solve`; dopri5 by default).
             seed: seed of the local generator of Hutchinson's probes (same seed, same
                 probes); None: fresh probes from OS entropy (never the global RNG).
+            progress: a tqdm bar over the solver steps (all batches of rows; a count for
+                dopri5) on stderr; None: only on a TTY, and only on rank 0.
 
         Rows farther than `limits.FAR_SIGMAS` (1e4) standard deviations from the training
         data (in the normalised space z) are not integrated: the network has seen nothing
@@ -345,7 +372,8 @@ class ContinuousModel(NeuralModel):
             out[far] = limits.log_prob_result(far_rows, self.model_dtype).double()
         options = {"divergence": self.divergence, "probes": self.config.hutchinson_probes,
                    "seed": seed, "rows": EVAL_ROWS[self.net_], "method": method,
-                   "steps": steps, "rtol": rtol, "atol": atol}  # fmt: skip
+                   "steps": steps, "rtol": rtol, "atol": atol,
+                   "progress": progress}  # fmt: skip
         z = self._to_model_space(x[near])
         context = None if labels is None else labels[near]
         log_p, nfe, estimator = log_likelihood(lambda t, v, c=None: field(v, t, c), z, t0, 1.0,

@@ -93,7 +93,9 @@ def _read_meta(config_path: Path, raw: bytes) -> tuple[type[GenerativeModel], di
         raise ValueError(f"{config_path}: genlab_format must be an integer, got {version!r}")
     if version > FORMAT_VERSION:
         raise ValueError(f"{config_path}: written by a newer genlab (format {version})")
-    import genlab.models  # noqa: F401  (registers every family)
+    from genlab.models import import_families
+
+    import_families()  # every family registered in FAMILIES before the look-up
 
     family = meta["family"]
     if not isinstance(family, str) or family not in FAMILIES:

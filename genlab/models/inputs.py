@@ -5,6 +5,7 @@ neural `fit` decides the kind of data, its levels and its labels.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from typing import Any, Literal, NamedTuple
 
@@ -70,6 +71,88 @@ def iter_chunks(x: ArrayLike, chunk_size: int) -> Iterator[tuple[int, torch.Tens
         yield start, x[start : start + chunk_size]
 
 
+STAT_CHUNK_VALUES = 1 << 22
+"""Values per chunk of a streamed statistic (`moments`, `value_range`): 32 MiB in float64."""
+
+
+def stat_chunk_rows(x: ArrayLike, chunk_values: int = STAT_CHUNK_VALUES) -> int:
+    """Rows per chunk of a streamed statistic of x: chunk_values / D, at least 1."""
+    return max(1, chunk_values // max(math.prod(x.shape[1:]), 1))
+
+
+class Moments(NamedTuple):
+    """Per-dimension statistics of rows x (n, *event_shape) flattened to (n, D), in float64.
+
+    Attributes:
+        n: rows.
+        mean: (D,) mean of each dimension.
+        std: (D,) population standard deviation (1/n, not 1/(n - 1)) of each dimension.
+        min, max: the smallest and largest value of all of x.
+    """
+
+    n: int
+    mean: torch.Tensor
+    std: torch.Tensor
+    min: float
+    max: float
+
+
+def moments(x: ArrayLike, chunk_values: int = STAT_CHUNK_VALUES) -> Moments:
+    """Mean, standard deviation, min and max of x in one pass over chunks of rows.
+
+    Memory is bounded by a chunk of `chunk_values` values (in float64), whatever len(x):
+    a lazy `NpyArray` is read chunk by chunk (and its values checked as they are read), and
+    its values are rounded to float32 first, as every batch is (so a file and the same rows
+    as a float32 tensor give the same statistics).
+    Within one chunk the statistics are torch's own, `mean(0)` and `std(0, correction=0)`
+    in float64 (so data of one chunk gives exactly those); chunks are merged by the
+    pairwise update of Chan, Golub & LeVeque (1979), "Updating formulae and a pairwise
+    algorithm for computing sample variances": with counts a, b, means m_a, m_b and sums
+    of squared deviations M_a, M_b, delta = m_b - m_a,
+
+        m = m_a + delta b / (a + b),   M = M_a + M_b + delta^2 a b / (a + b),
+
+    which stays accurate where the textbook sum of squares minus the squared sum cancels.
+    """
+    size = stat_chunk_rows(x, chunk_values)
+    lo, hi = math.inf, -math.inf
+    if len(x) <= size:  # one chunk: torch's statistics as they are
+        flat = _as_float32(x[:]).reshape(len(x), -1).double()
+        lo, hi = float(flat.min()), float(flat.max())
+        return Moments(len(x), flat.mean(0), flat.std(0, correction=0), lo, hi)
+    count, mean, m2 = 0, None, None
+    for _, chunk in iter_chunks(x, size):
+        chunk = _as_float32(chunk)
+        low, high = torch.aminmax(chunk)  # one pass, in float32 (exact: min and max of values)
+        lo, hi = min(lo, float(low)), max(hi, float(high))
+        flat = chunk.reshape(len(chunk), -1).double()
+        b, mean_b = len(flat), flat.mean(0)
+        m2_b = flat.sub_(mean_b).square_().sum(0)  # in place: one float64 chunk in memory
+        if mean is None:
+            count, mean, m2 = b, mean_b, m2_b
+            continue
+        delta, total = mean_b - mean, count + b
+        mean = mean + delta * (b / total)
+        m2 = m2 + m2_b + delta.square() * (count * b / total)
+        count = total
+    return Moments(count, mean, (m2 / count).sqrt(), lo, hi)
+
+
+def value_range(x: ArrayLike, chunk_values: int = STAT_CHUNK_VALUES) -> tuple[float, float]:
+    """(min, max) of all values of x, over chunks of rows (bounded memory, as `moments`)."""
+    lo, hi = math.inf, -math.inf
+    for _, chunk in iter_chunks(x, stat_chunk_rows(x, chunk_values)):
+        low, high = torch.aminmax(_as_float32(chunk))
+        lo, hi = min(lo, float(low)), max(hi, float(high))
+    return lo, hi
+
+
+def _as_float32(rows: torch.Tensor) -> torch.Tensor:
+    """Rows as the float32 values genlab computes with (a file's float64 or integers are
+    rounded as `TrainingData.rows` and every training batch round them)."""
+    return rows if rows.dtype == torch.float32 else rows.float()
+
+
 MAX_CLASSES = 65_536  # labels are class indices; a larger max(y) is an id, not a class
 
 
@@ -119,7 +202,8 @@ class TrainingData(NamedTuple):
     """What a family's `fit` learns from, decided once from the input (`from_input`).
 
     Attributes:
-        x: (n, *event_shape) rows, float32 (a lazy `NpyArray` stays lazy); None for text.
+        x: (n, *event_shape) rows, float32 (a lazy `NpyArray` stays lazy: `lazy_rows`,
+            `moments`); None for text.
         y: (n,) int64 labels passed to fit as `y=` (a Dataset's own labels are not used:
             conditioning is asked for, never implied), or None.
         event_shape: the shape of one sample (() for text).
@@ -161,8 +245,9 @@ class TrainingData(NamedTuple):
             rows = rows.float() if rows.dtype != torch.float32 else rows
             check_finite(rows)
         kind = dataset.kind if dataset is not None else shape_kind(event_shape)
-        if kind == "image" and isinstance(rows, torch.Tensor):
-            kind = "image" if bool(rows.min() >= 0) and bool(rows.max() <= 1) else "points"
+        if kind == "image":  # images hold values in [0, 1] (a lazy file: one streamed pass)
+            lo, hi = value_range(rows)
+            kind = "image" if lo >= 0 and hi <= 1 else "points"
         levels = dataset.levels if dataset is not None and kind == "image" else None
         name = dataset.name if dataset is not None else ""
         return cls(rows, y, event_shape, kind, levels, None, name, check_train_labels(y))
@@ -175,6 +260,18 @@ class TrainingData(NamedTuple):
     def square_image(self) -> tuple[int, int] | None:
         """(channels, side) of square images (what conv nets need), else None."""
         return image_geometry(self.event_shape) if self.kind == "image" else None
+
+    def lazy_rows(self) -> ArrayLike:
+        """x as it is: a float32 tensor, or a lazy `NpyArray` (of the file's dtype, whose
+        values are checked as rows are read); what a family hands the trainer to stream."""
+        if self.x is None:
+            raise ValueError("text data has no rows of numbers")
+        return self.x
+
+    def moments(self) -> Moments:
+        """Per-dimension mean and std (float64) and the min and max of x, streamed over
+        chunks of rows (`moments`): a lazy `NpyArray` is never held whole."""
+        return moments(self.lazy_rows())
 
     def rows(self) -> torch.Tensor:
         """All of x as a float32 tensor (reading a lazy `NpyArray`)."""

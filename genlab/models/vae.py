@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from genlab import metrics, train
+from genlab import metrics, sampling, train
 from genlab.data.dataset import Dataset, image_geometry
 from genlab.models import limits
 from genlab.models.base import NeuralModel, TrainingData, as_labels, check_finite
@@ -269,8 +269,9 @@ class VAE(NeuralModel, family="vae"):
     # -- training ---------------------------------------------------------------------------------
     def _setup(self, data: TrainingData) -> tuple[Tensor, Tensor | None]:
         """Resolve the likelihood, the net and latent_dim for the data, build the nets, set the
-        standardisation (gaussian) and p(y) (conditional); return (rows, labels)."""
-        x = data.rows()
+        standardisation (gaussian) and p(y) (conditional); return (rows, labels). A lazy
+        NpyArray stays lazy: the likelihood rule and the moments stream its rows."""
+        x = data.lazy_rows()
         likelihood, levels = resolve_likelihood(x, self.config.likelihood, data.kind, data.levels)
         latent = self.config.latent_dim or default_latent_dim(data.dim)
         fitted = {"likelihood": likelihood, "levels": levels, "kind": data.kind,
@@ -281,9 +282,9 @@ class VAE(NeuralModel, family="vae"):
         self._dequantize_levels = data.levels if likelihood == "gaussian" else None
         with torch.no_grad():
             if likelihood == "gaussian":
-                flat = x.reshape(len(x), -1).double()
-                self.data_loc.copy_(flat.mean(0))
-                self.data_scale.copy_(flat.std(0, correction=0).clamp(min=1e-6))
+                stats = data.moments()  # streamed over chunks of rows
+                self.data_loc.copy_(stats.mean)
+                self.data_scale.copy_(stats.std.clamp(min=1e-6))
             if data.n_classes is not None:
                 counts = torch.bincount(data.y, minlength=data.n_classes).double()
                 self.class_prior.copy_(counts / counts.sum())
@@ -457,13 +458,30 @@ class VAE(NeuralModel, family="vae"):
     # -- sampling and the latent space ------------------------------------------------------------
     @torch.no_grad()
     def sample(
-        self, n: int, *, seed: int | None = None, y: Any = None, mean: bool = False
+        self,
+        n: int,
+        *,
+        seed: int | None = None,
+        generator: torch.Generator | None = None,
+        noise: Tensor | None = None,
+        y: Any = None,
+        mean: bool = False,
     ) -> Tensor:
         """n draws x ~ p(x) = E_{z ~ N(0, I)} p(x | z): (n, *event_shape).
 
+        Draws, in this order, from one generator: the labels (conditional, y=None), the
+        latents z (unless given as `noise`), then x ~ p(x | z) (unless mean=True). Every draw
+        is made on the generator's device (the CPU by default) and moved to the model's.
+
         Args:
             n: number of samples.
-            seed: seed of a local generator (same seed, same samples).
+            seed: seed of a CPU generator (same seed, same samples, on any device; None: OS
+                entropy); seed=s is the same as generator=torch.Generator().manual_seed(s).
+            generator: a torch.Generator for the draws instead (advanced in place; not with
+                seed).
+            noise: (n, latent_dim) the latents z ~ N(0, I) to decode instead of drawing them
+                (then the generator is not advanced for them); with mean=True and given or
+                no labels, the samples are a deterministic function of z.
             y: for a conditional VAE, an int or (n,) labels; None draws y ~ p(y) (the training
                 label frequencies).
             mean: return the decoder means E[x | z] instead of draws from p(x | z)
@@ -473,17 +491,28 @@ class VAE(NeuralModel, family="vae"):
         self.check_is_fitted()
         n = self.check_sample_size(n)
         limits.check_flag(mean, "mean")
-        g = self.generator(seed)
+        g = sampling.resolve_generator(seed, generator)
         labels = self._labels(y, n)
+        if noise is not None:
+            what = "noise (the latents z ~ N(0, I), one row per sample)"
+            noise = sampling.check_noise(noise, (n, self.latent_dim_), what)
         if n == 0:
             return torch.zeros(0, *self.event_shape, device=self.device)
         if labels is None and self.conditional:
-            labels = torch.multinomial(self.class_prior, n, replacement=True, generator=g)
-        z = torch.randn(n, self.latent_dim_, generator=g, device=self.device)
+            labels = sampling.categorical(self.class_prior, n, g)
+        if noise is None:
+            z = sampling.standard_normal((n, self.latent_dim_), g, self.device)
+        else:
+            z = noise.to(self.device, torch.float32)
         theta = self._decode(z, labels)
         limits.check_outputs(theta, "the decoder's outputs")  # before any clamp or sigmoid
         lik = LIKELIHOOD_FNS[self.likelihood_]
-        x = self._to_data_space(lik.mean(theta) if mean else lik.sample(theta, g, self.levels_))
+        if mean:
+            draws = lik.mean(theta)
+        else:  # drawn on the generator's device, then moved
+            on_g = tuple(t.to(g.device) for t in theta)
+            draws = lik.sample(on_g, g, self.levels_).to(self.device)
+        x = self._to_data_space(draws)
         limits.check_outputs(x, "the samples")
         return x
 

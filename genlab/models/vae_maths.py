@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from genlab.data.dataset import ArrayLike
+from genlab.models.inputs import iter_chunks, stat_chunk_rows, value_range
 from genlab.solvers import LOG_2PI
 
 LikelihoodName = Literal["auto", "bernoulli", "gaussian", "discretized"]
@@ -122,48 +124,55 @@ LIKELIHOOD_FNS = {
 
 
 # -- choosing the likelihood and the nets from the data ------------------------------------------
-def infer_levels(x: Tensor, max_levels: int = MAX_LEVELS) -> int | None:
+def infer_levels(x: ArrayLike, max_levels: int = MAX_LEVELS) -> int | None:
     """The smallest L in [2, max_levels] with x * (L - 1) integral everywhere, or None.
 
     x must lie in [0, 1] (None otherwise). Candidates are found on the distinct values of the
     first million entries, then checked on all of x.
     """
-    flat = x.reshape(-1)
-    if flat.numel() == 0 or flat.min() < 0 or flat.max() > 1:
+    if math.prod(x.shape) == 0 or not _in_unit(*value_range(x)):
         return None
-    values = torch.unique(flat[:1_000_000].double())
+    head = x[: math.ceil(1_000_000 / max(math.prod(x.shape[1:]), 1))]  # rows of 1M values
+    values = torch.unique(head.reshape(-1)[:1_000_000].double())
     if len(values) > max_levels:
         return None
     for levels in range(2, max_levels + 1):
         if _on_grid(values, levels):
-            return levels if _on_grid(flat, levels) else None
+            return levels if _on_grid(x, levels) else None
     return None
 
 
-def _on_grid(x: Tensor, levels: int, tol: float = 1e-3) -> bool:
-    """Whether every x * (levels - 1) is within tol of an integer (in chunks: bounded memory)."""
-    for chunk in x.reshape(-1).split(1 << 22):
-        scaled = chunk.double() * (levels - 1)
+def _on_grid(x: ArrayLike, levels: int, tol: float = 1e-3) -> bool:
+    """Whether every x * (levels - 1) is within tol of an integer (in chunks of rows: bounded
+    memory, and a lazy `NpyArray` is streamed)."""
+    for _, chunk in iter_chunks(x, stat_chunk_rows(x)):
+        scaled = chunk.reshape(-1).double() * (levels - 1)
         if not bool(((scaled - scaled.round()).abs() <= tol).all()):
             return False
     return True
 
 
+def _in_unit(lo: float, hi: float) -> bool:
+    return lo >= 0 and hi <= 1
+
+
 def resolve_likelihood(
-    x: Tensor, likelihood: LikelihoodName, kind: str, levels: int | None
+    x: ArrayLike, likelihood: LikelihoodName, kind: str, levels: int | None
 ) -> tuple[str, int | None]:
     """(likelihood, levels) for training data x: "auto" resolved, explicit choices checked.
 
     auto: binary data (all 0 or 1) -> bernoulli; images in [0, 1] on a grid of `levels` (the
     data set's, or inferred) -> discretized; anything else -> gaussian.
     """
-    in_unit = bool(x.min() >= 0 and x.max() <= 1)
-    binary = in_unit and bool(((x == 0) | (x == 1)).all())
+    lo, hi = value_range(x)  # x may be a lazy NpyArray: every pass streams chunks of rows
+    in_unit = _in_unit(lo, hi)
+    chunks = (chunk for _, chunk in iter_chunks(x, stat_chunk_rows(x)))
+    binary = in_unit and all(bool(((c == 0) | (c == 1)).all()) for c in chunks)
     if likelihood == "bernoulli" or (likelihood == "auto" and (binary or levels == 2)):
         if not in_unit:
             raise ValueError(
                 'likelihood="bernoulli" needs data in [0, 1] (binary for a normalised mass); '
-                f"got values in [{float(x.min()):g}, {float(x.max()):g}]"
+                f"got values in [{lo:g}, {hi:g}]"
             )
         return "bernoulli", 2
     if likelihood == "discretized" or (likelihood == "auto" and kind == "image" and in_unit):
