@@ -1039,7 +1039,7 @@ def test_config_file_missing(tmp_path, capsys):
     assert_one_line_error(code, err, "none.toml")
 
 
-def test_threads_option_sets_torch_threads_during_the_fit_only(tmp_path, monkeypatch, capsys):
+def test_threads_option_sets_torch_threads_and_only_lowers_them(tmp_path, monkeypatch, capsys):
     from genlab.models import GaussianMixture
 
     inside: list[int] = []
@@ -1050,16 +1050,32 @@ def test_threads_option_sets_torch_threads_during_the_fit_only(tmp_path, monkeyp
         return real_fit(self, *args, **kwargs)
 
     monkeypatch.setattr(GaussianMixture, "fit", spy)
-    before = torch.get_num_threads()
     argv = ["fit", "gmm", "--n", "100", "-k", "2", "--max-iter", "3", "--no-progress"]
-    code, stdout, err = cli(capsys, *argv, "--threads", "2", "--out", tmp_path / "m")
+    code, stdout, err = cli(capsys, *argv, "--threads", "1", "--out", tmp_path / "m")
     assert code == 0, err
-    assert inside == [2]
-    assert torch.get_num_threads() == before  # given back after the command
-    assert "2 threads (" in stdout.splitlines()[0]  # the run's header
-    assert re.search(r"threads\s+2\b", stdout)  # and its summary
+    assert inside == [1] and torch.get_num_threads() == 1  # never raised back (MKL, see doc)
+    assert "1 thread (" in stdout.splitlines()[0]  # the run's header
+    assert re.search(r"threads\s+1\b", stdout)  # and its summary
+    code, stdout, err = cli(capsys, *argv, "--threads", "3", "--out", tmp_path / "m")
+    assert code == 0, err
+    assert inside == [1, 1]  # more than the process has: capped, and the header says so
+    assert "3 asked, but this process runs 1" in stdout.splitlines()[0]
     code, _, err = cli(capsys, *argv, "--threads", "0", "--out", tmp_path / "m")
     assert code == 2 and "--threads" in err
+
+
+def test_raising_threads_after_lowering_is_never_done(monkeypatch):
+    """The CLI's thread context never calls set_num_threads with more than the current count
+    (that breaks MKL's batched LU in torch 2.13)."""
+    calls: list[int] = []
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    monkeypatch.setattr(torch, "set_num_threads", calls.append)
+    monkeypatch.setattr(torch, "set_num_interop_threads", lambda n: None)
+    with common.torch_threads(common.ThreadChoice(1, 2)) as chosen:
+        assert chosen.threads == 1
+    with common.torch_threads(common.ThreadChoice(4, 2)) as chosen:
+        assert (chosen.threads, chosen.capped_from) == (2, 4)
+    assert calls == [1]  # lowered once; 4 was capped at 2, and nothing was restored upward
 
 
 def test_default_threads_leave_the_busy_cores(monkeypatch):

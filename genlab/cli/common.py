@@ -14,6 +14,7 @@ thread counts: `torch_threads`, default `default_threads`) and `--config FILE.to
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib.metadata
 import io
 import math
@@ -107,6 +108,7 @@ class ThreadChoice:
     threads: int
     usable: int
     busy: float | None = None
+    capped_from: int | None = None  # --threads asked for more than the process has
 
     def describe(self) -> str:
         """ "1 thread (2 usable cores, 1.0 kept busy by other processes)"."""
@@ -114,6 +116,8 @@ class ThreadChoice:
         why = f"{self.usable} usable core{'' if self.usable == 1 else 's'}"
         if self.busy is not None:
             why += f", {self.busy:.1f} kept busy by other processes"
+        if self.capped_from is not None:
+            why += f"; {self.capped_from} asked, but this process runs {self.threads}"
         return f"{self.threads} thread{plural} ({why})"
 
 
@@ -194,17 +198,25 @@ def choose_threads(threads: int | None) -> ThreadChoice:
 @contextmanager
 def torch_threads(choice: ThreadChoice) -> Iterator[ThreadChoice]:
     """Run the block with torch's intra-op threads set to `choice.threads` (and the inter-op
-    pool too, which torch allows once per process, before any parallel work), then restore
-    the intra-op count, so that running the CLI in-process (tests, notebooks) leaves the
-    caller's settings as they were. The library itself never sets threads."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(choice.threads)
+    pool too, which torch allows once per process, before any parallel work).
+
+    Within one process the count is only ever lowered: asking for more threads than the
+    process has now gives the current count (the choice that comes back says so), and the
+    count is not raised back afterwards. Raising torch's thread count after lowering it
+    breaks MKL's batched LAPACK in torch 2.13 on the CPU (measured: `torch.linalg.inv` of a
+    (2, 200, 200) batch after set_num_threads(1) then (2) printed DLASWP parameter errors and
+    hung), so a CLI run in-process (tests, notebooks) may leave the caller with fewer
+    threads, never with a broken pool. A CLI process starts at torch's default (its cores),
+    so there the count is what was asked, up to the cores. The library never sets threads.
+    """
+    current = torch.get_num_threads()
+    if choice.threads > current:
+        choice = dataclasses.replace(choice, threads=current, capped_from=choice.threads)
+    if choice.threads < current:
+        torch.set_num_threads(choice.threads)
     with contextlib.suppress(RuntimeError):  # set already, or parallel work began: keep it
         torch.set_num_interop_threads(choice.threads)
-    try:
-        yield choice
-    finally:
-        torch.set_num_threads(before)
+    yield choice
 
 
 ThreadsOption = Annotated[
