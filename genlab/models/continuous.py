@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from genlab import sampling, train
+from genlab import sampling, timesteps, train
 from genlab.data.dataset import check_seed, image_geometry, shape_kind
 from genlab.models import limits
 from genlab.models.base import NeuralModel, TrainingData, as_labels
@@ -141,6 +141,19 @@ class ContinuousConfig(train.TrainConfig):
     hutchinson_probes: int = option(
         1, "Rademacher probes of Hutchinson's estimate.", Integer(1, MAX_PROBES)
     )
+    time_sampling: timesteps.TimeSampling = option(
+        "uniform",
+        "Training times: uniform, logit_normal (SD3) or lognormal (EDM).",
+        Choice(timesteps.TIME_SAMPLINGS),
+    )
+    time_location: float | None = option(
+        None, "Location m of the time sampling (None: its default).", Real(optional=True)
+    )
+    time_scale: float | None = option(
+        None,
+        "Scale s of the time sampling (None: its default).",
+        Real(0, low_open=True, optional=True),
+    )
 
 
 class ContinuousModel(NeuralModel):
@@ -230,6 +243,31 @@ class ContinuousModel(NeuralModel):
             self.data_scale.copy_(scale)
         self.to(self.device_)
         return x, data.y
+
+    def _train_times(self, like: Tensor) -> Tensor:
+        """(B,) training times for a batch `like` (B, ...) from config.time_sampling
+        (`genlab.timesteps.draw_times`, the trainer's RNG), on its device and dtype."""
+        cfg = self.config
+        return timesteps.draw_times(cfg.time_sampling, len(like), self.schedule,
+                                    location=cfg.time_location, scale=cfg.time_scale,
+                                    device=like.device, dtype=like.dtype)  # fmt: skip
+
+    # -- editing hooks (filled in by the editing block below) ------------------------------------
+    def _edit_start(self, init: Any, strength: float, eps: Tensor) -> tuple[Tensor, float]:
+        """(z, t_start): the sampler's starting state in model space and its time. Without
+        init: (eps, 1.0), plain sampling from noise. With init (SDEdit / img2img): init in
+        model space noised to t_start = strength along the family's path,
+        z = alpha(s) z_init + sigma(s) eps."""
+        if init is None:
+            return eps, 1.0
+        raise NotImplementedError("init= is being built")
+
+    def _project_step(self, z: Tensor, t: float) -> Tensor:
+        """Called by every sampler on its model-space state z at time t (the start, and after
+        each step): the identity, except while `inpaint` runs, when the known pixels are
+        replaced by the data noised to time t."""
+        projection = getattr(self, "_projection", None)
+        return z if projection is None else projection(z, t)
 
     def _train_rows(self, x: Tensor) -> Tensor:
         """A training batch in model space, quantised images dequantised afresh."""
