@@ -270,7 +270,8 @@ class CosineSchedule(VPSchedule):
         return (t * self._c + self.s) / (1 + self.s) * math.pi / 2
 
     def g(self, t: Tensor) -> Tensor:
-        return math.log(self._f0) - 2 * torch.log(torch.cos(self._angle(t)))
+        """Clamped at 0: rounding makes g(0) = -2e-18, and sigma(0) = sqrt(-expm1(-g)) NaN."""
+        return (math.log(self._f0) - 2 * torch.log(torch.cos(self._angle(t)))).clamp(min=0)
 
     def dg(self, t: Tensor) -> Tensor:
         return 2 * torch.tan(self._angle(t)) * self._c / (1 + self.s) * math.pi / 2

@@ -141,3 +141,14 @@ def test_impossible_parameters_raise(make):
 def test_discrete_alpha_bars_checks_timesteps():
     with pytest.raises(ValueError, match="timesteps"):
         CosineSchedule().discrete_alpha_bars(0)
+
+
+@pytest.mark.parametrize("name", sorted(SCHEDULES))
+def test_data_end_is_exact_not_nan(name):
+    """At t = 0 every VP schedule is the data itself: sigma = 0, alpha = 1, log-SNR = +inf
+    (the cosine schedule's g(0) rounded to -2e-18 once made sigma(0) NaN)."""
+    schedule = SCHEDULES[name]()
+    t = torch.tensor(0.0, dtype=torch.float64)
+    assert float(schedule.sigma(t)) == 0.0
+    assert float(schedule.alpha(t)) == 1.0
+    assert math.isinf(float(schedule.log_snr(t))) and float(schedule.log_snr(t)) > 0
