@@ -438,6 +438,19 @@ class _CountedField:
         return out
 
 
+def _check_projected(x: Any, x0: State) -> None:
+    """project(t, x) must return the structure and shapes of the state."""
+    want = [leaf.shape for leaf in _leaves(x0)]
+    ok = isinstance(x, tuple) == isinstance(x0, tuple) and all(
+        isinstance(v, Tensor) for v in _leaves(x)
+    )
+    if not ok or [v.shape for v in _leaves(x)] != want:
+        raise ValueError(
+            "project(t, x) must return the structure and shapes of x "
+            f"({[tuple(s) for s in want]}), got {type(x).__name__}"
+        )
+
+
 def _check_times(times: Any) -> list[float]:
     try:
         grid = torch.as_tensor(
@@ -517,6 +530,7 @@ def solve(
     max_steps: int = MAX_STEPS,
     callback: StepCallback | None = None,
     progress: bool | None = False,
+    project: Callable[[Tensor, State], State] | None = None,
 ) -> Solution:
     """Integrate dx/dt = f(t, x) from x(t0) = x0 to t1.
 
@@ -541,6 +555,11 @@ def solve(
             integration there: the `Solution` then ends at that time, `stopped` set.
         progress: a tqdm bar over the steps on stderr (fixed-step: out of the total; dopri5:
             a count with the time reached); None: only on a TTY.
+        project: project(t, x) -> x after every step of a fixed-step method, with t the time
+            reached (a 0-d tensor, like f's); the projected state is the one carried on, kept
+            in the trajectory and shown to the callback (e.g. inpainting's reset of the known
+            pixels). Not applied to x0 (the caller projects its start itself). Fixed-step
+            methods only: dopri5's error control would see the projection as error.
 
     Returns:
         A `Solution` (x, nfe, times, trajectory, stopped). NFE: steps * (1, 2, 2, 4) for
@@ -548,13 +567,26 @@ def solve(
 
     Raises:
         ValueError: unknown method, bad steps/times/tolerances, non-finite x0, or f returning
-            the wrong structure or shape. TypeError: x0 not a floating tensor (tuple), a
-            callback that is not callable or returns something other than None/True/False.
+            the wrong structure or shape, a project with dopri5. TypeError: x0 not a floating
+            tensor (tuple), a callback or project that is not callable, a callback that returns
+            something other than None/True/False.
         RuntimeError: dopri5 exceeded max_steps or its step size underflowed.
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     like = _check_state(x0)[0]
+    if project is not None:
+        if not callable(project):
+            raise TypeError(
+                f"project must be a function project(t, x) -> x, or None; got "
+                f"{type(project).__name__}"
+            )
+        if method == "dopri5":
+            raise ValueError(
+                "project needs a fixed-step method (euler, midpoint, heun, rk4): dopri5's error "
+                "control cannot follow a projected state; pass method='heun' (or another "
+                "fixed-step method) with steps or times"
+            )
     grid = _time_grid(t0, t1, method, steps, times)
     field = _CountedField(f, x0)
     if method == "dopri5":
@@ -577,6 +609,7 @@ def solve(
             times is None,
             return_trajectory,
             monitor,
+            project,
         )
     trajectory = None
     if return_trajectory:
@@ -601,8 +634,10 @@ def _integrate(
     keep_steps: bool,
     keep_states: bool,
     on_step: Callable[[float, State], bool] | None,
+    project: Callable[[Tensor, State], State] | None = None,
 ) -> tuple[State, list[float], list[State], bool]:
-    """`solve`'s loop: (x at the end, the times kept, the states there, stopped)."""
+    """`solve`'s loop: (x at the end, the times kept, the states there, stopped); a fixed-step
+    method applies project(t_reached, x) after each step."""
     if method == "dopri5":
         return _solve_dopri5(
             field, x0, grid, rtol, atol, max_steps, keep_steps, keep_states, on_step
@@ -613,6 +648,10 @@ def _integrate(
     for k, (t_start, t_end) in enumerate(itertools.pairwise(grid)):
         t = torch.tensor(t_start, dtype=like.dtype, device=like.device)
         x = step(field, t, t_end - t_start, x)
+        if project is not None:
+            reached = torch.tensor(t_end, dtype=like.dtype, device=like.device)
+            x = project(reached, x)
+            _check_projected(x, x0)
         if keep_states:
             states.append(x)
         if on_step is not None and on_step(t_end, x):

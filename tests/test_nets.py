@@ -362,3 +362,37 @@ def test_overfits_a_tiny_batch(name):
         target = torch.randn_like(net(*inputs))
     first, last = overfit(net, inputs, target)
     assert last < 0.05 * first, (first, last)
+
+
+# -- a second time input (MeanFlow's (t, t - r)) ------------------------------------------------
+def test_two_time_inputs_embed_each_time_and_keep_one_time_nets_unchanged():
+    torch.manual_seed(0)
+    one = MLP(3, 3, hidden=(8, 8), time_dim=8)
+    torch.manual_seed(0)
+    two = MLP(3, 3, hidden=(8, 8), time_dim=8, time_inputs=2)
+    extra = {k for k in two.state_dict() if k.startswith("time_embed_extra.")}
+    assert set(two.state_dict()) - extra == set(one.state_dict()) and extra
+    x = torch.randn(4, 3)
+    t = torch.rand(4, 2)
+    out = two(x, t)
+    assert out.shape == (4, 3) and not torch.allclose(out, two(x, t.flip(1)))
+    assert torch.allclose(two(x, t[0]), two(x, t[:1].expand(4, 2)))
+    with pytest.raises(ValueError, match=r"\(B, 2\)"):
+        two(x, t[:, 0])
+    with pytest.raises(ValueError, match="time_inputs"):
+        MLP(3, 3, time_dim=None, time_inputs=2)
+    u = UNet(1, 8, base_channels=4, time_inputs=2)
+    assert any(k.startswith("time_embed_extra.") for k in u.state_dict())
+    assert u(torch.randn(2, 1, 8, 8), torch.rand(2, 2)).shape == (2, 1, 8, 8)
+    assert not any("extra" in k for k in UNet(1, 8, base_channels=4).state_dict())
+
+
+def test_the_mlp_goes_through_torch_func_jvp():
+    torch.manual_seed(0)
+    net = MLP(2, 2, hidden=(8,), time_dim=8, time_inputs=2).double()
+    x, dx = torch.randn(3, 2, dtype=torch.float64), torch.randn(3, 2, dtype=torch.float64)
+    t = torch.rand(3, 2, dtype=torch.float64)
+    out, tangent = torch.func.jvp(lambda a: net(a, t), (x,), (dx,))
+    jac = torch.autograd.functional.jacobian(lambda a: net(a, t), x)  # (3, 2, 3, 2)
+    torch.testing.assert_close(tangent, torch.einsum("bidj,dj->bi", jac, dx))
+    torch.testing.assert_close(out, net(x, t))

@@ -1,6 +1,7 @@
 """ODE solvers against closed-form solutions: convergence orders, tolerances, NFE, trajectories,
 and the ODE log-likelihood against the density of a linear flow."""
 
+import itertools
 import math
 
 import numpy as np
@@ -403,3 +404,77 @@ def test_log_likelihood_context_travels_with_its_rows():
     x1 = x * torch.exp(-rate)[:, None]
     expected = -0.5 * (3 * math.log(2 * math.pi) + x1.square().sum(1)) - 3 * rate
     torch.testing.assert_close(got.log_prob, expected, rtol=1e-6, atol=1e-6)
+
+
+# -- project(t, x) after each fixed step -----------------------------------------------------------
+@pytest.mark.parametrize("method", ["euler", "midpoint", "heun", "rk4"])
+def test_project_runs_after_every_step_at_the_time_reached(method):
+    seen = []
+
+    def project(t, x):
+        assert isinstance(t, torch.Tensor) and t.ndim == 0 and t.dtype == F64
+        seen.append(float(t))
+        return x.clamp(max=0.25)  # a projection onto {x <= 0.25}
+
+    times = [1.0, 0.7, 0.3, 0.0]
+    sol = solve(
+        lambda t, x: torch.ones_like(x),
+        X0,
+        None,
+        None,
+        method=method,
+        times=times,
+        project=project,
+        return_trajectory=True,
+    )
+    assert seen == pytest.approx(times[1:])
+    # dx/dt = 1 going backwards lowers x by the step; each step then clamps at 0.25
+    expected = [X0]
+    for a, b in itertools.pairwise(times):
+        expected.append((expected[-1] + (b - a)).clamp(max=0.25))
+    torch.testing.assert_close(sol.x, expected[-1])
+    torch.testing.assert_close(sol.trajectory, torch.stack(expected))
+    assert sol.nfe == 3 * NFE_PER_STEP[method]
+
+
+def test_project_is_what_the_next_step_and_the_callback_see():
+    # project resets x to 0 after each step: every step then starts from 0, so with
+    # dx/dt = x + 1 and Euler, x after a step of dt is exactly dt before the reset.
+    before, after = [], []
+
+    def f(t, x):
+        before.append(x.clone())
+        return x + 1
+
+    sol = solve(
+        f,
+        torch.ones(2, 1, dtype=F64),
+        0.0,
+        1.0,
+        method="euler",
+        steps=4,
+        project=lambda t, x: torch.zeros_like(x),
+        callback=lambda step, t, x: after.append(x.clone()),
+    )
+    assert torch.equal(before[0], torch.ones(2, 1, dtype=F64))
+    assert all(torch.equal(b, torch.zeros(2, 1, dtype=F64)) for b in before[1:])
+    assert all(torch.equal(a, torch.zeros(2, 1, dtype=F64)) for a in after) and len(after) == 4
+    assert torch.equal(sol.x, torch.zeros(2, 1, dtype=F64))
+
+
+def test_project_on_tuple_states_and_identity_changes_nothing():
+    state = (X0, torch.zeros(3, dtype=F64))
+    f = lambda t, s: (rotation_field(t, s[0]), s[0].sum(1))  # noqa: E731
+    plain = solve(f, state, 0.0, 1.0, method="rk4", steps=7)
+    same = solve(f, state, 0.0, 1.0, method="rk4", steps=7, project=lambda t, s: s)
+    for a, b in zip(plain.x, same.x, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_project_needs_a_fixed_step_method_and_a_callable():
+    with pytest.raises(ValueError, match="fixed-step method"):
+        solve(rotation_field, X0, 0.0, 1.0, method="dopri5", project=lambda t, x: x)
+    with pytest.raises(TypeError, match="project must be a function"):
+        solve(rotation_field, X0, 0.0, 1.0, method="euler", steps=2, project=3)
+    with pytest.raises(ValueError, match="structure and shapes"):
+        solve(rotation_field, X0, 0.0, 1.0, method="euler", steps=2, project=lambda t, x: x[:1])

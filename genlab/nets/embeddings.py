@@ -188,6 +188,36 @@ def time_batch(t: Tensor | float | None, x: Tensor) -> Tensor:
     return t
 
 
+def time_columns(t: Tensor | float | None, x: Tensor, inputs: int) -> list[Tensor]:
+    """The `inputs` times of a net with that many time inputs, each (B,) on x's device and
+    dtype (`time_batch`).
+
+    inputs = 1: t is (), (1,) or (B,) (`time_batch`). inputs = k >= 2: t is (B, k), one
+    column per time (e.g. MeanFlow's (t, t - r)), or (k,) broadcast over the batch.
+
+    Raises:
+        ValueError: t is None or of another shape. TypeError: an integer tensor.
+    """
+    if inputs == 1:
+        return [time_batch(t, x)]
+    if not isinstance(t, Tensor) or not (
+        (t.ndim == 2 and t.shape[1] == inputs) or t.shape == (inputs,)
+    ):
+        got = tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__
+        raise ValueError(
+            f"this net takes {inputs} times per row: pass t of shape (B, {inputs}) (or "
+            f"({inputs},) for all rows), got {got}"
+        )
+    return [time_batch(t[..., k], x) for k in range(inputs)]
+
+
+def check_time_inputs(time_inputs: int) -> int:
+    """time_inputs, an integer >= 1 (the number of times a net embeds)."""
+    if isinstance(time_inputs, bool) or not isinstance(time_inputs, int) or time_inputs < 1:
+        raise ValueError(f"time_inputs must be an integer >= 1, got {time_inputs!r}")
+    return time_inputs
+
+
 def check_labels(y: Tensor | None, batch_size: int, n_classes: int | None, net: str) -> None:
     """Raise ValueError when `y` is passed to an unconditional net or has the wrong batch."""
     if y is None:

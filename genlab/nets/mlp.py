@@ -11,9 +11,10 @@ from torch import Tensor, nn
 from genlab.nets.embeddings import (
     LabelEmbedding,
     check_labels,
+    check_time_inputs,
     init_weights,
     null_labels,
-    time_batch,
+    time_columns,
     time_mlp,
 )
 
@@ -52,7 +53,9 @@ class MLP(nn.Module):
         h_i = h_{i-1} + Linear(SiLU(FiLM(LN(h_{i-1}), c)))        one block per entry of hidden
         out = Linear(LN(h_L))                                    (B, out_dim), raw
 
-    with c = MLP_t(SinusoidalEmbedding(t)) + LabelEmbedding(y) of size hidden[0]. Why this
+    with c = MLP_t(SinusoidalEmbedding(t)) + LabelEmbedding(y) of size hidden[0] (with
+    time_inputs = k > 1 times per row, sum_j MLP_t,j(SinusoidalEmbedding(t_j)), each time
+    with its own MLP: e.g. MeanFlow's (t, t - r)). Why this
     shape: the pre-norm residual form keeps gradients well scaled at any depth and lets one
     net serve both as a velocity / score / noise predictor (t, y) and as a VAE encoder or
     decoder (neither); FiLM (a per-unit scale and shift) lets t change the function, not just
@@ -68,9 +71,16 @@ class MLP(nn.Module):
         n_classes: number of classes for a label-conditioned net; None for none. y=None then
             means the null label (index n_classes).
         dropout: dropout probability inside each block.
+        time_inputs: times per row (1: t is (B,); k: t is (B, k)); needs time_dim. The default
+            1 keeps the state_dict keys of a one-time net (the extra embeddings are
+            `time_embed_extra.{j}`).
 
     Shapes:
-        x: (B, in_dim), t: (B,) float in [0, 1] (or a scalar), y: (B,) long  ->  (B, out_dim).
+        x: (B, in_dim), t: (B,) float in [0, 1] (or a scalar; (B, k) with time_inputs=k),
+        y: (B,) long  ->  (B, out_dim).
+
+    The forward pass is plain tensor maths (no data-dependent Python branches on values), so
+    `torch.func.jvp` and `torch.func.vmap` go through it.
     """
 
     def __init__(
@@ -81,9 +91,13 @@ class MLP(nn.Module):
         time_dim: int | None = None,
         n_classes: int | None = None,
         dropout: float = 0.0,
+        time_inputs: int = 1,
     ):
         super().__init__()
         hidden = tuple(hidden)
+        time_inputs = check_time_inputs(time_inputs)
+        if time_inputs > 1 and time_dim is None:
+            raise ValueError(f"time_inputs={time_inputs} needs a time_dim (e.g. 64)")
         for name, v in [("in_dim", in_dim), ("out_dim", out_dim), *[("hidden", h) for h in hidden]]:
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must hold integers >= 1, got {v!r}")
@@ -92,12 +106,15 @@ class MLP(nn.Module):
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
         self.in_dim, self.out_dim, self.hidden = in_dim, out_dim, hidden
-        self.time_dim, self.n_classes = time_dim, n_classes
+        self.time_dim, self.n_classes, self.time_inputs = time_dim, n_classes, time_inputs
 
         cond_dim = hidden[0] if (time_dim is not None or n_classes is not None) else None
         self.time_embed = None
         if time_dim is not None:
             self.time_embed = time_mlp(time_dim, cond_dim)
+        self.time_embed_extra = nn.ModuleList(
+            time_mlp(time_dim, cond_dim) for _ in range(time_inputs - 1)
+        )
         self.label_embed = LabelEmbedding(n_classes, cond_dim) if n_classes is not None else None
 
         self.input = nn.Linear(in_dim, hidden[0])
@@ -135,7 +152,10 @@ class MLP(nn.Module):
         if self.time_embed is not None:
             if t is None:
                 raise ValueError(f"this MLP was built with time_dim={self.time_dim}: pass t")
-            c = self.time_embed(time_batch(t, x))
+            first, *others = time_columns(t, x, self.time_inputs)
+            c = self.time_embed(first)
+            for embed, column in zip(self.time_embed_extra, others, strict=True):
+                c = c + embed(column)
         if self.label_embed is not None:
             if y is None:
                 y = null_labels(batch, self.n_classes, x.device)

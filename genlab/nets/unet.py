@@ -162,9 +162,13 @@ class UNet(nn.Module):
             Each must be one of the sides reached; heads have 32 channels where possible.
         n_classes: number of classes for a label-conditioned net, else None.
         dropout: dropout inside the ResBlocks.
+        time_inputs: times per row (1: t is (B,); k: t is (B, k), each time embedded by its
+            own time MLP and the embeddings summed, e.g. MeanFlow's (t, t - r)). The default
+            1 keeps the state_dict keys of a one-time net (extras: `time_embed_extra.{j}`).
 
     Shapes:
-        x: (B, in_channels, s, s), t: (B,) float in [0, 1] (or a scalar), y: (B,) long or None
+        x: (B, in_channels, s, s), t: (B,) float in [0, 1] (or a scalar; (B, k) with
+        time_inputs=k), y: (B,) long or None
         ->  (B, out_channels or in_channels, s, s), raw.
     """
 
@@ -179,8 +183,10 @@ class UNet(nn.Module):
         attention_resolutions: Sequence[int] = (),
         n_classes: int | None = None,
         dropout: float = 0.0,
+        time_inputs: int = 1,
     ):
         super().__init__()
+        time_inputs = embeddings.check_time_inputs(time_inputs)
         out_channels = in_channels if out_channels is None else out_channels
         channel_mults, attention_resolutions = tuple(channel_mults), tuple(attention_resolutions)
         ints = [
@@ -212,10 +218,13 @@ class UNet(nn.Module):
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
         self.in_channels, self.out_channels, self.image_size = in_channels, out_channels, image_size
-        self.n_classes = n_classes
+        self.n_classes, self.time_inputs = n_classes, time_inputs
 
         emb_dim = 4 * base_channels
         self.time_embed = embeddings.time_mlp(base_channels, emb_dim)
+        self.time_embed_extra = nn.ModuleList(
+            embeddings.time_mlp(base_channels, emb_dim) for _ in range(time_inputs - 1)
+        )
         self.label_embed = (
             embeddings.LabelEmbedding(n_classes, emb_dim) if n_classes is not None else None
         )
@@ -280,12 +289,15 @@ class UNet(nn.Module):
         return self.out_conv(F.silu(self.out_norm(h)))
 
     def embed(self, x: Tensor, t: Tensor | float | None, y: Tensor | None) -> Tensor:
-        """The conditioning vector (B, 4 * base_channels): time MLP plus label embedding."""
+        """The conditioning vector (B, 4 * base_channels): time MLP(s) plus label embedding."""
         batch = x.shape[0]
         if t is None:
             raise ValueError("UNet needs t: pass times of shape (B,) in [0, 1]")
         embeddings.check_labels(y, batch, self.n_classes, "this UNet")
-        emb = self.time_embed(embeddings.time_batch(t, x))
+        first, *others = embeddings.time_columns(t, x, self.time_inputs)
+        emb = self.time_embed(first)
+        for embed, column in zip(self.time_embed_extra, others, strict=True):
+            emb = emb + embed(column)
         if self.label_embed is not None:
             emb = emb + self.label_embed(
                 embeddings.null_labels(batch, self.n_classes, x.device) if y is None else y
