@@ -379,7 +379,8 @@ def test_the_flow_picks_the_mlp_for_digits():
 
 def test_declared_capabilities():
     assert FlowMatching.sample_options == {"steps", "method", "y", "guidance",
-                                           "return_trajectory", "rtol", "atol"}  # fmt: skip
+                                           "return_trajectory", "rtol", "atol", "init",
+                                           "strength", "times", "grid"}  # fmt: skip
     assert FlowMatching.log_prob_options == {"steps", "method", "rtol", "atol", "seed"}
     assert FlowMatching.quick_log_prob == {"method": "rk4", "steps": 4}
     assert FlowMatching.density_grid == 50 and FlowMatching.takes_labels
