@@ -1,42 +1,51 @@
-"""Diffusion: sample quality against network evaluations (NFE) for every sampler.
+"""Diffusion: sample quality against network evaluations (NFE) for every sampler and grid.
 
-    python benchmarks/diffusion_quality_vs_steps.py [--quick] [--data moons,digits] [--device cuda]
+    python benchmarks/diffusion_quality_vs_steps.py [--quick] [--data moons,rings,...]
+        [--models DIR] [--steps 4000] [--seeds 2] [--json FILE] [--threads 1]
 
-For each data set a `Diffusion` (linear schedule, eps-prediction, T = 1000, EMA 0.999) trains
-for a fixed number of optimisation steps (--toy-steps / --digits-steps, so the budget does not
-depend on the machine's load). Then every sampler draws --n samples from the same noise seeds
-(0 .. --seeds - 1):
+Models: with --models DIR, each toy's trained Diffusion is loaded from DIR/{toy}{--suffix}
+(default suffix "_diffusion_120s": the folders `benchmarks/iterative_toys.py --save DIR`
+writes, e.g. /tmp/iter_models/rings_diffusion_120s); a toy without a folder there is trained.
+Otherwise a `Diffusion` with the library's defaults trains for --steps optimisation steps
+(fixed steps, so the budget does not depend on the machine's load) on 10,000 points, seed 0.
 
-    ddpm 1000 (the reference), ddim 20/50/100 (eta 0), dpm++ 10/15/20/50 (DPM-Solver++ 3M
-    stepping down to first order at the end), both on their default quadratic time grid
-    ending at t = 1/T; ode heun 25/50 steps (50/100 NFE); and three variants: ddim 50 on the
-    uniform ("trailing") grid, dpm++ 15 2M on the quadratic grid, dpm++ 15 2M on the log-SNR
-    grid (the defaults before 3M and the quadratic grid).
+Samplers (rows), each at NFE budgets 1, 2, 5, 10, 15, 20, 50, 100, 200 and 1000 (columns;
+`NFES`): ddpm (respaced chain), ddim (eta 0), dpm++ 3M and 2M, heun (EDM, churn 0) and
+heun with churn (S_churn = 10), unipc 2 and 3, and the probability-flow ode (solver heun),
+each on its default grid (`genlab.models.diffusion.DEFAULT_GRID`); plus, at 15 NFE, every
+sampler but ddpm, the ode and heun with churn on every grid (uniform, quadratic, logsnr,
+karras). A sampler takes
+`steps = NFE` (ddpm, ddim, dpm++, unipc) or NFE / 2 (heun, ode: 2 evaluations a step on a
+grid ending at t_min; an odd budget: (NFE + 1) / 2 heun steps whose last one goes to t = 0,
+2 S - 1 evaluations), and the measured `nfe_` is what the table prints. Budgets above 100
+run only for ddpm, ddim and the ode (--max-nfe-others).
 
-Quality, averaged over the seeds, each seed's samples against one fixed reference:
-- 2-D toys (`genlab.data.TOYS`, all 8): MMD² (unbiased, `genlab.metrics.mmd`) against a fresh
-  draw of --n points (the toy's test split), Gaussian kernels at (0.25, 0.5, 1, 2, 4) x the
-  median distance of that reference, fixed per toy. "floor" is the mean and standard deviation
-  of the MMD² of --floor-draws further fresh draws of the data against the same reference:
-  what a perfect sampler scores (not 0: the reference is one fixed draw), and its spread.
-- digits: the Fréchet distance between features (penultimate layer) of a small
-  `genlab.nets.FeatureClassifier` trained here on the digits train split, of the samples and of
-  the 1,437 train digits (the data the model fits); "floor" is the FD of the 360 test digits.
+Quality: MMD² (unbiased, `genlab.metrics.mmd`) at n = --n (4,000) against one fixed
+reference draw of the toy (test split, seed 3000), Gaussian kernels at (0.25, 0.5, 1, 2, 4) x
+its median distance; every sampler starts from the same noise seeds 0 .. --seeds - 1 and the
+table prints the mean over the seeds. "floor" is the mean (± sd) MMD² of --floor-draws fresh
+draws of the data against the same reference: what a perfect sampler scores.
 
-Target (issue 5): DPM++ at 15 NFE and DDIM at 50 NFE each within 10% of DDPM at 1000 steps on
-every data set. For the toys "within 10%" is read on the excess over the floor (the estimate of
-the model's MMD² to the data): score - ref <= 0.10 (ref - floor). With se the standard error
-of score - ref (Welch: sqrt((var_sampler + var_ddpm) / seeds), each variance over the seeds)
-the verdict is "yes" when that holds, "within noise" when it fails by less than 2 se, "NO"
-when it fails by more. Digits: the ratio of Fréchet distances <= 1.10 (FD's floor is a
-finite-sample bias, as for FID). The sampler defaults were chosen on pinwheel (and the ddim
-grid also on moons) against other reference seeds (1000, 2000) and the converged ODE's
-samples from the same noise; this script's reference and floor draws (3000, 4000 + i) were
-used for nothing but this table.
+Target (issue 17): dpm++ (the default, 15 NFE) within 10% of ddpm at 1,000 steps: the ratio
+of their MMD² and, less noisy, of their excesses over the floor, (score - floor) / (ddpm -
+floor), with the Welch standard error of score - ddpm over the seeds.
 
-Cost on the shared 2-core CPU (one thread), with the defaults: 6 to 7 minutes per toy
-(1.5 to train, 4.5 to 5.5 to sample and score) and 10 for digits. --from-json FILE
-re-prints the tables of a run saved with --json FILE.
+Findings of 2026-12-01 (default recipe, 4,000 training steps on 10,000 points, n = 4,000, noise
+seeds 0-1, MMD² x 1e4; floor about -0.5): rings: ddpm 1000 4.4; the deterministic dpm++ at 15
+NFE 9.8 (3M quadratic, the old default), 7.2 (2M), 10.2 (3M logsnr), 8.1 (3M uniform, ending at
+t = 0), and 8.0 even at 100 NFE: the learned probability-flow ODE itself is twice as far from
+the data as DDPM, so no grid, order or final step could close the gap. SDE-DPM-Solver++ 2M
+(eta 1) at 15 NFE: 4.6 (quadratic), 4.0 (logsnr), 2.8 (uniform, the new default), 15.8
+(karras). heun at 15 NFE (8 steps, the last to t = 0): 5.4 (uniform), 139 (karras), 111
+(logsnr); unipc 3 at 15: 8.2 (quadratic), 7.3 (uniform). rings with v-prediction: ddpm
+4.5, ODE 3M 6.9, SDE uniform 3.2, logsnr 5.6. moons (per-seed spread ±1.5): ddpm 1.4,
+ODE 3M 1.9, SDE quadratic 2.3, logsnr 2.8, uniform 4.8. pinwheel (floor 0.7): ddpm 2.4,
+ODE 3M 4.3 (and 4.3 at 100 NFE), SDE uniform 4.4, quadratic
+7.8, logsnr 7.6; heun uniform 7.7. No setting met "within 10% of ddpm 1000" on every toy.
+
+Cost (one thread, a quiet core, 256-wide MLP models): about 2-3 minutes per toy and seed to
+sample and score; --quick (moons, 300 training steps of a 64-wide MLP, n = 1000, 1 seed, NFE
+5, 15 and 100 (ddpm, ddim, ode), ddpm 100 as the reference) about 1 min.
 """
 
 from __future__ import annotations
@@ -46,237 +55,186 @@ import json
 import statistics
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 
 import torch
-from torch import nn
 
+import genlab
 from genlab import metrics
 from genlab.data import TOYS, load_dataset
 from genlab.models import Diffusion
-from genlab.nets.classifier import FeatureClassifier
+from genlab.models.diffusion import DEFAULT_GRID, GRIDS, sampling_times
 
-SAMPLERS: list[tuple[str, str, dict]] = [
-    ("ddpm 1000", "ddpm", {"steps": 1000}),
-    *[(f"ddim {s}", "ddim", {"steps": s}) for s in (20, 50, 100)],
-    *[(f"dpm++ {s}", "dpm++", {"steps": s}) for s in (10, 15, 20, 50)],
-    *[(f"ode heun {s}", "ode", {"steps": s, "solver": "heun"}) for s in (25, 50)],
-    ("ddim 50 uniform", "ddim", {"steps": 50, "grid": "uniform"}),
-    ("dpm++ 15 2M quadratic", "dpm++", {"steps": 15, "order": 2}),
-    ("dpm++ 15 2M logsnr", "dpm++", {"steps": 15, "order": 2, "grid": "logsnr"}),
-]
+NFES = (1, 2, 5, 10, 15, 20, 50, 100, 200, 1000)
+TARGET_NFE = 15
 SCALES = (0.25, 0.5, 1.0, 2.0, 4.0)
 REFERENCE_SEED, FLOOR_SEED = 3000, 4000
 TARGET_RATIO = 1.10
-NOISE_UNITS = 2.0
+CHURN = 10.0
+# label -> (method, options, evaluations per step)
+SAMPLERS: dict[str, tuple[str, dict, int]] = {
+    "ddpm": ("ddpm", {}, 1),
+    "ddim": ("ddim", {}, 1),
+    "dpm++": ("dpm++", {}, 1),  # the default: SDE-DPM-Solver++ 2M (eta 1)
+    "dpm++ 3M ode": ("dpm++", {"order": 3, "eta": 0.0}, 1),
+    "dpm++ 2M ode": ("dpm++", {"order": 2, "eta": 0.0}, 1),
+    "heun": ("heun", {}, 2),
+    f"heun churn {CHURN:g}": ("heun", {"churn": CHURN}, 2),
+    "unipc 2": ("unipc", {"order": 2}, 1),
+    "unipc 3": ("unipc", {"order": 3}, 1),
+    "ode heun": ("ode", {"solver": "heun"}, 2),
+}
+LONG = ("ddpm", "ddim", "ode heun")  # the samplers run beyond --max-nfe-others
 
 
-def train_model(train, args, image: bool) -> tuple[Diffusion, float]:
-    start = time.perf_counter()
-    if image:
-        model = Diffusion(base_channels=args.channels, max_steps=args.digits_steps,
-                          batch_size=args.batch_size, lr=args.lr_digits, warmup_steps=200,
-                          device=args.device, seed=0)  # fmt: skip
-    else:
-        model = Diffusion(hidden=args.hidden, max_steps=args.toy_steps, batch_size=args.batch_size,
-                          lr=args.lr, warmup_steps=200, device=args.device, seed=0)  # fmt: skip
-    model.fit(train, progress=False)
-    return model, time.perf_counter() - start
+def cells(max_nfe_others: int, nfes: tuple[int, ...]) -> list[tuple[str, int, str, dict]]:
+    """(row label, NFE budget, method, options) of every cell of the table."""
+    out = []
+    for label, (method, options, per_step) in SAMPLERS.items():
+        for nfe in nfes:
+            steps, rest = divmod(nfe, per_step)
+            if method == "heun" and rest:  # 2 S - 1 NFE: S steps on a grid ending at t = 0
+                steps, rest = (nfe + 1) // 2, 0
+                options = {**options, "to_zero": True}
+            if steps < 1 or rest or (nfe > max_nfe_others and label not in LONG):
+                continue
+            out.append((label, nfe, method, {**options, "steps": steps}))
+            options = SAMPLERS[label][1]
+    if TARGET_NFE in nfes:
+        for label, (method, options, per_step) in SAMPLERS.items():
+            if label in ("ddpm", "ode heun") or "churn" in label:
+                continue
+            for grid in GRIDS:
+                if grid != DEFAULT_GRID[method]:
+                    steps = TARGET_NFE // per_step
+                    extra = {"to_zero": True, "steps": steps + 1} if TARGET_NFE % per_step else {}
+                    out.append((f"{label} {grid}", TARGET_NFE, method,
+                                {**options, "steps": steps, "grid": grid, **extra}))  # fmt: skip
+    return out
 
 
-def train_classifier(device: str, epochs: int) -> FeatureClassifier:
-    """A FeatureClassifier (conv, 128 features) trained on the digits train split (Adam)."""
-    train, test = load_dataset("digits", split="train"), load_dataset("digits", split="test")
-    torch.manual_seed(0)
-    net = FeatureClassifier((1, 8, 8), 10).to(device)
-    opt = torch.optim.Adam(net.parameters(), lr=2e-3)
-    x, y = train.x.to(device), train.y.to(device)
-    for _ in range(epochs):
-        for idx in torch.randperm(len(x), device=device).split(64):
-            opt.zero_grad()
-            nn.functional.cross_entropy(net(x[idx]), y[idx]).backward()
-            opt.step()
-    net.eval()
-    with torch.no_grad():
-        acc = (net(test.x.to(device)).argmax(1).cpu() == test.y).float().mean()
-    print(f"digits classifier: test accuracy {acc:.3f}", flush=True)
-    return net
-
-
-def scorer(name: str, args, classifier):
-    """(score(samples) -> float, floor draws): MMD² for toys, FD in classifier features for
-    digits (one floor draw: the test digits)."""
-    if name == "digits":
-
-        @torch.no_grad()
-        def feats(x):
-            return classifier.features(x.to(args.device)).double().cpu()
-
-        reference = feats(load_dataset("digits", split="train").x)
-        floor = metrics.frechet_distance(feats(load_dataset("digits", split="test").x), reference)
-        return (lambda s: metrics.frechet_distance(feats(s), reference)), [floor]
-    reference, bandwidths = toy_reference(name, args.n)
-    return (lambda s: metrics.mmd(s, reference, bandwidths)), toy_floors(
-        name, args.n, args.floor_draws
-    )
+def as_times(model: Diffusion, method: str, options: dict) -> dict:
+    """Options with "to_zero": the method's grid of steps - 1 steps to t = 1 / T, then t = 0
+    (`times=`), so heun spends 2 steps - 1 evaluations (one Euler step to 0 at the end)."""
+    if not options.pop("to_zero", False):
+        return options
+    steps, grid = options.pop("steps"), options.pop("grid", DEFAULT_GRID[method])
+    if grid == "uniform":  # the respaced chain ends at t = 0 already
+        return {**options, "steps": steps, "grid": grid}
+    T = model.config.timesteps
+    head = (torch.ones(1, dtype=torch.float64) if steps == 1
+            else sampling_times(model.schedule, T, steps - 1, grid))  # fmt: skip
+    return {**options, "times": torch.cat([head, torch.zeros(1, dtype=torch.float64)])}
 
 
 def toy_reference(name: str, n: int):
-    """The fixed reference draw of a toy and its kernel widths."""
     reference = load_dataset(name, split="test", n=n, seed=REFERENCE_SEED).x
     return reference, [s * metrics.median_distance(reference, reference) for s in SCALES]
 
 
-def toy_floors(name: str, n: int, draws: int) -> list[float]:
-    """MMD² of `draws` fresh draws of the data against the reference: a perfect sampler's
-    score, draw by draw."""
-    reference, bandwidths = toy_reference(name, n)
-    return [metrics.mmd(load_dataset(name, split="test", n=n, seed=FLOOR_SEED + i).x, reference,
-                        bandwidths) for i in range(draws)]  # fmt: skip
-
-
-def run_data_set(name: str, args, classifier) -> dict:
-    image = name == "digits"
-    train = load_dataset(name, split="train", n=None if image else 10_000, seed=0)
-    model, seconds = train_model(train, args, image)
-    if args.save:
-        model.save(f"{args.save}/{name}")
-    score, floors = scorer(name, args, classifier)
-    n = args.n_digits if image else args.n
-    row = {"data": name, "train_s": round(seconds, 1), "floor": statistics.fmean(floors),
-           "floor_sd": statistics.stdev(floors) if len(floors) > 1 else None, "scores": {},
-           "per_seed": {}, "nfe": {}}  # fmt: skip
+def get_model(name: str, args) -> tuple[Diffusion, str]:
+    folder = Path(args.models or "") / f"{name}{args.suffix}"
+    if args.models and folder.is_dir():
+        return genlab.load(folder), f"loaded {folder}"
     start = time.perf_counter()
-    for label, method, options in SAMPLERS:
-        values = [score(model.sample(n, seed=s, method=method, **options).cpu())
-                  for s in range(args.seeds)]  # fmt: skip
-        row["scores"][label], row["nfe"][label] = statistics.fmean(values), model.nfe_
-        row["per_seed"][label] = values
+    model = Diffusion(max_steps=args.steps, seed=0, device=args.device)
+    if args.quick:
+        model = Diffusion(max_steps=args.steps, hidden=64, seed=0, device=args.device)
+    model.fit(load_dataset(name, split="train", n=10_000, seed=0), progress=False)
+    if args.save:
+        model.save(Path(args.save) / f"{name}{args.suffix}")
+    return model, f"trained {args.steps} steps in {time.perf_counter() - start:.0f} s"
+
+
+def run_toy(name: str, args, nfes) -> dict:
+    model, how = get_model(name, args)
+    reference, bandwidths = toy_reference(name, args.n)
+    floors = [metrics.mmd(load_dataset(name, split="test", n=args.n, seed=FLOOR_SEED + i).x,
+                          reference, bandwidths) for i in range(args.floor_draws)]  # fmt: skip
+    row = {"data": name, "model": how, "floor": statistics.fmean(floors),
+           "floor_sd": statistics.stdev(floors) if len(floors) > 1 else 0.0,
+           "cells": {}}  # fmt: skip
+    start = time.perf_counter()
+    for label, nfe, method, options in cells(args.max_nfe_others, nfes):
+        options = as_times(model, method, options)
+        values = [metrics.mmd(model.sample(args.n, seed=s, method=method, **options).cpu(),
+                              reference, bandwidths) for s in range(args.seeds)]  # fmt: skip
+        row["cells"][f"{label}@{nfe}"] = {"values": values, "nfe": model.nfe_}
+        print(f"  {name} {label:22s} budget {nfe:4d} nfe {model.nfe_:4d} "
+              f"mmd2 {statistics.fmean(values):.6f}", flush=True)  # fmt: skip
     row["sample_s"] = round(time.perf_counter() - start, 1)
     return row
 
 
-def print_table(rows: list[dict], metric_note: str, seeds: int) -> None:
-    labels = list(rows[0]["scores"])  # the samplers the rows were measured with
-    digits = rows[0]["data"] == "digits"
-    fmt = "{:.3f}" if digits else "{:.6f}"
-    print(f"\n{metric_note}")
-    print("| sampler | NFE | " + " | ".join(r["data"] for r in rows) + " |")
-    print("|---|---|" + "---|" * len(rows))
-    for label in labels:
-        cells = " | ".join(fmt.format(r["scores"][label]) for r in rows)
-        print(f"| {label} | {rows[0]['nfe'][label]} | {cells} |")
-    floors = (fmt.format(r["floor"]) + ("" if r.get("floor_sd") is None
-              else f" ± {r['floor_sd']:.6f}") for r in rows)  # fmt: skip
-    print("| floor (data vs data) | - | " + " | ".join(floors) + " |")
-    print("\n| data | DDPM1000 | DPM++15 | target | DDIM50 | target |")
-    print("|---|---|---|---|---|---|")
+def mean(row: dict, key: str) -> float | None:
+    cell = row["cells"].get(key)
+    return None if cell is None else statistics.fmean(cell["values"])
+
+
+def print_tables(rows: list[dict], nfes: tuple[int, ...]) -> None:
     for r in rows:
-        ref = r["scores"]["ddpm 1000"]
-        cells = [verdict(r["scores"][k], ref, r["floor"], difference_se(r, k, seeds), digits)
-                 for k in ("dpm++ 15", "ddim 50")]  # fmt: skip
-        print(
-            f"| {r['data']} | {fmt.format(ref)} | {fmt.format(r['scores']['dpm++ 15'])} | "
-            f"{cells[0]} | {fmt.format(r['scores']['ddim 50'])} | {cells[1]} |"
-        )
-
-
-def difference_se(row: dict, label: str, seeds: int) -> float | None:
-    """Standard error of mean(label) - mean(ddpm 1000) over the seeds (Welch: from each
-    sampler's own spread over its seeds)."""
-    values = row.get("per_seed", {})
-    if len(values.get(label, [])) < 2:
-        return None
-    variances = [statistics.variance(values[k]) for k in (label, "ddpm 1000")]
-    return (sum(variances) / seeds) ** 0.5
-
-
-def verdict(score: float, ref: float, floor: float, se: float | None, ratio_only: bool) -> str:
-    """Whether score is within 10% of the reference (module docstring): the ratio for digits;
-    for MMD² the excess over the floor, with the noise se of the difference of seed-means
-    ("-" without per-seed values, as in files of runs before they were kept)."""
-    if ratio_only:
-        return f"{'yes' if score <= TARGET_RATIO * ref else 'NO'} (ratio {score / ref:.3f})"
-    if se is None:
-        return "-"
-    allowance = (TARGET_RATIO - 1.0) * max(ref - floor, 0.0)
-    miss = (score - ref - allowance) / se
-    excess = f"excess ratio {(score - floor) / (ref - floor):.2f}, " if ref - floor > 3 * se else ""
-    word = "yes" if miss <= 0 else "within noise" if miss <= NOISE_UNITS else "NO"
-    return f"{word} ({excess}diff - 10% = {miss:+.1f} se)"
+        print(f"\n{r['data']} ({r['model']}), MMD² x 1e4 (mean of seeds); floor "
+              f"{r['floor'] * 1e4:.2f} ± {r['floor_sd'] * 1e4:.2f}")  # fmt: skip
+        labels = list(dict.fromkeys(k.split("@")[0] for k in r["cells"]))
+        print("| sampler | " + " | ".join(f"NFE {n}" for n in nfes) + " |")
+        print("|---|" + "---|" * len(nfes))
+        for label in labels:
+            out = []
+            for n in nfes:
+                cell = r["cells"].get(f"{label}@{n}")
+                out.append("-" if cell is None else
+                           f"{statistics.fmean(cell['values']) * 1e4:.2f}"
+                           + ("" if cell["nfe"] == n else f" ({cell['nfe']})"))  # fmt: skip
+            print(f"| {label} | " + " | ".join(out) + " |")
+    print(f"\n| data | sampler @ {TARGET_NFE} NFE | ddpm (most steps) | it | ratio | "
+          "excess ratio | diff / se |\n|---|---|---|---|---|---|---|")  # fmt: skip
+    for r, label in ((r, k) for r in rows for k in ("dpm++", "dpm++ 3M ode")):
+        ddpm = max((int(k.split("@")[1]) for k in r["cells"] if k.startswith("ddpm@")), default=0)
+        ref, got = mean(r, f"ddpm@{ddpm}"), mean(r, f"{label}@{TARGET_NFE}")
+        if ref is None or got is None:
+            continue
+        a, b = r["cells"][f"{label}@{TARGET_NFE}"]["values"], r["cells"][f"ddpm@{ddpm}"]["values"]
+        se = ((statistics.variance(a) + statistics.variance(b)) / len(a)) ** 0.5 if len(a) > 1 \
+            else float("nan")  # fmt: skip
+        excess = (got - r["floor"]) / (ref - r["floor"]) if ref > r["floor"] else float("nan")
+        print(f"| {r['data']} | {label} | {ref:.6f} | {got:.6f} | {got / ref:.3f} | {excess:.3f} | "
+              f"{(got - ref) / se:+.1f} |")  # fmt: skip
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="moons and digits, tiny budgets")
-    parser.add_argument("--data", default=",".join((*TOYS, "digits")))
-    parser.add_argument("--toy-steps", type=int, default=12000)
-    parser.add_argument("--digits-steps", type=int, default=1500)
-    parser.add_argument("--hidden", type=int, default=128)
-    parser.add_argument("--channels", type=int, default=16)
-    parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--lr-digits", type=float, default=5e-4)
-    parser.add_argument("--n", type=int, default=4000, help="samples per toy and seed")
-    parser.add_argument("--n-digits", type=int, default=500, help="digit samples per seed")
-    parser.add_argument("--seeds", type=int, default=4)
-    parser.add_argument("--floor-draws", type=int, default=None,
-                        help="data-vs-data MMD² draws (default 30); with --from-json: "
-                        "recompute the toys' floors with this many")  # fmt: skip
-    parser.add_argument("--classifier-epochs", type=int, default=15)
+    parser.add_argument("--quick", action="store_true", help="moons, tiny budgets, < 1 min")
+    parser.add_argument("--data", default=",".join(TOYS))
+    parser.add_argument("--models", default=None, help="load DIR/{toy}{suffix} when present")
+    parser.add_argument("--suffix", default="_diffusion_120s")
+    parser.add_argument("--save", default=None, help="save trained models as SAVE/{toy}{suffix}")
+    parser.add_argument("--steps", type=int, default=4000, help="training steps (no --models)")
+    parser.add_argument("--n", type=int, default=4000)
+    parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--floor-draws", type=int, default=10)
+    parser.add_argument("--nfes", default=",".join(map(str, NFES)))
+    parser.add_argument("--max-nfe-others", type=int, default=100)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--json", default=None, help="also write the rows to this file")
-    parser.add_argument("--save", default=None, help="save each trained model to SAVE/NAME")
+    parser.add_argument("--json", default=None)
     parser.add_argument("--from-json", default=None, help="only print the tables of a --json")
     args = parser.parse_args()
+    nfes = tuple(int(v) for v in args.nfes.split(","))
     if args.from_json:
-        with open(args.from_json) as f:
-            rows = json.load(f)
-        for row in rows if args.floor_draws else []:
-            if row["data"] != "digits":
-                floors = toy_floors(row["data"], row.get("n", args.n), args.floor_draws)
-                row["floor"], row["floor_sd"] = statistics.fmean(floors), statistics.stdev(floors)
-        print_tables(rows, args)
+        print_tables(json.loads(Path(args.from_json).read_text()), nfes)
         return
-    args.floor_draws = args.floor_draws or 30
     if args.quick:
-        args.data, args.toy_steps, args.digits_steps = "moons,digits", 300, 40
-        args.hidden, args.channels, args.batch_size = 64, 8, 128
-        args.n, args.n_digits, args.seeds, args.classifier_epochs = 1000, 100, 2, 3
-        args.floor_draws = 2
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    names = args.data.split(",")
-    print(f"# diffusion_quality_vs_steps {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, "
-          f"device {args.device}, {vars(args)}", flush=True)  # fmt: skip
-    classifier = (
-        train_classifier(args.device, args.classifier_epochs) if "digits" in names else None
-    )
+        args.data, args.steps, args.n, args.seeds, args.floor_draws = "moons", 300, 1000, 1, 2
+        nfes, args.max_nfe_others = (5, 15, 100), 15
+    torch.set_num_threads(args.threads)
+    print(f"# diffusion_quality_vs_steps {datetime.now(UTC):%Y-%m-%d %H:%M} UTC {vars(args)}",
+          flush=True)  # fmt: skip
     rows = []
-    for name in names:
-        rows.append({**run_data_set(name, args, classifier), "n": args.n, "seeds": args.seeds})
-        r = rows[-1]
-        print(f"{name}: train {r['train_s']} s, sampling {r['sample_s']} s", flush=True)
-        print_table([r], f"{name} (mean of {args.seeds} seeds)", args.seeds)
-        if args.json:  # after every data set, so an interrupted run keeps what it measured
-            with open(args.json, "w") as f:
-                json.dump(rows, f, indent=1)
-    print_tables(rows, args)
-
-
-def print_tables(rows: list[dict], args) -> None:
-    """The MMD² table of the toys and the Fréchet table of digits; n and seeds as the rows
-    were measured (a --from-json file keeps them), else as given now."""
-    n, seeds = rows[0].get("n", args.n), rows[0].get("seeds", args.seeds)
-    toys = [r for r in rows if r["data"] != "digits"]
-    if toys:
-        print_table(toys, f"MMD² vs a fresh draw of {n} points (mean of {seeds} seeds)", seeds)
-    if len(toys) < len(rows):
-        print_table(
-            [r for r in rows if r["data"] == "digits"],
-            f"Fréchet distance in classifier features (mean of {seeds} seeds)",
-            seeds,
-        )
+    for name in args.data.split(","):
+        rows.append(run_toy(name, args, nfes))
+        if args.json:
+            Path(args.json).write_text(json.dumps(rows, indent=1))
+    print_tables(rows, nfes)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from genlab.models.diffusion import (
     ddim_step,
     ddpm_step,
     dpm_solver_pp_orders,
+    dpm_solver_pp_sde_step,
     dpm_solver_pp_step,
     from_x0_eps,
     half_log_snr,
@@ -95,10 +96,19 @@ def assert_gaussian_moments(x: torch.Tensor, n_sigma: float = 5.0):
         ("ddpm", {"steps": 100}),
         ("ddim", {"steps": 100}),
         ("ddim", {"steps": 100, "eta": 1.0}),
-        ("dpm++", {"steps": 25}),
+        ("dpm++", {"steps": 25, "eta": 0.0, "grid": "quadratic"}),  # 3M, the ODE
+        ("dpm++", {"steps": 100}),  # the default: SDE 2M on the uniform grid
         ("dpm++", {"steps": 25, "order": 2, "grid": "logsnr"}),
-        ("dpm++", {"steps": 40, "order": 1}),
+        ("dpm++", {"steps": 40, "order": 1, "eta": 0.0}),
         ("dpm++", {"steps": 50, "grid": "uniform"}),
+        ("heun", {"steps": 30}),  # 2nd order: at 15 steps the covariance is 10% off
+        ("heun", {"steps": 30, "churn": 3.0, "s_tmax": 50.0}),
+        ("heun", {"steps": 30, "grid": "logsnr"}),
+        ("unipc", {"steps": 20}),
+        ("unipc", {"steps": 20, "order": 2, "grid": "karras"}),
+        ("dpm++", {"steps": 25, "grid": "karras", "eta": 0.0}),
+        ("dpm++", {"steps": 50, "eta": 1.0}),
+        ("ddim", {"steps": 50, "grid": "karras"}),
         ("ode", {"steps": 50, "solver": "heun"}),
         ("ode", {"steps": 20, "solver": "rk4"}),
         ("ode", {}),
@@ -112,6 +122,8 @@ def test_every_sampler_draws_the_gaussian(method, options):
     expected_nfe = options.get("steps", 1000)
     if method == "ode" and options:
         expected_nfe = options["steps"] * {"heun": 2, "rk4": 4}[options["solver"]]
+    if method == "heun":  # 2 per step, 1 for the last step on a grid ending at 0 (uniform)
+        expected_nfe = 2 * options["steps"] - (options.get("grid", "uniform") == "uniform")
     if options:
         assert model.nfe_ == expected_nfe
     else:
@@ -281,6 +293,20 @@ def test_dpm_solver_pp_converges_at_its_order(order, low, high):
     assert all(low <= r <= high for r in rates), (errors, rates)
 
 
+def test_sde_dpm_solver_pp_is_ddpm_at_first_order_and_the_ode_at_eta_zero():
+    g = torch.Generator().manual_seed(2)
+    x, x0, x0_old, noise = (torch.randn(5, 2, generator=g) for _ in range(4))
+    ab_t, ab_s, ab_old = 0.3, 0.6, 0.1
+    lams = [half_log_snr(ab_t), half_log_snr(ab_old)]
+    torch.testing.assert_close(dpm_solver_pp_sde_step(x, [x0], lams, ab_t, ab_s, 1, 1.0, noise),
+                               ddpm_step(x, x0, ab_t, ab_s, noise))  # fmt: skip
+    for order in (1, 2):
+        torch.testing.assert_close(
+            dpm_solver_pp_sde_step(x, [x0, x0_old], lams, ab_t, ab_s, order, 0.0, noise),
+            dpm_solver_pp_step(x, [x0, x0_old], lams, ab_t, ab_s, order),
+        )
+
+
 def test_dpm_solver_pp_first_order_is_ddim():
     x, x0 = torch.randn(5, 2), torch.randn(5, 2)
     ab_t, ab_s = 0.3, 0.6
@@ -335,7 +361,8 @@ def test_both_families_pick_the_same_net():
 def test_declared_capabilities():
     assert Diffusion.sample_options == {"steps", "method", "eta", "y", "guidance",
                                         "return_trajectory", "grid", "order", "solver", "rtol",
-                                        "atol"}  # fmt: skip
+                                        "atol", "churn", "s_tmin", "s_tmax", "s_noise", "times",
+                                        "init", "strength"}  # fmt: skip
     assert Diffusion.log_prob_options == {"steps", "method", "rtol", "atol", "seed"}
     assert Diffusion.quick_log_prob == {"method": "rk4", "steps": 4}
     picture = Diffusion.trajectory_picture
@@ -379,7 +406,7 @@ def test_conditional_images_with_guidance():
     assert model.net_ == "unet" and model.kind_ == "image" and model.log_prob_kind == "estimate"
     s = model.sample(4, seed=0, method="ddim", steps=3, y=7, guidance=2.0)
     assert s.shape == (4, 1, 8, 8) and s.min() >= 0 and s.max() <= 1 and model.nfe_ == 3
-    guided = {"method": "dpm++", "steps": 6, "y": 7, "guidance": 2.0}  # guided: 2M by default
+    guided = {"method": "dpm++", "steps": 6, "y": 7, "guidance": 2.0, "eta": 0.0}  # 2M
     torch.testing.assert_close(model.sample(4, seed=0, **guided),
                                model.sample(4, seed=0, order=2, **guided))  # fmt: skip
     assert not torch.equal(model.sample(4, seed=0, **guided),
@@ -413,7 +440,8 @@ def test_bad_options_are_refused(options, fragment):
         ({"method": "dpm++", "steps": 10**12}, "at most 100,000"),
         ({"method": "ode", "solver": "heun", "steps": 10**6}, "at most 100,000"),
         ({"method": "ddim", "eta": 1.5}, "eta must be"),
-        ({"method": "dpm++", "eta": 0.5}, "eta applies"),
+        ({"method": "heun", "eta": 0.5}, "eta applies"),
+        ({"method": "dpm++", "eta": 0.5, "order": 3}, "orders 1 and 2"),
         ({"method": "dpm++", "order": 4}, "order must be"),
         ({"method": "dpm++", "order": True}, "order must be"),
         ({"method": "ddim", "order": 2}, "order applies"),
@@ -486,3 +514,169 @@ def test_cli_fit_sample_eval_plot(tmp_path, capsys):
     assert run(["plot", str(out), "--data", "moons", "--n", "100"]) == 0
     assert (out / "denoising.png").is_file() and (out / "plot.png").is_file()
     assert run(["sample", str(out), "-n", "3", "--method", "ode", "--eta", "0.5"]) == 1
+
+
+# -- the new samplers against the exact probability-flow map, grids, times, editing ----------------
+def exact_ode_map(model: Diffusion, z1: torch.Tensor, t: float) -> torch.Tensor:
+    """The probability-flow ODE's map from t = 1 to t for model-space data N(m, S), in data
+    space: z_t = alpha_t m + C_t^(1/2) C_1^(-1/2) (z_1 - alpha_1 m), C_t = alpha_t^2 S +
+    sigma_t^2 I (all C_t share S's eigenvectors, so the square roots commute)."""
+    net, sch = model.net, model.schedule
+    evals, evecs = torch.linalg.eigh(net.S)
+
+    def coefs(time):
+        tt = torch.tensor(time, dtype=torch.float64)
+        return float(sch.alpha(tt)), float(sch.sigma(tt))
+
+    (a1, s1), (a, s) = coefs(1.0), coefs(t)
+    gain = ((a**2 * evals + s**2) / (a1**2 * evals + s1**2)).sqrt()
+    matrix = evecs @ torch.diag(gain) @ evecs.T
+    z = a * net.m + (z1.double() - a1 * net.m) @ matrix.T
+    return z * SCALE.double() + LOC.double()
+
+
+def _ode_error(method: str, steps: int, **options) -> float:
+    """Max distance of `method` from the exact map (end time 1 / T) from one fixed noise."""
+    model = gaussian_diffusion()
+    z1 = torch.randn(200, 2, generator=torch.Generator().manual_seed(0))
+    x = model.sample(200, noise=z1, method=method, steps=steps, **options)
+    return float((x.double() - exact_ode_map(model, z1, 1e-3)).norm(dim=1).max())
+
+
+@pytest.mark.parametrize(
+    "method, options, low, bound",
+    [
+        ("heun", {"grid": "karras"}, 1.8, 0.08),  # EDM's Heun: 2nd order
+        ("heun", {"grid": "logsnr"}, 1.8, 0.08),
+        ("unipc", {"order": 2, "grid": "logsnr"}, 1.8, 0.08),
+        ("unipc", {"order": 3, "grid": "logsnr"}, 2.6, 3e-3),
+        ("unipc", {"order": 3, "grid": "karras"}, 2.6, 3e-2),
+        ("dpm++", {"order": 2, "grid": "karras", "eta": 0.0}, 1.8, 0.08),
+    ],
+)
+def test_new_samplers_converge_to_the_exact_ode_map(method, options, low, bound):
+    """The largest error (data units, 200 points) against the closed-form probability-flow
+    map shrinks at the sampler's order (log2 of the error ratio from 32 to 64 steps)."""
+    coarse, fine = _ode_error(method, 32, **options), _ode_error(method, 64, **options)
+    assert math.log2(coarse / fine) > low, (coarse, fine)
+    assert fine < bound / 4 and coarse < bound
+
+
+def test_times_is_the_named_grid_and_may_end_at_zero():
+    model = gaussian_diffusion()
+    for method, grid in [("dpm++", "karras"), ("heun", "logsnr"), ("unipc", "quadratic"),
+                         ("ddim", "uniform"), ("ddpm", "uniform")]:  # fmt: skip
+        times = sampling_times(model.schedule, 1000, 8, grid)
+        a = model.sample(50, seed=0, method=method, times=times)
+        b = model.sample(50, seed=0, method=method, steps=8, grid=grid)
+        torch.testing.assert_close(a, b)
+    z1 = torch.randn(300, 2, generator=torch.Generator().manual_seed(1))
+    to_zero = torch.cat([sampling_times(model.schedule, 1000, 48, "karras"), torch.zeros(1)])
+    x = model.sample(300, noise=z1, method="heun", times=to_zero)
+    assert model.nfe_ == 2 * 49 - 1  # the last step, to t = 0, is one Euler evaluation
+    assert float((x.double() - exact_ode_map(model, z1, 0.0)).norm(dim=1).max()) < 0.03
+    x = model.sample(300, noise=z1, method="ode", times=torch.linspace(1, 1e-3, 41))
+    assert model.nfe_ == 80  # heun
+    assert float((x.double() - exact_ode_map(model, z1, 1e-3)).norm(dim=1).max()) < 0.01
+    run_ = model.sample(4, seed=0, method="unipc", times=[1.0, 0.5, 0.1, 0.01],
+                        return_trajectory=True)  # fmt: skip
+    assert run_.trajectory.shape == (4, 4, 2) and model.nfe_ == 3
+    torch.testing.assert_close(run_.times, torch.tensor([1.0, 0.5, 0.1, 0.01]))
+
+
+def test_sampling_times_delegates_to_the_shared_grids():
+    from genlab import grids
+
+    schedule = SCHEDULES["cosine"]()
+    for name in ("quadratic", "logsnr", "karras"):
+        torch.testing.assert_close(sampling_times(schedule, 500, 7, name),
+                                   grids.time_grid(schedule, name, 7, t_min=1 / 500))  # fmt: skip
+    half = sampling_times(schedule, 1000, 5, "uniform", t_max=0.5004)
+    torch.testing.assert_close(half, torch.tensor([0.5004, 0.4, 0.3, 0.2, 0.1, 0.0],
+                                                  dtype=torch.float64))  # fmt: skip
+    with pytest.raises(ValueError, match="pass steps <= 500"):
+        sampling_times(schedule, 1000, 501, "uniform", t_max=0.5)
+
+
+@pytest.mark.parametrize("method", ["ddpm", "ddim", "dpm++", "heun", "unipc", "ode"])
+def test_every_sampler_calls_the_editing_hooks(method, monkeypatch):
+    """_edit_start sets the start (here t = 0.6), and _project_step sees the state at the
+    start and after every step, at the times the trajectory reports."""
+    model = gaussian_diffusion()
+    seen = []
+
+    def edit_start(init, strength, eps):
+        return eps * 0.5, 0.6
+
+    def project(z, t):
+        seen.append(t)
+        return z
+
+    monkeypatch.setattr(model, "_edit_start", edit_start)
+    monkeypatch.setattr(model, "_project_step", project)
+    options = {"solver": "rk4"} if method == "ode" else {}
+    run_ = model.sample(5, seed=0, method=method, steps=6, return_trajectory=True, **options)
+    # unipc also projects its predicted point before the corrector's evaluation there
+    visited = [t for k, t in enumerate(seen) if k == 0 or t != seen[k - 1]]
+    assert seen[0] == pytest.approx(0.6) and len(visited) == 7
+    torch.testing.assert_close(torch.tensor(visited, dtype=torch.float64), run_.times.double(),
+                               atol=1e-6, rtol=0)  # fmt: skip
+    assert run_.times[-1] < 0.6 / 6
+
+
+@pytest.mark.parametrize(
+    "method, options",
+    [("ddpm", {}), ("ddim", {"steps": 40}), ("dpm++", {"steps": 15}), ("heun", {"steps": 10}),
+     ("unipc", {"steps": 15}), ("ode", {"steps": 20, "solver": "heun"})],
+)  # fmt: skip
+def test_sdedit_from_data_draws_the_gaussian(method, options):
+    """init drawn from the data and noised to t = 0.5 is a draw of x_0.5, so every sampler run
+    from there returns the data distribution (the exact denoiser); ddpm from the chain step
+    500 takes 500 steps."""
+    model = gaussian_diffusion()
+    init = torch.from_numpy(stats.multivariate_normal(MEAN, COV).rvs(N, random_state=5)).float()
+    x = model.sample(N, seed=6, method=method, init=init, strength=0.5, **options)
+    assert_gaussian_moments(x)
+    assert float((x - init).norm(dim=1).mean()) > 0.3  # re-generated, not copied
+    assert model.nfe_ == {"ddpm": 500, "heun": 19, "ode": 40}.get(method, options.get("steps"))
+
+
+def test_strength_zero_returns_init_without_a_network_call():
+    model = gaussian_diffusion()
+
+    class Refuse(nn.Module):
+        def forward(self, *args):
+            raise AssertionError("no network call expected")
+
+    model.net = Refuse()
+    init = torch.tensor([[0.3, -1.0], [2.0, 0.5]])
+    for method in ("ddpm", "dpm++", "heun", "unipc", "ode"):
+        torch.testing.assert_close(model.sample(2, method=method, init=init, strength=0.0), init)
+        assert model.nfe_ == 0
+    tiny = model.sample(
+        2, seed=0, method="dpm++", grid="quadratic", init=init, strength=5e-4
+    )  # below 1 / T, where the quadratic grid ends: no step
+    assert model.nfe_ == 0 and float((tiny - init).abs().max()) < 0.05
+
+
+@pytest.mark.parametrize(
+    "options, fragment",
+    [
+        ({"method": "ddim", "churn": 1.0}, "apply to method='heun' only"),
+        ({"method": "dpm++", "s_noise": 1.01}, "apply to method='heun' only"),
+        ({"method": "heun", "churn": -1.0}, "churn must be"),
+        ({"method": "dpm++", "times": [1.0, 0.5], "steps": 3}, "without steps and grid"),
+        ({"method": "dpm++", "times": [1.0, 0.5, 0.5]}, "strictly decreasing"),
+        ({"method": "ode", "times": [1.0, 0.5, 0.0]}, "ending above 0"),
+        ({"method": "heun", "order": 2}, "order applies"),
+        ({"method": "ode", "grid": "karras"}, "grid must be"),
+        ({"method": "dpm++", "grid": "cosine"}, "grid must be"),
+        ({"method": "ddpm", "init": [[0.0, 0.0]] * 3, "strength": 0.1, "steps": 200},
+         "pass steps <= 100"),
+        ({"method": "dpm++", "init": [[0.0, 0.0]] * 3, "strength": 0.5, "times": [1.0, 0.1]},
+         "starting at the strength"),
+    ],
+)  # fmt: skip
+def test_bad_new_sampler_calls_are_refused(options, fragment):
+    with pytest.raises(ValueError, match=fragment):
+        gaussian_diffusion().sample(3, **options)

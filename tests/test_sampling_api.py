@@ -26,7 +26,7 @@ SAMPLERS = [
     ("diffusion", {"method": "ddpm", "steps": 8}),
     ("diffusion", {"method": "ddim", "steps": 6}),
     ("diffusion", {"method": "ddim", "steps": 6, "eta": 1.0}),
-    ("diffusion", {"method": "dpm++", "steps": 6}),
+    ("diffusion", {"method": "dpm++", "steps": 6, "eta": 0.0}),
     ("diffusion", {"method": "ode", "steps": 5, "solver": "rk4"}),
 ]
 DETERMINISTIC = [s for s in SAMPLERS if s[1].get("method") != "ddpm" and not s[1].get("eta")]

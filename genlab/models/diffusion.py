@@ -12,22 +12,40 @@ continuous time t = i / T and predicts (`prediction`):
 
     "eps": eps        "x0": x_0        "v": v = alpha eps - sigma x_0  (Salimans & Ho 2022)
 
-Training draws i ~ U{1, ..., T} and minimises w(lambda_i) |eps_hat - eps|^2 / D, the
-prediction converted to eps whatever its parameterisation; `loss_weight` picks w ("simple",
-"min_snr", "truncated_snr"). The maths (conversions, grids, the sampler steps, the bound's
+Training draws i ~ U{1, ..., T} (or t from `time_sampling`: logit-normal as in SD3, lognormal
+as in EDM) and minimises w(lambda_t) |eps_hat - eps|^2 / D, the prediction converted to eps
+whatever its parameterisation; `loss_weight` picks w ("simple", "min_snr", "truncated_snr",
+"edm"). EDM's preconditioning (Karras et al. 2022, Table 1) for sigma_data = 1, our
+standardised data: c_in is the VP scaling itself, c_skip is `StandardNormalSkip`, and c_out
+makes prediction="v" exactly EDM's F_theta (`edm_preconditioning`); loss_weight="edm" is
+EDM's lambda(sigma). The maths (conversions, grids, the sampler steps, the bound's
 Gaussian terms) are pure functions in `genlab.models.diffusion_maths`, re-exported here.
 
-Samplers (`sample(method=...)`) on a grid of `steps + 1` times from 1 down (`sampling_times`):
+Samplers (`sample(method=...)`) on a grid of `steps + 1` times from 1 down (`sampling_times`,
+`genlab.grids`: "uniform", "quadratic", "logsnr", "karras"; or the caller's `times=`):
 "ddpm" (ancestral, Ho et al. eq. 6-7, on the respaced alpha_bar), "ddim" (Song et al. 2021a
-eq. 12, eta=0 deterministic, eta=1 the DDPM posterior), "dpm++" (DPM-Solver++ 3M or 2M, Lu et
-al. 2022, multistep, one evaluation per step) and "ode" (the probability-flow ODE
-dx/dt = alpha' x0_hat + sigma' eps_hat through `genlab.solvers.solve`). `log_prob` integrates
+eq. 12, eta=0 deterministic, eta=1 the DDPM posterior), "dpm++" (DPM-Solver++, Lu et al. 2022,
+multistep, one evaluation per step: by default the SDE variant 2M, eta=1; eta=0 the ODE
+solver, 3M or 2M), "heun" (EDM's Heun sampler with optional churn, Karras et al. 2022 Alg. 2),
+"unipc" (UniPC, Zhao et al. 2023, order 1-3; both in `genlab.models.diffusion_samplers`) and
+"ode" (the probability-flow ODE dx/dt = alpha' x0_hat + sigma' eps_hat through
+`genlab.solvers.solve`). Every sampler can start from edited data (`init=`, `strength=`,
+SDEdit) and calls the inpainting hook `_project_step` after each step. `log_prob` integrates
 the same ODE with the instantaneous change of variables; `vlb` is DDPM's discrete bound.
+
+Why dpm++ defaults to its SDE form on the uniform grid (eta=1, 2M; the measurements are in
+benchmarks/diffusion_quality_vs_steps.py's docstring): on rings trained for 4,000 steps the
+probability-flow ODE of the learned denoiser, however finely solved (dpm++ 3M at 100 steps:
+MMD^2 8.0e-4), scored about twice DDPM-1000's 4.4e-4, so no grid or order of the
+deterministic solver could close the gap; the stochastic sampler corrects the denoiser's
+errors as DDPM does (2.8e-4 at 15 NFE). On pinwheel it ties the ODE (4.4e-4 against 4.3e-4,
+DDPM 2.4e-4); the quadratic and logsnr grids were worse there (7.8e-4, 7.6e-4).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -35,9 +53,11 @@ import torch
 from torch import Tensor, nn
 
 from genlab import sampling, solvers
+from genlab.grids import check_times
 from genlab.models import continuous, limits
 from genlab.models.base import TrajectoryPicture
 from genlab.models.diffusion_maths import (
+    EDM_SIGMA_DATA,
     MIN_SNR_GAMMA,
     StandardNormalSkip,
     alpha_sigma,
@@ -46,7 +66,9 @@ from genlab.models.diffusion_maths import (
     ddpm_step,
     discretized_gaussian_log_prob,
     dpm_solver_pp_orders,
+    dpm_solver_pp_sde_step,
     dpm_solver_pp_step,
+    edm_preconditioning,
     from_x0_eps,
     gaussian_log_prob,
     half_log_snr,
@@ -56,11 +78,13 @@ from genlab.models.diffusion_maths import (
     standard_normal_prediction,
     to_x0_eps,
 )
+from genlab.models.diffusion_samplers import edm_heun, unipc
 from genlab.nets import MLP, UNet
 from genlab.options import Choice, Flag, Integer, option
 from genlab.schedules import SCHEDULES, Schedule
 
 __all__ = [  # the maths lives in diffusion_maths; importing it from here keeps working
+    "EDM_SIGMA_DATA",
     "MIN_SNR_GAMMA",
     "Diffusion",
     "DiffusionConfig",
@@ -71,7 +95,9 @@ __all__ = [  # the maths lives in diffusion_maths; importing it from here keeps 
     "ddpm_step",
     "discretized_gaussian_log_prob",
     "dpm_solver_pp_orders",
+    "dpm_solver_pp_sde_step",
     "dpm_solver_pp_step",
+    "edm_preconditioning",
     "from_x0_eps",
     "gaussian_log_prob",
     "half_log_snr",
@@ -84,16 +110,19 @@ __all__ = [  # the maths lives in diffusion_maths; importing it from here keeps 
 
 ScheduleName = Literal["linear", "cosine"]
 PredictionName = Literal["eps", "x0", "v"]
-LossWeightName = Literal["simple", "min_snr", "truncated_snr"]
-SamplerName = Literal["ddpm", "ddim", "dpm++", "ode"]
-GridName = Literal["uniform", "logsnr", "quadratic"]
+LossWeightName = Literal["simple", "min_snr", "truncated_snr", "edm"]
+SamplerName = Literal["ddpm", "ddim", "dpm++", "heun", "unipc", "ode"]
+GridName = Literal["uniform", "quadratic", "logsnr", "karras"]
 PREDICTIONS = ("eps", "x0", "v")
-LOSS_WEIGHTS = ("simple", "min_snr", "truncated_snr")
-SAMPLERS = ("ddpm", "ddim", "dpm++", "ode")
-GRIDS = ("uniform", "logsnr", "quadratic")
-DEFAULT_STEPS = {"ddim": 50, "dpm++": 20}  # ddpm: all T steps; ode: dopri5 (adaptive)
-DEFAULT_GRID = {"ddpm": "uniform", "ddim": "quadratic", "dpm++": "quadratic", "ode": "uniform"}
+LOSS_WEIGHTS = ("simple", "min_snr", "truncated_snr", "edm")
+SAMPLERS = ("ddpm", "ddim", "dpm++", "heun", "unipc", "ode")
+GRIDS = ("uniform", "quadratic", "logsnr", "karras")  # = genlab.grids.GRIDS
+DEFAULT_STEPS = {"ddim": 50, "dpm++": 20, "heun": 10, "unipc": 20}  # ddpm: T; ode: dopri5
+DEFAULT_GRID = {"ddpm": "uniform", "ddim": "quadratic", "dpm++": "uniform", "heun": "uniform",
+                "unipc": "quadratic", "ode": "uniform"}  # fmt: skip
+DEFAULT_ETA = {"ddim": 0.0, "dpm++": 1.0}  # dpm++: SDE-DPM-Solver++ 2M (see DEFAULT_GRID)
 VLB_ROWS = 8192  # network rows per forward pass in vlb
+MAX_DEPTH = 1000  # MLP residual blocks (more is an error of units, not a network)
 
 
 # -- config and model -----------------------------------------------------------------------------
@@ -111,9 +140,10 @@ class DiffusionConfig(continuous.ContinuousConfig):
     timesteps: int = option(
         1000, "T, the length of the discrete chain.", Integer(2, limits.MAX_STEPS)
     )
-    hidden: int = option(256, "MLP width (three residual blocks).", Integer(8))
+    hidden: int = option(256, "MLP width.", Integer(8))
+    depth: int = option(3, "MLP residual blocks.", Integer(1, MAX_DEPTH))
     loss_weight: LossWeightName = option(
-        "simple", "Loss weighting: simple, min_snr or truncated_snr.", Choice(LOSS_WEIGHTS)
+        "simple", "Loss weighting: simple, min_snr, truncated_snr or edm.", Choice(LOSS_WEIGHTS)
     )
     clip_denoised: bool = option(
         True, "Clip x0_hat to the image range in ddpm, ddim and dpm++.", Flag()
@@ -130,9 +160,12 @@ class Diffusion(continuous.ContinuousModel, family="diffusion"):
         timesteps: T, the length of the discrete chain (training draws i in 1..T).
         net: "auto" (`genlab.models.continuous.auto_net`: an MLP for points and small
             images, a UNet for larger square images), "mlp" or "unet".
-        hidden: width of the MLP (three residual FiLM blocks).
+        hidden, depth: width of the MLP and its number of residual FiLM blocks (3).
         base_channels: width of the UNet's first level (levels (1, 2)).
-        loss_weight: "simple", "min_snr" or "truncated_snr" (`loss_weight`).
+        loss_weight: "simple", "min_snr", "truncated_snr" or "edm" (`loss_weight`).
+        time_sampling, time_location, time_scale: the training times (`loss`): "uniform"
+            is DDPM's i / T, i ~ U{1..T}; "logit_normal" (SD3) and "lognormal" (EDM) are
+            continuous draws (`genlab.timesteps`).
         label_dropout: probability of replacing a label by the null label while training,
             for classifier-free guidance (conditional models only).
         dequantize: dequantise quantised images (a Dataset with `levels`) in every batch.
@@ -151,10 +184,12 @@ class Diffusion(continuous.ContinuousModel, family="diffusion"):
     """
 
     config_class = DiffusionConfig
+    size_options: ClassVar[tuple[str, ...]] = ("hidden", "depth", "base_channels")
     positional = ("schedule", "prediction", "timesteps", "net")
     sample_options: ClassVar[frozenset[str]] = frozenset(
         {"steps", "method", "eta", "y", "guidance", "return_trajectory", "grid", "order",
-         "solver", "rtol", "atol"}
+         "solver", "rtol", "atol", "churn", "s_tmin", "s_tmax", "s_noise", "times", "init",
+         "strength"}
     )  # fmt: skip
     trajectory_picture = TrajectoryPicture(
         "denoising", {"method": "dpm++", "steps": 20}, paths=300, images=8, animate=False
@@ -179,17 +214,18 @@ class Diffusion(continuous.ContinuousModel, family="diffusion"):
             c, s = self.net_shape_[:2]
             net = UNet(c, s, base_channels=cfg.base_channels, n_classes=self.n_classes_)
         else:
-            net = MLP(d, d, (cfg.hidden,) * 3, time_dim=min(cfg.hidden, 128),
+            net = MLP(d, d, (cfg.hidden,) * cfg.depth, time_dim=min(cfg.hidden, 128),
                       n_classes=self.n_classes_)  # fmt: skip
         return StandardNormalSkip(net, self.schedule, cfg.prediction)
 
     def loss(self, batch: tuple[Tensor, ...], step: int) -> dict[str, Tensor]:
-        """mean_b w(lambda_i) |eps_hat - eps|^2 / D with i ~ U{1..T} and x_t = alpha x0 + sigma eps;
-        labels are replaced by the null label with probability label_dropout."""
+        """mean_b w(lambda_t) |eps_hat - eps|^2 / D with x_t = alpha x0 + sigma eps and t = i / T,
+        i ~ U{1..T} (time_sampling="uniform", DDPM's draw), else t from config.time_sampling
+        (`genlab.timesteps.draw_times`: logit-normal, SD3; lognormal, EDM); w is
+        `loss_weight`. Labels are replaced by the null label with probability label_dropout."""
         x0 = self._train_rows(batch[0])
         y = batch[1] if len(batch) > 1 else None
-        i = torch.randint(1, self.config.timesteps + 1, (len(x0),), device=x0.device)
-        t = i.to(x0.dtype) / self.config.timesteps
+        t = self._loss_times(x0)
         alpha, sigma = alpha_sigma(self.schedule, t, x0)
         eps = torch.randn_like(x0)
         x_t = alpha * x0 + sigma * eps
@@ -199,6 +235,14 @@ class Diffusion(continuous.ContinuousModel, family="diffusion"):
         mse = (eps_hat - eps).square().reshape(len(x0), -1).mean(1)
         w = loss_weight(self.schedule.log_snr(t), self.config.loss_weight).to(mse.dtype)
         return {"loss": (w * mse).mean(), "eps_mse": mse.mean().detach()}
+
+    def _loss_times(self, x0: Tensor) -> Tensor:
+        """(B,) training times: i / T with i ~ U{1..T} for "uniform" (the old draw, so old
+        configs train as before), else `_train_times` (continuous, in (0, 1))."""
+        if self.config.time_sampling == "uniform":
+            i = torch.randint(1, self.config.timesteps + 1, (len(x0),), device=x0.device)
+            return i.to(x0.dtype) / self.config.timesteps
+        return self._train_times(x0)
 
     # -- the denoiser -----------------------------------------------------------------------------
     def denoiser(
@@ -244,7 +288,7 @@ class Diffusion(continuous.ContinuousModel, family="diffusion"):
         noise: Tensor | None = None,
         callback: solvers.StepCallback | None = None,
         progress: bool | None = None,
-        eta: float = 0.0,
+        eta: float | None = None,
         y: Any = None,
         guidance: float = 0.0,
         return_trajectory: bool = False,
@@ -253,14 +297,22 @@ class Diffusion(continuous.ContinuousModel, family="diffusion"):
         solver: solvers.Method | None = None,
         rtol: float = 1e-5,
         atol: float = 1e-5,
+        churn: float = 0.0,
+        s_tmin: float = 0.0,
+        s_tmax: float = math.inf,
+        s_noise: float = 1.0,
+        times: Sequence[float] | Tensor | None = None,
+        init: Any = None,
+        strength: float = 1.0,
     ) -> Tensor | continuous.SampleTrajectory:
         """n samples from x_1 ~ N(0, I) by a reverse-time sampler: (n, *event_shape).
 
         Args:
             n: number of samples.
-            method: "ddpm", "ddim", "dpm++" or "ode" (module docstring).
+            method: "ddpm", "ddim", "dpm++", "heun", "unipc" or "ode" (module docstring).
             steps: sampler steps: ddpm T (default) or fewer, on the respaced chain; ddim 50;
-                dpm++ 20; ode: fixed solver steps (default: dopri5, adaptive).
+                dpm++ 20; heun 10; unipc 20; ode: fixed solver steps (default: dopri5,
+                adaptive). Not with `times` (its length sets the steps).
             seed: seed of a CPU generator (same seed, same samples, on any device; None: OS
                 entropy); seed=s is the same as generator=torch.Generator().manual_seed(s).
             generator: a torch.Generator for every draw instead (advanced in place; not with
@@ -268,66 +320,113 @@ class Diffusion(continuous.ContinuousModel, family="diffusion"):
             noise: (n, *event_shape) the starting point x_1: N(0, I) draws in the model's
                 normalised space (before loc / scale), e.g. torch.randn(n, *event_shape,
                 generator=torch.Generator().manual_seed(s)), which `seed=s` draws. Later noise
-                (ddpm's and ddim's with eta > 0, per step) still comes from the generator,
-                which the given noise leaves unadvanced. ddim with eta=0, dpm++ and ode are
-                deterministic: the same noise gives the same samples whatever the seed.
+                (ddpm's, ddim's and dpm++'s with eta > 0 and heun's churn, per step) still
+                comes from the generator, which the given noise leaves unadvanced. ddim and
+                dpm++ with eta=0, heun without churn, unipc and ode are deterministic: the same
+                noise gives the same samples whatever the seed.
             callback: callback(step, t, x) after each sampler step (each accepted dopri5 step
                 of ode): the steps taken (1, 2, ...), the schedule time reached (from 1 down)
                 and x, what `sample` would return if it stopped there: the current state x_t in
                 data space, (n, *event_shape), images clipped to [0, 1]. Returning True stops
                 sampling and returns that x (the trajectory ends there).
             progress: a tqdm bar over the sampler steps on stderr; None: only on a TTY.
-            eta: DDIM's noise (0: deterministic; 1: the DDPM posterior); ddim only.
+            eta: the sampler's noise, ddim and dpm++ only (0: deterministic; default
+                `DEFAULT_ETA`: ddim 0, dpm++ 1). ddim: DDIM's eta (1: the DDPM posterior).
+                dpm++: SDE-DPM-Solver++ (`dpm_solver_pp_sde_step`; 1: the reverse SDE, orders
+                1 and 2, default 2), eta=0 the deterministic DPM-Solver++ (3M by default).
             y: an int or (n,) labels for a conditional model; None samples unconditionally
                 (the null label).
             guidance: classifier-free guidance weight w (needs y), see `denoiser`.
             return_trajectory: return a `continuous.SampleTrajectory` instead of the samples.
-            grid: the times of ddpm, ddim and dpm++ (`sampling_times`): "uniform" (default
-                of ddpm), "quadratic" (default of ddim and dpm++; DDIM's choice for CIFAR-10,
-                Song et al. 2021a) or "logsnr".
-            order: DPM-Solver++'s multistep order, 1, 2 (2M) or 3 (3M); default 3, and 2
-                with guidance (higher orders are unstable with large guidance weights, Lu et
-                al. 2022). The last steps step down in order (`dpm_solver_pp_orders`).
+            grid: the times of the discrete samplers (`sampling_times`, `DEFAULT_GRID`):
+                "uniform" (the respaced chain, ending at t = 0; the default of ddpm, dpm++ and
+                heun), "quadratic" (ddim's and unipc's default; DDIM's choice for CIFAR-10,
+                Song et al. 2021a), "logsnr" or "karras" (EDM's sigma grid, rho = 7; on 2-D
+                toys heun at 15 NFE scored 25x worse on it than on "uniform").
+                Not for ode, whose fixed solvers step uniformly in t.
+            order: the multistep order of dpm++ (1, 2 = 2M, 3 = 3M) and unipc (1, 2, 3); default
+                3, and 2 with guidance (higher orders are unstable with large guidance
+                weights, Lu et al. 2022). The last steps step down in order.
             solver: the ODE solver of method="ode" (default dopri5 without steps, else heun).
             rtol, atol: dopri5's tolerances.
+            churn, s_tmin, s_tmax, s_noise: EDM's stochastic Heun (method="heun" only;
+                Karras et al. 2022 Alg. 2): each step whose noise-to-signal ratio
+                sigma_t / alpha_t lies in [s_tmin, s_tmax] first adds noise raising it by the
+                factor 1 + min(churn / steps, sqrt(2) - 1), scaled by s_noise. churn = 0 (the
+                default) is the deterministic Heun sampler.
+            times: a decreasing time grid of your own (`genlab.grids.check_times`: 1-D,
+                within [0, 1], >= 2 entries) instead of steps and grid; every method, ode
+                included (its fixed-step solver steps along it; its last time must be > 0).
+                It may end at t = 0 (the last step then returns x0_hat). With init it must
+                start at t = strength.
+            init: (n, *event_shape) rows (or one row for all n) to edit (SDEdit, Meng et al.
+                2022): the sampler starts from init noised to t = strength
+                (`continuous.ContinuousModel._edit_start`) and runs the method's grid from
+                there (t_max = strength): ddpm the respaced chain from the chain step nearest
+                round(strength T), its first time replaced by strength itself. strength=0
+                returns init unchanged (no network call); strength=1 is plain sampling.
+            strength: the start time t in [0, 1] for init (1: from noise).
 
         After the call `self.nfe_` holds the number of network evaluations (a guided
-        evaluation, cond and null rows in one batch, counts once): `steps` for ddpm, ddim and
-        dpm++; the solver's NFE for ode. The ODE and the "logsnr" and "quadratic" grids stop
-        at t = 1 / T (the smallest time the net was trained at) and return x there, the data
+        evaluation, cond and null rows in one batch, counts once): `steps` for ddpm, ddim,
+        dpm++ and unipc; 2 steps - 1 for heun on a grid ending at 0, else 2 steps; the
+        solver's NFE for ode. The ODE and the "logsnr", "quadratic" and "karras" grids stop at
+        t = 1 / T (the smallest time the net was trained at) and return x there, the data
         blurred by sigma(1 / T) (0.01 for the linear schedule); the "uniform" grid ends with
-        x0_hat.
-        Images are clipped to [0, 1].
+        x0_hat. Images are clipped to [0, 1]. Every sampler applies `_project_step` (the
+        inpainting hook) to its state at the start and after every step.
         """
         self.check_is_fitted()
         n = self.check_sample_size(n)
         labels = self._labels(y, n)
         guidance = continuous.check_guidance(guidance, labels)
-        method, steps, grid, solver = self._check_sampler(method, steps, eta, grid, solver)
-        order = self._check_order(order, method, guidance)
+        eta = DEFAULT_ETA.get(method, 0.0) if eta is None else eta
+        given_steps = steps is not None
+        plan = self._check_sampler(method, steps, eta, grid, solver, times,
+                                   (churn, s_tmin, s_tmax, s_noise))  # fmt: skip
+        method, steps, grid, solver = plan
+        order = self._check_order(order, method, guidance or eta)
+        if method == "dpm++" and eta and order > 2:
+            raise ValueError("dpm++ with eta > 0 (SDE-DPM-Solver++) has orders 1 and 2: "
+                             "pass order=2 (the default with eta)")  # fmt: skip
         limits.check_tolerances(rtol, atol)
-        if limits.check_flag(return_trajectory, "return_trajectory") and steps is not None:
-            limits.check_trajectory(steps, n, self.dim)
+        if limits.check_flag(return_trajectory, "return_trajectory"):
+            length = len(times) - 1 if times is not None else steps
+            if method == "ddpm" and length is None:
+                length = self.config.timesteps
+            if length is not None:
+                limits.check_trajectory(length, n, self.dim)
         solvers.check_callback(callback)
         x, g = self._start(n, seed, generator, noise)
-        if n == 0:
+        x, t_start = self._edit_start(init, strength, x)
+        path = self._sampler_times(method, steps, grid, times, t_start, init is not None,
+                                   given_steps)  # fmt: skip
+        if n == 0 or len(path) < 2:  # nothing to do: no network call
             self.nfe_ = 0
-            states, times = [x, x], torch.tensor([1.0, 0.0])
-        elif method == "ode":
-            states, times = self._sample_ode(x, steps, solver, labels, guidance, rtol, atol,
-                                             return_trajectory, callback, progress)  # fmt: skip
+            states = [x]
+            samples = (self._edit_rows(init, "init")[0].expand(n, *self.event_shape).clone()
+                       if init is not None and t_start == 0 else self._samples(x))  # fmt: skip
         else:
-            times = sampling_times(self.schedule, self.config.timesteps, steps, grid)
-            with solvers.StepMonitor(callback, progress, steps, f"{method} sampling",
-                                     view=self._samples) as monitor:  # fmt: skip
-                states, times = self._sample_discrete(x, method, times, eta, order, labels,
-                                                      guidance, g, return_trajectory,
-                                                      monitor)  # fmt: skip
-        samples = self._samples(states[-1], check=True)
+            x = self._project_step(x, float(path[0]))
+            run = self._sample_ode if method == "ode" else self._sample_grid
+            dopri5 = method == "ode" and solver == "dopri5"
+            options = {"eta": eta, "order": order, "solver": solver, "rtol": rtol, "atol": atol,
+                       "churn": (churn, s_tmin, s_tmax, s_noise),
+                       "dopri5": dopri5 and times is None}  # fmt: skip
+            with solvers.StepMonitor(
+                callback,
+                progress,
+                None if dopri5 else len(path) - 1,
+                f"{method} sampling",
+                view=self._samples,
+            ) as monitor:
+                states, path = run(x, method, path, labels, guidance, g, return_trajectory,
+                                   monitor, options)  # fmt: skip
+            samples = self._samples(states[-1], check=True)
         if not return_trajectory:
             return samples
-        path = torch.stack([self._to_data_space(s).cpu() for s in states[:-1]] + [samples.cpu()])
-        return continuous.SampleTrajectory(samples, path, times.float().cpu())
+        trajectory = [self._to_data_space(s).cpu() for s in states[:-1]] + [samples.cpu()]
+        return continuous.SampleTrajectory(samples, torch.stack(trajectory), path.float().cpu())
 
     def _samples(self, x: Tensor, check: bool = False) -> Tensor:
         """Model-space states (B, *net_shape) as samples: data space, images clipped to
@@ -337,7 +436,8 @@ class Diffusion(continuous.ContinuousModel, family="diffusion"):
             limits.check_outputs(samples, "the samples")  # before images are clipped to [0, 1]
         return samples.clamp(0.0, 1.0) if self.kind_ == "image" else samples
 
-    def _check_sampler(self, method, steps, eta, grid, solver):
+    def _check_sampler(self, method, steps, eta, grid, solver, times, churn):
+        """(method, steps, grid, solver) after checking the sampler options together."""
         if method not in SAMPLERS:
             raise ValueError(f"method must be one of {SAMPLERS}, got {method!r}")
         if steps is not None:
@@ -347,67 +447,164 @@ class Diffusion(continuous.ContinuousModel, family="diffusion"):
             raise ValueError(f"ddpm takes at most timesteps={T} steps, got steps={steps}")
         if isinstance(eta, bool) or not (isinstance(eta, int | float) and 0 <= eta <= 1):
             raise ValueError(f"eta must be a number in [0, 1], got {eta!r}")
-        if eta != 0 and method != "ddim":
-            raise ValueError(f"eta applies to method='ddim' only, not {method!r}")
+        if eta != 0 and method not in ("ddim", "dpm++"):
+            raise ValueError(f"eta applies to method='ddim' or 'dpm++' only, not {method!r}")
         if grid is not None and (grid not in GRIDS or method == "ode"):
-            raise ValueError(f"grid must be one of {GRIDS}, for ddpm, ddim or dpm++")
+            raise ValueError(
+                f"grid must be one of {GRIDS}, for {', '.join(m for m in SAMPLERS if m != 'ode')}"
+                " (method='ode' steps uniformly in t: pass times= for a grid of your own)"
+            )
         if solver is not None and (method != "ode" or solver not in solvers.METHODS):
             raise ValueError(f"solver must be one of {solvers.METHODS}, with method='ode'")
+        if method != "heun" and churn != (0.0, 0.0, math.inf, 1.0):
+            raise ValueError(
+                f"churn, s_tmin, s_tmax and s_noise apply to method='heun' only (EDM's "
+                f"stochastic sampler), not {method!r}: use method='heun' or drop them"
+            )
+        if times is not None:
+            if steps is not None or grid is not None:
+                raise ValueError("times= is the whole grid: pass it without steps and grid")
+            return method, None, None, solver or ("heun" if method == "ode" else None)
         if method == "ode":
             solver = solver or ("dopri5" if steps is None else "heun")
             if (solver == "dopri5") != (steps is None):
                 raise ValueError("pass steps for a fixed-step solver, and none for dopri5")
-        else:
-            steps = steps or DEFAULT_STEPS.get(method, T)
+        else:  # ddpm: None, every chain step below the start time (`_sampler_times`)
+            steps = steps or DEFAULT_STEPS.get(method)
         grid = grid or DEFAULT_GRID[method]
         return method, None if steps is None else int(steps), grid, solver
 
-    def _sample_discrete(
-        self, x, method, times, eta, order, y, guidance, g, keep, monitor: solvers.StepMonitor
+    def _sampler_times(
+        self, method, steps, grid, times, t_start: float, edit: bool, given_steps: bool
+    ) -> Tensor:
+        """The times (float64, decreasing from t_start) the sampler visits: the caller's
+        `times`, the method's grid (`sampling_times` with t_max = t_start), ode's uniform
+        steps, or for dopri5 its two ends [t_start, 1 / T]. One entry: nothing to do
+        (t_start = 0, or t_start at or below the end 1 / T of a grid that stops there)."""
+        T = self.config.timesteps
+        here = torch.tensor([t_start], dtype=torch.float64)
+        if t_start <= 0:
+            return here
+        if times is not None:
+            path = check_times(times)
+            if edit and abs(float(path[0]) - t_start) > 1e-9:
+                raise ValueError(
+                    f"times starts at {float(path[0]):g} but init is noised to t = strength = "
+                    f"{t_start:g}: pass times starting at the strength"
+                )
+            if method == "ode" and float(path[-1]) <= 0:
+                raise ValueError(
+                    "method='ode' needs times ending above 0 (the probability-flow field of an "
+                    "x0 or v net is singular at t = 0): end them at e.g. 1 / timesteps"
+                )
+            return path
+        chain = max(1, round(t_start * T))  # the steps of the chain below t_start
+        if method == "ddpm" and steps is None:
+            steps = chain
+        elif grid == "uniform" and method != "ode" and not given_steps:
+            steps = min(steps, chain)  # a default step count, capped for a late start
+        if grid == "uniform" and method != "ode":
+            return sampling_times(self.schedule, T, steps, grid, t_max=t_start)
+        if t_start <= 1.0 / T:
+            return here
+        if method == "ode":
+            return torch.linspace(t_start, 1.0 / T, 2 if steps is None else steps + 1,
+                                  dtype=torch.float64)  # fmt: skip
+        return sampling_times(self.schedule, T, steps, grid, t_max=t_start)
+
+    def _denoise(self, y: Tensor | None, guidance: float, clip: bool):
+        """The denoiser callable (x, t) -> (x0_hat, eps_hat) of `diffusion_samplers`, x0_hat
+        clipped to [-1, 1] (and eps_hat re-derived) when `clip`."""
+
+        def denoise(x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+            x0, eps = self._predict(x, t, y, guidance)
+            return clip_x0(x0, x, float(self.schedule.alpha_bar(t.double()))) if clip else (x0, eps)
+
+        return denoise
+
+    def _sample_grid(
+        self, x, method, times, y, guidance, g, keep, monitor: solvers.StepMonitor, options
     ) -> tuple[list[Tensor], Tensor]:
-        """ddpm / ddim / dpm++ through `times` (float64, decreasing): (the states at every time
-        (only the last unless `keep`), the times reached). After each step monitor(t, x)
-        returning True stops there."""
+        """ddpm / ddim / dpm++ / heun / unipc through `times` (float64, decreasing): (the states
+        at every time (only the last unless `keep`), the times reached). After each step the
+        state is projected (`_project_step`) and monitor(t, x) returning True stops there."""
         clip = self.config.clip_denoised and self.kind_ == "image"
+        states = [x]
+
+        def on_step(step: int, t: float, x_t: Tensor) -> bool:
+            if keep:
+                states.append(x_t)
+            else:
+                states[-1:] = [x_t]
+            return monitor(t, x_t)
+
+        if method in ("heun", "unipc"):
+            project = lambda x_t, t: self._project_step(x_t, float(t))  # noqa: E731
+            denoise = self._denoise(y, guidance, clip)
+            if method == "heun":
+                churn, s_tmin, s_tmax, s_noise = options["churn"]
+                _, self.nfe_ = edm_heun(denoise, x, times, self.schedule, churn=churn,
+                                        s_tmin=s_tmin, s_tmax=s_tmax, s_noise=s_noise,
+                                        generator=g, project=project,
+                                        on_step=on_step)  # fmt: skip
+            else:
+                _, self.nfe_ = unipc(denoise, x, times, self.schedule, order=options["order"],
+                                     project=project, on_step=on_step)  # fmt: skip
+            return states, times[: monitor.steps + 1]
         ab = self.schedule.alpha_bar(times).tolist()
-        orders = dpm_solver_pp_orders(len(times) - 1, order)
-        states, history, lams, grid = [x], [], [], times.tolist()
+        orders = dpm_solver_pp_orders(len(times) - 1, options["order"])
+        history, lams, grid = [], [], times.tolist()
         for k, (t, ab_t, ab_s) in enumerate(zip(grid, ab, ab[1:], strict=False)):
             x0, eps = self._predict(x, t, y, guidance)
             if clip:
                 x0, eps = clip_x0(x0, x, ab_t)
             if method == "dpm++":
                 history, lams = [x0, *history[:2]], [half_log_snr(ab_t), *lams[:2]]
-                x = dpm_solver_pp_step(x, history, lams, ab_t, ab_s, orders[k])
+                if options["eta"]:
+                    noise = sampling.standard_normal(x.shape, g, x.device, x.dtype)
+                    x = dpm_solver_pp_sde_step(x, history, lams, ab_t, ab_s, orders[k],
+                                               options["eta"], noise)  # fmt: skip
+                else:
+                    x = dpm_solver_pp_step(x, history, lams, ab_t, ab_s, orders[k])
             else:
                 noise = sampling.standard_normal(x.shape, g, x.device, x.dtype)
                 x = (ddpm_step(x, x0, ab_t, ab_s, noise) if method == "ddpm"
-                     else ddim_step(x0, eps, ab_t, ab_s, eta, noise))  # fmt: skip
-            if keep:
-                states.append(x)
-            if monitor(grid[k + 1], x):
+                     else ddim_step(x0, eps, ab_t, ab_s, options["eta"], noise))  # fmt: skip
+            x = self._project_step(x, grid[k + 1])
+            if on_step(k + 1, grid[k + 1], x):
                 break
         self.nfe_ = monitor.steps
-        return (states if keep else [x]), times[: monitor.steps + 1]
+        return states, times[: monitor.steps + 1]
 
-    def _sample_ode(self, x, steps, solver, y, guidance, rtol, atol, keep, callback, progress):
-        """Integrate the probability-flow ODE from t = 1 to t = 1 / T (callback(step, t, x)
-        sees x as samples, `_samples`)."""
-        watch = None if callback is None else lambda k, t, x_t: callback(k, t, self._samples(x_t))
-        sol = solvers.solve(lambda t, x_t: self._velocity(x_t, t, y, guidance), x, 1.0,
-                            1.0 / self.config.timesteps, method=solver, steps=steps, rtol=rtol,
-                            atol=atol, return_trajectory=keep, callback=watch,
-                            progress=progress)  # fmt: skip
+    def _sample_ode(
+        self, x, method, times, y, guidance, g, keep, monitor: solvers.StepMonitor, options
+    ) -> tuple[list[Tensor], Tensor]:
+        """Integrate the probability-flow ODE along `times` (a fixed-step solver), or by dopri5
+        from times[0] to 1 / T; the state is projected after every fixed step."""
+        solver = options["solver"]
+        if options["dopri5"]:
+            grid = {"t0": float(times[0]), "t1": float(times[-1]), "times": None}
+        else:
+            grid = {"t0": None, "t1": None, "times": times}
+        if solver == "dopri5" and getattr(self, "_projection", None) is not None:
+            raise ValueError("inpainting with method='ode' needs a fixed-step solver: pass steps")
+        project = (None if solver == "dopri5"
+                   else lambda t, z: self._project_step(z, float(t)))  # fmt: skip
+        sol = solvers.solve(lambda t, x_t: self._velocity(x_t, t, y, guidance), x,
+                            method=solver, rtol=options["rtol"], atol=options["atol"],
+                            return_trajectory=keep, project=project,
+                            callback=lambda k, t, x_t: monitor(t, x_t), **grid)  # fmt: skip
         self.nfe_ = sol.nfe
         states = list(sol.trajectory.unbind(0)) if keep else [sol.x]
         return states, sol.times.double().cpu()
 
     @staticmethod
-    def _check_order(order: Any, method: str, guidance: float) -> int:
+    def _check_order(order: Any, method: str, guided_or_sde: float) -> int:
+        """The multistep order: default 3, and 2 with guidance or dpm++'s eta > 0."""
         if order is None:
-            return 2 if guidance else 3
-        if method != "dpm++":
-            raise ValueError(f"order applies to method='dpm++' only, not {method!r}")
+            return 2 if guided_or_sde else 3
+        if method not in ("dpm++", "unipc"):
+            raise ValueError(f"order applies to method='dpm++' or 'unipc' only, not {method!r}")
         if isinstance(order, bool) or order not in (1, 2, 3):
             raise ValueError(f"order must be 1, 2 or 3, got {order!r}")
         return int(order)

@@ -18,10 +18,12 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from genlab.grids import time_grid
 from genlab.schedules import Schedule, broadcast_to
 from genlab.solvers import LOG_2PI
 
 MIN_SNR_GAMMA = 5.0
+EDM_SIGMA_DATA = 1.0  # our data are standardised (points) or in [-1, 1] (images)
 
 
 def alpha_sigma(schedule: Schedule, t: Tensor, like: Tensor) -> tuple[Tensor, Tensor]:
@@ -62,35 +64,67 @@ def loss_weight(log_snr: Tensor, name: str) -> Tensor:
         "simple":        w = 1                   DDPM's L_simple
         "min_snr":       w = min(1, 5 / snr)     x0-MSE weighted by min(snr, 5) (Hang et al. 2023)
         "truncated_snr": w = max(1, 1 / snr)     x0-MSE weighted by max(snr, 1) (Salimans & Ho 2022)
+        "edm":           w = 1 + 1 / snr         x0-MSE weighted by EDM's lambda(sigma) =
+                         (sigma^2 + sigma_data^2) / (sigma sigma_data)^2 with sigma^2 = 1 / snr
+                         and sigma_data = 1 (Karras et al. 2022, Table 1): the v-MSE, i.e. unit
+                         weight on EDM's F_theta (`edm_preconditioning`)
     """
     snr = torch.exp(log_snr)
     if name == "simple":
         return torch.ones_like(snr)
     if name == "min_snr":
         return torch.clamp(MIN_SNR_GAMMA / snr, max=1.0)
+    if name == "edm":
+        sigma2 = torch.exp(-log_snr)  # EDM's sigma^2 = (sigma_t / alpha_t)^2
+        return edm_preconditioning(sigma2.sqrt())[3] * sigma2
     return torch.clamp(1.0 / snr, min=1.0)
 
 
-def sampling_times(schedule: Schedule, timesteps: int, steps: int, grid: str) -> Tensor:
-    """The steps + 1 times (float64, decreasing from 1) a discrete sampler visits.
+def edm_preconditioning(
+    sigma: Tensor, sigma_data: float = EDM_SIGMA_DATA
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """EDM's (c_skip, c_out, c_in, lambda) at noise level sigma (Karras et al. 2022, Table 1):
 
-    "uniform": round(linspace(T, 0, steps + 1)) / T, the respaced chain ("trailing": it starts
-    at the end of the chain, Lin et al. 2024, and ends at the data, t = 0).
-    "logsnr": uniform in log-SNR from lambda(1) to lambda(1 / T), DPM-Solver's grid for
-    small data (Lu et al. 2022); it ends at t_min = 1 / T, the smallest trained time.
-    "quadratic": uniform in sqrt(t) from 1 to sqrt(t_min), DPM-Solver's "time_quadratic":
-    denser near the data than uniform, less so than logsnr.
+        D(y; sigma) = c_skip y + c_out F(c_in y),   y = x0 + sigma n
+        c_skip = sd^2 / (sigma^2 + sd^2),  c_out = sigma sd / sqrt(sigma^2 + sd^2),
+        c_in = 1 / sqrt(sigma^2 + sd^2),   lambda = (sigma^2 + sd^2) / (sigma sd)^2
+
+    with sd = sigma_data. For a VP schedule, y = x_t / alpha_t and sigma = sigma_t / alpha_t,
+    so with sd = 1 (standardised data): c_in y = x_t, c_skip y = alpha_t x_t, c_out = sigma_t,
+    and D = alpha_t x_t + sigma_t F is the x0 of prediction="v" through `StandardNormalSkip`
+    with F = -v_hat: v-prediction is EDM's preconditioning, and "edm" in `loss_weight` its
+    loss weight in eps-MSE units, lambda sigma^2.
     """
-    if grid == "uniform":
-        return torch.tensor(np.round(np.linspace(timesteps, 0, steps + 1)) / timesteps)
-    if grid == "quadratic":
-        root = torch.linspace(1.0, (1.0 / timesteps) ** 0.5, steps + 1, dtype=torch.float64)
-        return root.square()
-    ends = torch.tensor([1.0, 1.0 / timesteps], dtype=torch.float64)
-    lam = schedule.log_snr(ends)
-    times = schedule.t_of_log_snr(torch.linspace(float(lam[0]), float(lam[1]), steps + 1,
-                                                 dtype=torch.float64))  # fmt: skip
-    times[0], times[-1] = ends
+    total = sigma**2 + sigma_data**2
+    return (sigma_data**2 / total, sigma * sigma_data / total.sqrt(), 1 / total.sqrt(),
+            total / (sigma * sigma_data) ** 2)  # fmt: skip
+
+
+def sampling_times(
+    schedule: Schedule, timesteps: int, steps: int, grid: str, t_max: float = 1.0
+) -> Tensor:
+    """The steps + 1 times (float64, decreasing from t_max) a discrete sampler visits.
+
+    "uniform": round(linspace(i_max, 0, steps + 1)) / T with i_max = round(t_max T), the
+    respaced chain ("trailing": it starts at the end of the chain, Lin et al. 2024, and ends at
+    the data, t = 0); below t_max = 1 the first time is t_max itself (the time an SDEdit start
+    was noised to), then the chain. Needs steps <= i_max (distinct chain steps).
+    "quadratic" (uniform in sqrt(t), DPM-Solver's "time_quadratic": denser near the data than
+    uniform, less so than logsnr), "logsnr" (uniform in log-SNR, DPM-Solver's grid for small
+    data, Lu et al. 2022) and "karras" (EDM's sigma / alpha spaced with rho = 7, Karras et
+    al. 2022) are `genlab.grids.time_grid` from t_max to t_min = 1 / T, the smallest trained
+    time, where they end.
+    """
+    if grid != "uniform":
+        return time_grid(schedule, grid, steps, t_max=t_max, t_min=1.0 / timesteps)
+    top = max(1, round(t_max * timesteps))
+    if steps > top:
+        raise ValueError(
+            f"the uniform grid from t = {t_max:g} has {top} chain steps (of timesteps="
+            f"{timesteps}), fewer than steps={steps}: pass steps <= {top}"
+        )
+    times = torch.tensor(np.round(np.linspace(top, 0, steps + 1)) / timesteps)
+    times[0] = t_max
     return times
 
 
@@ -185,6 +219,42 @@ def dpm_solver_pp_step(
     e_1 = f_0 + r_0 / (r_0 + r_1) * (f_0 - f_1)
     e_2 = (f_0 - f_1) / (r_0 + r_1)
     return x_s + a_s * phi_2 * e_1 - a_s * phi_3 * e_2
+
+
+def dpm_solver_pp_sde_step(
+    x: Tensor,
+    history: list[Tensor],
+    lams: list[float],
+    ab_t: float,
+    ab_s: float,
+    order: int,
+    eta: float,
+    noise: Tensor,
+) -> Tensor:
+    """One SDE-DPM-Solver++ multistep update (Lu et al. 2022, sec. 5 and app. B; the
+    "midpoint" 2M form of k-diffusion's `sample_dpmpp_2m_sde` and diffusers'
+    "sde-dpmsolver++"), in VP form, from t to s < t with noise z (x's shape):
+
+        x_s = (sigma_s / sigma_t) e^(-eta h) x + alpha_s (1 - e^(-(1 + eta) h)) D_0
+              [+ alpha_s (1 - e^(-(1 + eta) h)) (D_0 - D_1) / (2 r_0)]          (order 2)
+              + sigma_s sqrt(1 - e^(-2 eta h)) z
+
+    with h = lambda_s - lambda_t (half log-SNRs, `half_log_snr`), r_0 as in
+    `dpm_solver_pp_step`. eta = 0 is DPM-Solver++ (the ODE); eta = 1 the reverse SDE, whose
+    first-order step is DDPM's posterior step (`ddpm_step`). A step to sigma_s = 0 returns D_0.
+    """
+    a_s, s_s, s_t = math.sqrt(ab_s), math.sqrt(1 - ab_s), math.sqrt(1 - ab_t)
+    h = half_log_snr(ab_s) - lams[0]
+    if not math.isfinite(h):
+        return history[0]
+    gain = -math.expm1(-(1.0 + eta) * h)
+    x_s = (s_s / s_t) * math.exp(-eta * h) * x + a_s * gain * history[0]
+    if order >= 2:
+        r_0 = (lams[0] - lams[1]) / h
+        x_s = x_s + 0.5 * a_s * gain * (history[0] - history[1]) / r_0
+    if eta > 0:
+        x_s = x_s + s_s * math.sqrt(-math.expm1(-2.0 * eta * h)) * noise
+    return x_s
 
 
 def gaussian_log_prob(x: Tensor, mean: Tensor | float, var: float) -> Tensor:
