@@ -1,6 +1,6 @@
 """`genlab plot`: pictures of a saved model, chosen by what the model says it can do
-(`ellipses_2d`, `quick_log_prob`, `picture_sample`, `has_encoder`, `trajectory_picture`) and by
-the shape of its samples (`genlab.data.shape_kind`)."""
+(`ellipses_2d`, `quick_log_prob`, `picture_sample`, `has_encoder`, `trajectory_picture`,
+`editable`) and by the shape of its samples (`genlab.data.shape_kind`)."""
 
 from __future__ import annotations
 
@@ -114,6 +114,85 @@ def plot_trajectory(
     return written
 
 
+EDIT_PLOT = {"images": 8, "points": 200, "steps": 20, "strengths": (0.2, 0.4, 0.6, 0.8, 1.0),
+             "resample": 2}  # fmt: skip
+"""The editing figure: rows of inputs (test data, else model samples), the sampler steps of
+every edit, SDEdit's strengths (points: the first, third and fifth) and the inpainting's
+RePaint resampling rounds per step (`inpaint(resample=)`)."""
+
+
+def edit_inputs(model: GenerativeModel, test: Dataset | None, k: int, seed: int) -> torch.Tensor:
+    """k rows to edit: the first k test rows, else k model samples (images clipped to
+    [0, 1], the range `inpaint` and `sample(init=...)` take)."""
+    if test is not None:
+        return rows(test.x[: min(k, len(test))]).float()
+    x = model.sample(k, seed=seed, steps=EDIT_PLOT["steps"]).detach()
+    return x.clamp(0.0, 1.0) if shape_kind(tuple(model.event_shape)) == "image" else x
+
+
+def plot_editing(
+    model: GenerativeModel, test: Dataset | None, kind: str, seed: int, model_dir: Path
+) -> list[Path]:
+    """MODEL_DIR/editing.png: images: rows of originals, the masked inputs (right half
+    grey), the inpainted results (with EDIT_PLOT's resampling), SDEdit at each of EDIT_PLOT's
+    strengths, and the reconstruction from the inverted noise; 2-D points: arrows from
+    inputs to SDEdit results at three strengths and to samples of y given x (inpainting the
+    second coordinate).
+    Conditional models edit with the test labels (else the null label). A model that cannot
+    edit this way (a ValueError) gets a note instead."""
+    options = dict(model.trajectory_picture.options) if model.trajectory_picture else {}
+    options.setdefault("steps", EDIT_PLOT["steps"])
+    try:
+        x = edit_inputs(model, test, EDIT_PLOT["points" if kind == "points" else "images"], seed)
+        labels = labels_for(model, test, len(x)) if test is not None else None
+        edits = edit_figure(model, x, labels, kind, seed, options)
+    except ValueError as e:
+        echo_err(f"genlab: note: no editing figure: {e}")
+        return []
+    title = f"{model.family} editing ({len(x)} {'rows' if kind == 'points' else 'images'})"
+    path = model_dir / "editing.png"
+    if kind == "points":
+        data = None if test is None else rows(test.x)
+        return [plots.edit_points_2d(edits, path, data=data, title=title)]
+    return [plots.edit_rows(edits, path, title=title)]
+
+
+def edit_figure(
+    model: GenerativeModel,
+    x: torch.Tensor,
+    labels: torch.Tensor | None,
+    kind: str,
+    seed: int,
+    options: dict[str, Any],
+) -> dict[str, Any]:
+    """The edits of `plot_editing`: points: label -> (inputs, outputs); images: label ->
+    a row of images."""
+    k = len(x)
+
+    def sdedit(s: float) -> torch.Tensor:
+        return model.sample(k, seed=seed, init=x, strength=s, y=labels, **options).cpu()
+
+    if kind == "points":
+        panels: dict[str, Any] = {f"SDEdit, strength {s:g}": (x.cpu(), sdedit(s))
+                                  for s in EDIT_PLOT["strengths"][::2]}  # fmt: skip
+        given_x = model.inpaint(x, torch.tensor([0, 1]), seed=seed, y=labels,
+                                resample=EDIT_PLOT["resample"], **options)  # fmt: skip
+        panels["inpaint: y given x"] = (x.cpu(), given_x.cpu())
+        return panels
+    mask = torch.zeros(1, *model.event_shape, dtype=torch.bool)
+    mask[..., model.event_shape[-1] // 2 :] = True
+    steps = options["steps"]
+    noise = model.invert(x, y=labels, steps=steps)
+    back = model.sample(k, noise=noise, y=labels, **model.inversion_sampler(steps=steps))
+    inpainted = model.inpaint(x, mask, seed=seed, y=labels, resample=EDIT_PLOT["resample"],
+                              **options)  # fmt: skip
+    figure = {"original": x.cpu(), "masked (right half)": torch.where(mask, 0.5, x).cpu(),
+              "inpainted": inpainted.cpu()}  # fmt: skip
+    figure |= {f"SDEdit {s:g}": sdedit(s) for s in EDIT_PLOT["strengths"]}
+    figure["inverted, regenerated"] = back.cpu()
+    return figure
+
+
 def plot_history(model: GenerativeModel, model_dir: Path) -> list[Path]:
     """MODEL_DIR/history.png: EM log-likelihoods, or the run's loss curves (`plot_log`)."""
     curve = model.fit_curve()
@@ -191,7 +270,10 @@ def plot(
     latent space, MODEL_DIR/latent.png (posterior means coloured by label). For a model that
     samples along a trajectory, also its picture: MODEL_DIR/trajectories.png (flow: from
     noise to samples, with MODEL_DIR/samples.gif, the samples moving) or
-    MODEL_DIR/denoising.png (diffusion: the denoising sequence of a few samples). Also writes
+    MODEL_DIR/denoising.png (diffusion: the denoising sequence of a few samples). For flow
+    and diffusion also MODEL_DIR/editing.png: images inpainted (right half), SDEdit at
+    strengths 0.2-1.0 and reconstructed from their inverted noise; 2-D points moved by SDEdit
+    and resampled given their first coordinate (of --data, else of model samples). Also writes
     MODEL_DIR/history.png when the model kept its training curve (EM log-likelihoods, or
     the trainer's log.jsonl: training and validation loss against the step, the best step
     marked). For other models (text, points of another dimension) it says why there is no
@@ -231,6 +313,8 @@ def plot(
         written += plot_encoder(model, test, kind, model_dir)
     if model.trajectory_picture is not None and cannot is None:
         written += plot_trajectory(model, test, kind, seed, model_dir)
+    if getattr(model, "editable", False) and cannot is None:
+        written += plot_editing(model, test, kind, seed, model_dir)
     written += plot_history(model, model_dir)
     if not written:
         raise ValueError(f"nothing to draw: {cannot}, and {model_dir} holds no training curve")

@@ -13,6 +13,13 @@ standard deviations of z) that the field cannot be integrated there are scored i
 Sampling starts from noise z(1) ~ N(0, I) in that normalised space, drawn on a CPU generator
 (`genlab.sampling`), or from the caller's `noise` (n, *event_shape): the same N(0, I) draws,
 before any mapping to data units (`ContinuousModel._start`).
+
+Editing (the samplers' hooks `_edit_start` and `_project_step`, used by both families):
+`invert(x)` maps data to that noise by the deterministic ODE (DDIM inversion), so
+`sample(n, noise=invert(x), **inversion_sampler())` reconstructs x up to the solver's error;
+`sample(n, init=x, strength=s)` starts the sampler at t = s from x noised along the path
+(SDEdit, diffusers' img2img); `inpaint(x, mask)` generates the entries where mask = 1 and
+keeps the others exactly (diffusers' convention: white = repaint).
 """
 
 from __future__ import annotations
@@ -27,9 +34,10 @@ import torch
 from torch import Tensor, nn
 
 from genlab import sampling, timesteps, train
-from genlab.data.dataset import check_seed, image_geometry, shape_kind
+from genlab.data.dataset import Dataset, check_seed, image_geometry, shape_kind
 from genlab.models import limits
 from genlab.models.base import NeuralModel, TrainingData, as_labels
+from genlab.models.inputs import as_data
 from genlab.options import Choice, Flag, Integer, Real, option
 from genlab.solvers import (  # noqa: F401  (re-exported: the continuous families' toolbox)
     LOG_2PI,
@@ -38,6 +46,7 @@ from genlab.solvers import (  # noqa: F401  (re-exported: the continuous familie
     exact_divergence,
     hutchinson_divergence,
     log_likelihood,
+    solve,
     standard_normal_log_prob,
 )
 
@@ -180,6 +189,8 @@ class ContinuousModel(NeuralModel):
     log_prob_estimator_: str | None = None
     #: rows of the last `log_prob` scored in closed form (farther than FAR_SIGMAS)
     log_prob_far_rows_: int = 0
+    #: `invert`, `inpaint` and `sample(init=, strength=)` exist (`genlab edit`, `genlab plot`)
+    editable: ClassVar[bool] = True
 
     @property
     def dim(self) -> int:
@@ -252,15 +263,49 @@ class ContinuousModel(NeuralModel):
                                     location=cfg.time_location, scale=cfg.time_scale,
                                     device=like.device, dtype=like.dtype)  # fmt: skip
 
-    # -- editing hooks (filled in by the editing block below) ------------------------------------
+    # -- editing hooks (called by every sampler; the editing API is below) ----------------------
     def _edit_start(self, init: Any, strength: float, eps: Tensor) -> tuple[Tensor, float]:
-        """(z, t_start): the sampler's starting state in model space and its time. Without
-        init: (eps, 1.0), plain sampling from noise. With init (SDEdit / img2img): init in
-        model space noised to t_start = strength along the family's path,
-        z = alpha(s) z_init + sigma(s) eps."""
+        """(z, t_start): the sampler's starting state in model space (n, *net_shape) and its
+        schedule time, for `sample(..., init=, strength=)` (SDEdit, Meng et al. 2022; diffusers'
+        img2img):
+
+            init is None:   (eps, 1.0)                               plain sampling
+            strength = s:   (alpha(s) z_init + sigma(s) eps, s)      z_init = (init - loc) / scale
+            strength = 0:   (z_init, 0.0)   nothing to do: the family returns init itself
+            strength = 1:   (eps, 1.0)      plain sampling from the same noise (init ignored)
+
+        At s = 1 the path's alpha(1) (0 for flows, ~7e-3 for diffusion's linear schedule) is
+        taken as 0, as plain sampling does, so strength=1 and a seed give exactly the samples
+        of `sample(n, seed=...)`. eps: the start noise (n, *net_shape) of `_start`.
+        init: (n, *event_shape) or (1, *event_shape) rows (a Tensor, array or Dataset; one
+        row is used for all n samples), finite, images in [0, 1].
+
+        Raises:
+            ValueError: strength not a number in [0, 1], strength != 1 without init, or init
+                of the wrong shape, number of rows or range (TypeError: not numbers).
+        """
+        s = check_strength(strength)
         if init is None:
+            if s != 1:
+                raise ValueError(
+                    f"strength={s:g} edits given rows: pass them as init=x (SDEdit), or leave "
+                    "strength at 1 for plain sampling"
+                )
             return eps, 1.0
-        raise NotImplementedError("init= is being built")
+        rows = self._edit_rows(init, "init")[0]
+        n = len(eps)
+        if len(rows) not in (1, n):
+            raise ValueError(
+                f"init has {len(rows)} rows for n={n} samples: pass n=len(init), or one init "
+                "row for all n samples"
+            )
+        z_init = self._to_model_space(rows).expand(n, *self.net_shape_)
+        if s == 0:
+            return z_init.clone(), 0.0
+        if s == 1:
+            return eps, 1.0
+        alpha, sigma = self._alpha_sigma(s)
+        return alpha * z_init + sigma * eps, s
 
     def _project_step(self, z: Tensor, t: float) -> Tensor:
         """Called by every sampler on its model-space state z at time t (the start, and after
@@ -437,3 +482,332 @@ class ContinuousModel(NeuralModel):
                 f"the training data, beyond what the network can be evaluated at; {what} "
                 "cannot score it (log_prob scores such rows in closed form): remove such rows"
             )
+
+    # -- editing: inversion, SDEdit, inpainting --------------------------------------------------
+    def _alpha_sigma(self, t: float) -> tuple[float, float]:
+        """(alpha(t), sigma(t)) of the family's path as floats."""
+        return float(self.schedule.alpha(float(t))), float(self.schedule.sigma(float(t)))
+
+    def _edit_rows(self, x: Any, what: str) -> tuple[Tensor, Tensor]:
+        """(rows, given): `checked_rows(x)` (float32 (n, *event_shape) on the device) and the
+        caller's own values as a tensor on the device in their own dtype (so known pixels can
+        be returned bit for bit). Images must lie in [0, 1].
+
+        Raises:
+            ValueError / TypeError: naming `what`, the shape expected and the fix.
+        """
+        self.check_is_fitted()
+        try:
+            rows = self.checked_rows(x)
+        except (ValueError, TypeError) as e:
+            shape = ", ".join(map(str, self.event_shape))
+            raise type(e)(f"{what} must be rows of shape (n, {shape}) like the model's "
+                          f"samples: {e}") from None  # fmt: skip
+        if self.kind_ == "image" and bool(((rows < 0) | (rows > 1)).any()):
+            raise ValueError(
+                f"{what} holds values outside [0, 1], but images are in [0, 1]: divide 8-bit "
+                "images by 255"
+            )
+        given, _, _ = as_data(x.x if isinstance(x, Dataset) else x)
+        given = (given if isinstance(given, Tensor) else given[:]).to(self.device)
+        return rows, given
+
+    def _invert_solver(self, method: str | None, steps: int | None):
+        """(field, t0, method, steps) of `invert`: the family's `_likelihood_ode`, with heun
+        and the family's sample_steps (else EDIT_STEPS) by default."""
+        field, t0, method, steps = self._likelihood_ode("heun" if method is None else method,
+                                                        steps)  # fmt: skip
+        if steps is None and method != "dopri5":
+            steps = getattr(self.config, "sample_steps", EDIT_STEPS)
+        return field, t0, method, None if steps is None else limits.check_steps(steps)
+
+    def inversion_sampler(self, method: str | None = None, steps: int | None = None) -> dict:
+        """The `sample` options that integrate `invert`'s ODE backwards, from the noise to the
+        data, with the same solver: flow {"method": m, "steps": k}; diffusion {"method": "ode",
+        "solver": m, "steps": k} (no steps for dopri5). So
+
+            sample(n, noise=model.invert(x, steps=k), **model.inversion_sampler(steps=k))
+
+        reconstructs x up to the solver's error."""
+        _, _, method, steps = self._invert_solver(method, steps)
+        ode = "solver" in self.sample_options  # diffusion: method="ode" with a solver
+        options: dict[str, Any] = {"method": "ode", "solver": method} if ode else {"method": method}
+        return options if steps is None else {**options, "steps": steps}
+
+    @torch.no_grad()
+    def invert(
+        self,
+        x: Any,
+        y: Any = None,
+        *,
+        steps: int | None = None,
+        method: Method | None = None,
+        guidance: float = 0.0,
+        progress: bool | None = None,
+    ) -> Tensor:
+        """Data -> noise by the deterministic ODE: (n, *event_shape) noise in the normalised
+        space, the space of `sample(noise=...)` (DDIM inversion, Song et al. 2021a sec. 4.3,
+        for any path).
+
+        Integrates the family's ODE dz/dt = f(z, t) (`_likelihood_ode`: the flow's velocity,
+        diffusion's probability-flow field) from the data z(t0) = (x - loc) / scale at its data
+        end t0 (flow 0, diffusion 1 / T) to t = 1, the state only (no divergence). The ODE's
+        flow map is a bijection, so `sample(n, noise=model.invert(x, steps=k),
+        **model.inversion_sampler(steps=k))` integrates it back and reconstructs x up to the
+        solver's error, which falls with the steps (heun: as 1 / steps^2). For a flow the
+        noise is exactly the flow map's image of x up to that error; for diffusion, too, but
+        its ODE starts from x at t0 = 1 / T (data blurred by sigma(1 / T)).
+
+        Args:
+            x: (n, *event_shape) rows (Tensor, array or Dataset), finite; images in [0, 1].
+            y: labels (an int or (n,)) of a conditional model; None: the null label.
+            steps, method: the solver (`genlab.solvers`): default heun with the family's
+                config.sample_steps (diffusion: EDIT_STEPS = 50); dopri5 takes no steps.
+            guidance: classifier-free guidance weight of the field (needs y).
+            progress: a tqdm bar over the solver steps on stderr; None: only on a TTY.
+
+        Sets `nfe_`, the field evaluations per row.
+        """
+        x = self._edit_rows(x, "x")[0]
+        labels = self._labels(y, len(x))
+        w = check_guidance(guidance, labels)
+        field, t0, method, steps = self._invert_solver(method, steps)
+        z = self._to_model_space(x)
+        rows = EVAL_ROWS[self.net_]
+
+        def f(t: Tensor, v: Tensor) -> Tensor:
+            return torch.cat([field(v[i : i + rows], t, None if labels is None
+                                    else labels[i : i + rows], w)
+                              for i in range(0, len(v), rows)])  # fmt: skip
+
+        sol = solve(f, z, t0, 1.0, method=method, steps=steps, progress=progress)
+        self.nfe_ = sol.nfe
+        noise = sol.x.reshape(len(x), *self.event_shape)
+        limits.check_outputs(noise, "the inverted noise")
+        return noise
+
+    @torch.no_grad()
+    def inpaint(
+        self,
+        x: Any,
+        mask: Any,
+        *,
+        seed: int | None = None,
+        generator: torch.Generator | None = None,
+        y: Any = None,
+        guidance: float = 0.0,
+        steps: int | None = None,
+        method: str | None = None,
+        strength: float = 1.0,
+        resample: int = 0,
+        progress: bool | None = None,
+        **sample_options: Any,
+    ) -> Tensor:
+        """Generate the masked entries of x and keep the others: (n, *event_shape).
+
+        Mask convention (diffusers': white = repaint): mask 1 / True = generate, 0 / False =
+        keep. The kept entries of the result are those of x bit for bit (in the promoted dtype
+        of x and the samples); for 2-D points, masking one coordinate samples it given the
+        other (conditional sampling).
+
+        The sampler runs as `sample(n, noise=eps, ...)` from start noise eps (n, *event_shape)
+        (drawn from seed / generator, or the caller's `noise=`), while a projection (read by
+        `_project_step`, which every sampler applies at its start and after each step)
+        replaces the known entries of its state z_t by the data noised to the time reached
+        along the same noise:
+
+            z_t[keep] = alpha(t) z_known + sigma(t) eps        (z_known = (x - loc) / scale)
+
+        so the known entries follow the path from eps to the data that the sampler would
+        follow, and the generated ones see them through the field at every step (replacement
+        inpainting: Song et al. 2021b app. I.2; diffusers' inpaint pipelines blend the same
+        way, with the same noise). At the end the known entries are copied from x exactly.
+        Replacement only approximates conditional sampling: where the generated entries
+        depend strongly on the known ones it lands between the marginal and the conditional
+        (y given x of a Gaussian with correlation 0.9: an eighth of the way, with the exact
+        field); `resample` rounds move it towards the conditional (tests/test_editing.py).
+        strength < 1 also starts from x noised to t = strength (`sample(init=x,
+        strength=...)`, diffusers' inpaint strength). Needs a fixed-step method (not dopri5).
+
+        Args:
+            x: (n, *event_shape) rows (Tensor, array or Dataset), finite; images in [0, 1].
+            mask: (n, *event_shape), (1, *event_shape) or (*event_shape), bool or 0/1
+                numbers; any event dimension may be 1 and is broadcast (an image mask
+                (1, 1, H, W) covers every channel).
+            seed, generator: the start noise and any later draws (`sample`).
+            y, guidance, steps, method, progress: as in the family's `sample`.
+            strength: in (0, 1]; 1: start from pure noise.
+            resample: RePaint's resampling rounds after every step (`_resampler`; 2 NFE
+                each, included in `nfe_`): 0 (default) is plain replacement; a few rounds
+                make the generated entries agree better with the known ones (conditional
+                samples of points closer to the true conditional), at that cost.
+            sample_options: the family's other `sample` options (e.g. `noise`, `grid`, `eta`,
+                `solver`, `times`, `callback`); not init or return_trajectory.
+
+        Raises:
+            ValueError: a mask of the wrong shape or values, dopri5, bad strength, x of the
+                wrong shape or range.
+        """
+        rows, given = self._edit_rows(x, "x")
+        n = len(rows)
+        keep = ~check_mask(mask, n, tuple(self.event_shape)).to(self.device)
+        s = check_strength(strength)
+        for name in ("init", "return_trajectory"):
+            if name in sample_options:
+                raise ValueError(f"inpaint takes no {name}= (x is the image it edits, and it "
+                                 "returns the samples only)")  # fmt: skip
+        if method == "dopri5" or sample_options.get("solver") == "dopri5":
+            raise ValueError(
+                "inpaint needs a fixed-step method: dopri5's error control cannot follow the "
+                "projected known pixels; pass method='heun' (flow) or a fixed-step sampler"
+            )
+        eps, g = self._start(n, seed, generator, sample_options.pop("noise", None))
+        z_known = self._to_model_space(rows)
+        keep_z = keep.reshape(n, *self.net_shape_)
+        harmonise = self._resampler(check_resample(resample), y, guidance, n, g)
+        reached: list[float] = []
+
+        def replace(z: Tensor, t: float) -> Tensor:
+            alpha, sigma = self._alpha_sigma(t)
+            return torch.where(keep_z, alpha * z_known + sigma * eps, z)
+
+        def projection(z: Tensor, t: float) -> Tensor:
+            z = replace(z, t)
+            if reached and t < reached[-1]:
+                z = harmonise(z, t, reached[-1], replace)
+            reached.append(t)
+            return z
+
+        options = {"steps": steps, "method": method}
+        options = {**{k: v for k, v in options.items() if v is not None}, **sample_options}
+        if s < 1:
+            options.update(init=rows, strength=s)
+        self._projection, self._resample_nfe = projection, 0
+        try:
+            samples = self.sample(n, generator=g, noise=eps.reshape(n, *self.event_shape), y=y,
+                                  guidance=guidance, progress=progress, **options)  # fmt: skip
+        finally:
+            self._projection = None
+        self.nfe_ = (self.nfe_ or 0) + self._resample_nfe
+        dtype = torch.promote_types(given.dtype, samples.dtype)
+        if not given.is_floating_point():
+            dtype = samples.dtype
+        return torch.where(keep, given.to(dtype), samples.to(dtype))
+
+    def _resampler(
+        self, rounds: int, y: Any, guidance: float, n: int, g: torch.Generator
+    ) -> Callable[[Tensor, float, float, Callable[[Tensor, float], Tensor]], Tensor]:
+        """RePaint's resampling (Lugmayr et al. 2022) as `inpaint`'s projection runs it after
+        a sampler step t_hi -> t_lo, `rounds` times: diffuse the state back to t_hi with the
+        path's forward transition (fresh noise from g),
+
+            z_hi = r z_lo + sqrt(sigma_hi^2 - r^2 sigma_lo^2) n,   r = alpha_hi / alpha_lo,
+
+        put the known entries at t_hi, take one heun step of the family's ODE field
+        (`_likelihood_ode`) back to t_lo (2 NFE, counted in `_resample_nfe`) and put them at
+        t_lo again. The generated entries so see the known ones several times per step, which
+        the plain replacement (rounds = 0, the identity here) does only once. Steps that end
+        at or below the ODE's data end t0 are not resampled."""
+        if rounds == 0:
+            return lambda z, t_lo, t_hi, replace: z
+        labels = self._labels(y, n)
+        w = check_guidance(guidance, labels)
+        field, t0, _, _ = self._likelihood_ode("heun", 1)
+        rows = EVAL_ROWS[self.net_]
+
+        def f(t: Tensor, v: Tensor) -> Tensor:
+            return torch.cat([field(v[i : i + rows], t, None if labels is None
+                                    else labels[i : i + rows], w)
+                              for i in range(0, len(v), rows)])  # fmt: skip
+
+        def harmonise(z: Tensor, t_lo: float, t_hi: float, replace) -> Tensor:
+            if t_lo <= t0:
+                return z
+            (a_lo, s_lo), (a_hi, s_hi) = self._alpha_sigma(t_lo), self._alpha_sigma(t_hi)
+            r = a_hi / a_lo
+            spread = math.sqrt(max(s_hi**2 - (r * s_lo) ** 2, 0.0))
+            for _ in range(rounds):
+                noise = sampling.standard_normal(z.shape, g, z.device, z.dtype)
+                z = replace(r * z + spread * noise, t_hi)
+                z = replace(solve(f, z, t_hi, t_lo, method="heun", steps=1).x, t_lo)
+                self._resample_nfe += 2
+            return z
+
+        return harmonise
+
+
+# -- editing: checks -----------------------------------------------------------------------------
+EDIT_STEPS = 50
+"""Fixed solver steps of `invert` for a family without config.sample_steps (diffusion)."""
+MAX_RESAMPLE = 1000
+"""The most resampling rounds per step of `inpaint` (more is an error of units)."""
+
+
+def check_resample(value: Any) -> int:
+    """inpaint's resample= as an int in [0, MAX_RESAMPLE].
+
+    Raises:
+        ValueError: not such an integer.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        raise ValueError(f"resample must be an integer >= 0, got {value!r}")
+    if not 0 <= value <= MAX_RESAMPLE:
+        raise ValueError(f"resample must be in [0, {MAX_RESAMPLE}], got {value!r}")
+    return int(value)
+
+
+def check_strength(strength: Any) -> float:
+    """strength as a float in [0, 1] (SDEdit's noise level: the start time of the sampler).
+
+    Raises:
+        ValueError: not a real number in [0, 1].
+    """
+    if isinstance(strength, bool) or not isinstance(strength, int | float | np.integer |
+                                                    np.floating):  # fmt: skip
+        raise ValueError(f"strength must be a number in [0, 1], got {strength!r}")
+    if not 0 <= strength <= 1:  # NaN fails too
+        raise ValueError(
+            f"strength must be in [0, 1] (0: return init, 1: plain sampling), got {strength!r}"
+        )
+    return float(strength)
+
+
+def check_mask(mask: Any, n: int, event_shape: tuple[int, ...]) -> Tensor:
+    """An inpainting mask as bool (n, *event_shape), True = generate, False = keep.
+
+    mask: (n, *event_shape), (1, *event_shape) or (*event_shape) (one mask for all rows), any
+    event dimension of size 1 broadcast; bool, or numbers that are all 0 or 1.
+
+    Raises:
+        TypeError: not a tensor or array of numbers.
+        ValueError: the wrong shape, or values other than 0 and 1.
+    """
+    if isinstance(mask, np.ndarray | list | tuple):
+        arr = np.asarray(mask)
+        if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
+            raise TypeError(f"mask must hold booleans or 0/1 numbers, got dtype {arr.dtype}")
+        mask = torch.from_numpy(np.ascontiguousarray(arr))
+    elif not isinstance(mask, Tensor):
+        raise TypeError(
+            f"mask must be a bool or 0/1 Tensor or array (1 = generate, 0 = keep), got "
+            f"{type(mask).__name__}"
+        )
+    if mask.is_complex():
+        raise TypeError(f"mask must hold booleans or 0/1 numbers, got dtype {mask.dtype}")
+    expected = f"(n={n}, {', '.join(map(str, event_shape))}) (or 1 for n, or any event size 1)"
+    if mask.ndim == len(event_shape):
+        mask = mask[None]
+    if (
+        mask.ndim != len(event_shape) + 1
+        or mask.shape[0] not in (1, n)
+        or any(m not in (1, e) for m, e in zip(mask.shape[1:], event_shape, strict=True))
+    ):
+        raise ValueError(f"mask must have shape {expected}, got {tuple(mask.shape)}")
+    if mask.dtype != torch.bool:
+        if not bool(((mask == 0) | (mask == 1)).all()):
+            raise ValueError(
+                "mask must hold 0 or 1 only (1 = generate, 0 = keep), got other values; "
+                "threshold it, e.g. mask > 0.5"
+            )
+        mask = mask != 0
+    return mask.expand(n, *event_shape)

@@ -10,7 +10,9 @@ nothing is left open), writes a PNG to `path` (parent folders are created) and r
 - `points`: `density_2d`, `scatter_2d`, `ellipse_geometry`;
 - `curves`: `curve`, `xy_curves`, `loss_curves`, and compare's `nfe_figure` and `study_figure`;
 - `trajectories`: `trajectories_2d`, `trajectory_grid` (from noise to samples);
-- `animation`: `animate` (an animated GIF of a trajectory).
+- `animation`: `animate` (an animated GIF of a trajectory);
+- `editing`: `edit_rows` (labelled rows of edited images), `edit_points_2d` (input -> edit
+  arrows of 2-D points).
 
     from genlab import plots
     plots.density_2d(model.log_prob, "density.png", samples=model.sample(500), data=x)
@@ -26,6 +28,7 @@ from genlab.plots.curves import (
     study_ylim,
     xy_curves,
 )
+from genlab.plots.editing import edit_points_2d, edit_rows
 from genlab.plots.images import sample_grid, tile_images
 from genlab.plots.points import CHUNK, density_2d, ellipse_geometry, scatter_2d
 from genlab.plots.trajectories import trajectories_2d, trajectory_grid
@@ -37,6 +40,8 @@ __all__ = [
     "animate",
     "curve",
     "density_2d",
+    "edit_points_2d",
+    "edit_rows",
     "ellipse_geometry",
     "loss_curves",
     "nfe_figure",
