@@ -6,9 +6,12 @@
 (`out` gets report.html, report.md and records.json, written by `genlab.report`.)
 
 Each family is fitted on the train split by its own `fit_for_budget` (the family decides its
-defaults: neural families train with `max_time` / `max_steps` set to the budget; the GMM picks
-its number of components by BIC among `Settings.gmm_components`, fitting until the budget is
-spent) and measured on the test split with `genlab.evaluation` and `genlab.metrics`:
+defaults: neural families train with `max_time` / `max_steps` set to the budget, with the
+recipe of `genlab.models.recipes` for the data's kind under the caller's options; the GMM picks
+its number of components by BIC among `Settings.gmm_components`, then keeps doubling K while
+BIC improves and the EM cost model says the fit ends within the budget (`gmm_extend`), so
+that on 2-D data it gets the K it needs) and measured on the test split with
+`genlab.evaluation` and `genlab.metrics`:
 
 - NLL on one scale: bits/dim of the discrete data for quantised images (a density at
   uniformly dequantised test points, `metrics.discrete_bits_per_dim`; a log-mass, for models
@@ -22,7 +25,13 @@ spent) and measured on the test split with `genlab.evaluation` and `genlab.metri
   put on the data's grid (`metrics.quantize`), as an image file would.
 - Cost: training seconds and steps, sampling seconds per 1,000 samples, the sampler's NFE
   (`model.nfe_` where the family counts it), parameters (`model.n_parameters`); for families
-  whose `sample` takes `steps` (`sample_options`), quality against NFE.
+  whose `sample` takes `steps` (`sample_options`), quality against NFE from one step
+  (`Settings.nfe_steps`; a step count a run cannot sample at is noted in "skipped").
+
+A family may run more than once under variant labels "family:name", each with its own
+options: `compare(data, ["flow", "flow:meanflow"], options={"flow:meanflow": {"objective":
+"meanflow"}})` (`genlab compare --families flow,flow:meanflow --options
+flow:meanflow.objective=meanflow`) puts a one-step flow beside the standard one.
 
 The floor row ("data") measures real train images against the same test split with the
 same number of samples: what a model that samples the data distribution itself would score.
@@ -65,7 +74,7 @@ from genlab.evaluation import (
 from genlab.models import FAMILIES, GenerativeModel
 from genlab.models.base import Budget as FitBudget
 from genlab.models.base import TrainingData
-from genlab.options import Constraint, Integer, Real, option, validate
+from genlab.options import Constraint, Flag, Integer, Real, option, validate
 from genlab.report import FLOOR, QUALITY_LABELS, json_safe, write_report
 
 DEFAULT_FAMILIES: tuple[str, ...] = ("gmm", "vae", "flow", "diffusion", "autoregressive")
@@ -153,10 +162,14 @@ class Settings:
 
     # fmt: off
     n_samples: int = option(1000, "Model samples per family (and floor rows).", Integer(2))
-    nfe_steps: tuple[int, ...] = option((2, 5, 10, 20, 50), "Steps of quality vs NFE.", Counts())
+    nfe_steps: tuple[int, ...] = option((1, 2, 5, 10, 20, 50), "Steps of quality vs NFE "
+                                        "(1: one-step objectives; a run that cannot sample "
+                                        "at a step count skips it with a note).", Counts())
     nfe_samples: int = option(500, "Samples per point of quality vs NFE.", Integer(2))
     gmm_components: tuple[int, ...] = option((1, 2, 4, 8, 16, 32), "K of the GMM's BIC sweep "
                                              "and of the components study.", Counts())
+    gmm_extend: bool = option(True, "Extend the GMM's BIC sweep beyond gmm_components (doubling "
+                              "K) while BIC improves and the budget affords it.", Flag())
     gmm_study_dims: tuple[int, ...] | None = option(None, "PCA dimensions of the study (None: "
                                                     "2, 4, 8, ... up to D).", Counts(**OPTIONAL))
     gmm_study_seconds: float = option(20.0, "The components study stops after this.", POSITIVE)
@@ -259,25 +272,38 @@ def _quality(samples: torch.Tensor, run: _Run) -> dict[str, float]:
 def settings_options(settings: Settings) -> dict[str, dict[str, Any]]:
     """Family options that come from compare's `Settings` (the caller's `options` override
     them): the components swept by families with a components study (the GMM's BIC
-    sweep over `settings.gmm_components`)."""
-    components = {"components": tuple(settings.gmm_components)}
+    sweep over `settings.gmm_components`, extended by doubling K while BIC improves and the
+    budget affords it unless `settings.gmm_extend` is False)."""
+    components = {"components": tuple(settings.gmm_components),
+                  "extend_components": settings.gmm_extend}  # fmt: skip
     return {name: components for name, cls in FAMILIES.items() if cls.component_study}
+
+
+VARIANT_SEPARATOR = ":"
+
+
+def family_class(name: str) -> type[GenerativeModel]:
+    """The registered class of a family name or of a variant label "family:variant" (e.g.
+    "flow:meanflow", run with the options given for that label)."""
+    return FAMILIES[name.split(VARIANT_SEPARATOR, 1)[0]]
 
 
 def not_applicable(family: str, train: Dataset) -> str | None:
     """Why the registered `family` cannot model `train` at all (None when it can): the
     family's own answer, `unsupported`, to the data as its `fit` would see it."""
-    return FAMILIES[family].unsupported(TrainingData.from_input(train))
+    return family_class(family).unsupported(TrainingData.from_input(train))
 
 
 def _fit(family: str, run: _Run) -> tuple[GenerativeModel, dict[str, Any]]:
     """`FAMILIES[family].fit_for_budget` on the train Dataset as `genlab fit` gives it
     (quantised images keep their `levels`): the family chooses its own defaults for the
     budget, and returns the model and details ("steps", the options it chose, ...)."""
-    options = {**settings_options(run.settings).get(family, {}), **run.options.get(family, {})}
+    cls = family_class(family)
+    options = {**settings_options(run.settings).get(cls.family, {}),
+               **run.options.get(family, {})}  # fmt: skip
     budget = FitBudget(run.budget.seconds, run.budget.steps, run.seed, run.device,
                        run.progress, options)  # fmt: skip
-    return FAMILIES[family].fit_for_budget(run.train, budget)
+    return cls.fit_for_budget(run.train, budget)
 
 
 # -- one family -----------------------------------------------------------------------------------
@@ -352,17 +378,26 @@ def _measure_samples(model: GenerativeModel, record: dict[str, Any], run: _Run) 
 
 
 def _nfe_curve(model: GenerativeModel, record: dict[str, Any], run: _Run) -> None:
-    """Sample at each of `settings.nfe_steps` and record (steps, NFE, quality, seconds)."""
-    curve, metric = [], run.quality_metric
+    """Sample at each of `settings.nfe_steps` and record (steps, NFE, quality, seconds). A
+    step count the model cannot sample at (its `sample` raises ValueError, e.g. a sampler
+    that needs 2 steps) is left out of the points with a note in "skipped"."""
+    curve, skipped, metric = [], [], run.quality_metric
     n = run.settings.nfe_samples
     for steps in run.settings.nfe_steps:
         start = time.perf_counter()
-        samples = _as_samples(model.sample(n, seed=run.seed, steps=steps), run)
+        try:
+            drawn = model.sample(n, seed=run.seed, steps=steps)
+        except (ValueError, NotImplementedError) as e:
+            skipped.append({"steps": steps, "reason": _error_text(e)})
+            continue
+        samples = _as_samples(drawn, run)
         seconds = time.perf_counter() - start
         quality = _quality(samples, run)
         curve.append({"steps": steps, "nfe": model.nfe_, metric: quality[metric],
                       "seconds": seconds})  # fmt: skip
     record["nfe_curve"] = {"metric": metric, "n_samples": n, "points": curve}
+    if skipped:
+        record["nfe_curve"]["skipped"] = skipped
 
 
 def _density_fn(model: GenerativeModel) -> tuple[Callable[[np.ndarray], torch.Tensor], str]:
@@ -464,7 +499,8 @@ def check_families(families: str | Sequence[str]) -> list[str]:
     families = [str(f) for f in families]
     if not families or not all(families):
         raise ValueError("families must name at least one family, e.g. ['gmm', 'vae']")
-    unknown = [f for f in families if f not in FAMILIES]
+
+    unknown = [f for f in families if f.split(VARIANT_SEPARATOR, 1)[0] not in FAMILIES]
     if unknown:
         raise ValueError(
             f"unknown famil{'ies' if len(unknown) > 1 else 'y'} {', '.join(map(repr, unknown))}: "
@@ -536,7 +572,10 @@ def compare(
     Args:
         data: a data set name (`genlab.data.load_dataset`; with n_train, n_test, seed and
             root), or a train `Dataset` (then pass `test`).
-        families: registry names (a name not registered is a ValueError).
+        families: registry names (a name not registered is a ValueError), or variant
+            labels "family:variant" (e.g. "flow:meanflow") to run a family a second time
+            with the options given for that label (options={"flow:meanflow":
+            {"objective": "meanflow"}}); its record's "family" is the label.
         budget_seconds: wall-clock training seconds of each family (a neural family's
             max_time; the GMM's BIC sweep stops once they are spent).
         budget_steps: optimisation steps of each neural family (max_steps). At least one of
@@ -545,9 +584,11 @@ def compare(
         out: a folder for figures (out/figures/<data>/), records.json, report.html and
             report.md (with `report`); None writes nothing.
         seed: seeds of the models, the samplers, the dequantisation and the floor's draw.
-        options: per-family options for `fit_for_budget`, over the family's own defaults
-            (e.g. {"vae": {"latent_dim": 8}}); the GMM gets {"components":
-            settings.gmm_components} first (`settings_options`).
+        options: per-family (or per-variant-label) options for `fit_for_budget`, over the
+            family's own defaults (e.g. {"vae": {"latent_dim": 8}}; options a caller gives
+            win over the family's recipe for the data, `genlab.models.recipes`); the GMM gets
+            {"components": settings.gmm_components, "extend_components":
+            settings.gmm_extend} first (`settings_options`).
         settings: sample counts, grids and the classifier's training (`Settings`).
         device: "cpu" / "cuda" for every model and the classifier (None: cuda when present).
         progress: print what is happening and show the families' training progress bars.
@@ -585,8 +626,8 @@ def compare(
             floor_errors["classifier"] = _error_text(e)
     records = [_run_family(family, run) for family in families]
     for r in records:
-        cls = FAMILIES.get(r["family"])
-        if cls is not None and cls.component_study and r["status"] in ("ok", "partial"):
+        cls = family_class(r["family"])
+        if cls.component_study and r["status"] in ("ok", "partial"):
             run.say(f"{run.name}: {r['family']} test NLL vs components as the dimension grows")
             _measure(r, "nll_vs_components", lambda r=r: _component_study(r, run))
     floor = _floor_record(run)

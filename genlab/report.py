@@ -168,6 +168,9 @@ def _data_summary(rows: Sequence[Mapping[str, Any]]) -> list[str]:
             f"({c['n_classes']} classes{', from the cache' if c['cached'] else ''})."
         )
     for r in rows:
+        recipe = (r.get("details") or {}).get("recipe")
+        if recipe:
+            lines.append(f"{r['family']} defaults: {recipe} (genlab.models.recipes).")
         curve = r.get("nfe_curve")
         if curve:
             pts = ", ".join(

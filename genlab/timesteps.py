@@ -69,7 +69,7 @@ def time_density(name: str, t: Tensor, schedule: Schedule, location=None, scale=
     t = t.double()
     if name == "uniform":
         return torch.ones_like(t)
-    normal = torch.distributions.Normal(m, s)
+    normal = torch.distributions.Normal(torch.tensor(m, dtype=torch.float64), s)
     if name == "logit_normal":
         return normal.log_prob(torch.logit(t)).exp() / (t * (1 - t))
     tt = t.clone().requires_grad_(True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import html
+import itertools
 import json
 import math
 import re
@@ -24,7 +25,8 @@ from genlab import evaluation
 from genlab.cli import app, run
 from genlab.compare import RECORD_KEYS, Budget, Settings, compare, parse_budget
 from genlab.data import load_dataset
-from genlab.models import FAMILIES, GaussianMixture
+from genlab.models import FAMILIES, GaussianMixture, recipes
+from genlab.models.base import Budget as FitBudget
 from genlab.nets.classifier import FeatureClassifier
 from genlab.nets.conv import ConvEncoder
 from genlab.report import FLOOR, json_safe, write_report
@@ -115,7 +117,8 @@ def test_log_prob_kind_comes_from_the_model(moons):
 
 def test_nfe_and_quality_vs_nfe_of_iterative_families(digits):
     rows = by_family(digits[0])
-    flow = FAMILIES["flow"].config_class()  # compare forces no sampler: the family's own
+    recipe = recipes.RECIPES.get(("flow", "small_image"))  # compare forces no sampler:
+    flow = recipes.resolve(FAMILIES["flow"].config_class(), TINY_NETS["flow"], recipe)
     assert flow.sample_method == "heun" and rows["flow"]["nfe"] == 2 * flow.sample_steps
     assert rows["diffusion"]["nfe"] == 20  # DPM-Solver++ with 20 steps
     for family in ("flow", "diffusion"):
@@ -280,7 +283,8 @@ def test_compare_fits_through_the_familys_own_recipe(monkeypatch):
                       progress=False)  # fmt: skip
     rows = by_family(records)
     assert calls["flow"]["options"] == TINY_NETS["flow"]  # no forced net, steps or solver
-    assert calls["gmm"]["options"] == {"components": TINY.gmm_components}
+    assert calls["gmm"]["options"] == {"components": TINY.gmm_components,
+                                       "extend_components": True}  # fmt: skip
     for name in ("gmm", "flow"):
         assert {k: calls[name][k] for k in ("seconds", "steps", "seed")} == {
             "seconds": None, "steps": 3, "seed": 4}  # fmt: skip
@@ -289,6 +293,108 @@ def test_compare_fits_through_the_familys_own_recipe(monkeypatch):
         assert details == json_safe(returned[name])
     assert rows["flow"]["train_steps"] == 3
     assert "net" not in rows["flow"]["details"].get("options", {})
+
+
+# -- the GMM's sweep extended as far as the budget affords --------------------------------------
+def test_the_bic_sweep_keeps_doubling_k_while_bic_improves_within_the_budget():
+    """Thin rings need far more than the listed K: the sweep doubles K past the list while
+    BIC improves, stops at the first K whose BIC is worse, and picks the best."""
+    train = load_dataset("rings", n=3000)
+    _, details = GaussianMixture.fit_for_budget(
+        train, FitBudget(seconds=120, options={"components": (1, 2, 4)})
+    )
+    ks = [int(k) for k in details["bic"]]
+    assert ks[:3] == [1, 2, 4] and len(ks) > 4  # extended past the list
+    assert ks[3:] == [8 * 2**i for i in range(len(ks) - 3)]  # by doubling
+    bics = [details["bic"][str(k)] for k in ks]
+    assert all(isinstance(b, float) for b in bics)
+    assert bics[-1] > min(bics)  # it stopped after BIC got worse...
+    assert all(b < a for a, b in itertools.pairwise(bics[:-1]))  # ...not before
+    assert details["n_components"] == ks[int(np.argmin(bics))] > 4
+
+
+def test_the_extension_is_off_on_request_and_for_a_steps_budget():
+    train = load_dataset("rings", n=1000)
+    off = {"components": (1, 2), "extend_components": False}
+    for budget in (FitBudget(seconds=60, options=off),
+                   FitBudget(steps=5, options={"components": (1, 2)})):  # fmt: skip
+        _, details = GaussianMixture.fit_for_budget(train, budget)
+        assert list(details["bic"]) == ["1", "2"]
+
+
+def test_an_extension_predicted_to_overrun_is_recorded_and_ends_the_sweep(monkeypatch):
+    from genlab.models import gmm_selection
+
+    real = gmm_selection.iteration_cost
+
+    def cost(options, k, n, d):  # K = 8 and above "cost" a hundred thousand times more
+        return real(options, k, n, d) * (1e5 if k >= 8 else 1)
+
+    monkeypatch.setattr(gmm_selection, "iteration_cost", cost)
+    train = load_dataset("8gaussians", n=2000)  # BIC improves from K = 1 to 4 (and 8)
+    _, details = GaussianMixture.fit_for_budget(
+        train, FitBudget(seconds=5, options={"components": (1, 2, 4)})
+    )
+    assert list(details["bic"]) == ["1", "2", "4", "8"]
+    assert details["bic"]["8"] == gmm_selection.OVERRUN
+
+
+# -- quality against NFE, one-step samplers, variants ---------------------------------------------
+def test_the_default_nfe_curve_starts_at_one_step():
+    assert Settings().nfe_steps[0] == 1
+
+
+def test_a_step_count_a_run_cannot_sample_at_is_skipped_with_a_note(monkeypatch):
+    flow = FAMILIES["flow"]
+    real = flow.sample
+
+    def sample(self, n, **kwargs):
+        if kwargs.get("steps") == 1:
+            raise ValueError("this sampler needs at least 2 steps")
+        return real(self, n, **kwargs)
+
+    monkeypatch.setattr(flow, "sample", sample)
+    settings = dataclasses.replace(TINY, nfe_steps=(1, 2, 3), gmm_study_dims=(2,))
+    (record, _) = compare("moons", ["flow"], budget_steps=3, n_train=100, n_test=50,
+                          settings=settings, options={"flow": TINY_NETS["flow"]},
+                          progress=False)  # fmt: skip
+    assert record["status"] == "ok", record["error"]
+    curve = record["nfe_curve"]
+    assert [p["steps"] for p in curve["points"]] == [2, 3]
+    assert curve["skipped"] == [{"steps": 1, "reason": "ValueError: this sampler needs at "
+                                 "least 2 steps"}]  # fmt: skip
+
+
+def test_a_variant_label_runs_a_family_again_with_its_own_options():
+    settings = dataclasses.replace(TINY, nfe_steps=(2,), gmm_study_dims=(2,))
+    options = {"flow": TINY_NETS["flow"], "flow:wide": {**TINY_NETS["flow"], "hidden": 48}}
+    records = compare("moons", ["flow", "flow:wide"], budget_steps=2, n_train=100, n_test=50,
+                      settings=settings, options=options, progress=False)  # fmt: skip
+    rows = by_family(records)
+    assert rows["flow"]["status"] == rows["flow:wide"]["status"] == "ok"
+    assert rows["flow:wide"]["n_parameters"] > rows["flow"]["n_parameters"]
+    with pytest.raises(ValueError, match="unknown family 'flw:x'"):
+        compare("moons", ["flw:x"], budget_steps=2)
+
+
+def test_cli_compare_options_reach_the_family(tmp_path, monkeypatch, capsys):
+    from genlab.cli import compare as cli_compare
+
+    seen = {}
+    monkeypatch.setattr(cli_compare.comparison, "compare",
+                        lambda *a, **k: seen.update(k) or [])  # fmt: skip
+    monkeypatch.setattr(cli_compare.reporting, "write_report",
+                        lambda records, out: {"html": "h", "md": "m", "json": "j"})  # fmt: skip
+    argv = ["compare", "--data", "moons", "--families", "flow,flow:meanflow", "--budget", "2steps",
+            "--out", str(tmp_path / "o"), "--options", "flow.hidden=32,flow:meanflow.objective=x",
+            "--options", "flow.lr=0.002"]  # fmt: skip
+    assert run(argv) == 0
+    assert seen["options"] == {"flow": {"hidden": 32, "lr": 0.002},
+                               "flow:meanflow": {"objective": "x"}}  # fmt: skip
+    for bad, message in [("flow.nope=1", "no option 'nope'"), ("vae.hidden=3", "not one of"),
+                         ("hidden=3", "FAMILY.KEY=VALUE")]:  # fmt: skip
+        assert run([*argv[:-2], "--options", bad]) == 2
+        assert message in capsys.readouterr().err
 
 
 # -- the feature classifier ------------------------------------------------------------------------

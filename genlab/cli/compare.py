@@ -3,6 +3,9 @@ print one table per data set and write the report (`genlab.report.write_report`)
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import re
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -31,6 +34,43 @@ def parse_budget_option(text: str) -> comparison.Budget:
         return comparison.parse_budget(text)
     except ValueError as e:
         raise typer.BadParameter(str(e)) from None
+
+
+def parse_options(items: list[str] | None, families: list[str]) -> dict[str, dict[str, Any]]:
+    """--options "FAMILY.KEY=VALUE" items (repeatable, or comma-separated) as compare's
+    per-family options; VALUE is read as JSON (numbers, true/false, null) or else as text.
+    FAMILY is a name or variant label of --families (e.g. "flow:meanflow").
+
+    Raises:
+        typer.BadParameter: an item not of that form, a family not in --families, or a key
+            that is not an option of the family.
+    """
+    parsed: dict[str, dict[str, Any]] = {}
+    for item in [part for text in items or [] for part in text.split(",") if part.strip()]:
+        match = re.fullmatch(r"\s*([^.=\s]+)\.([A-Za-z_][A-Za-z0-9_-]*)\s*=\s*(.*?)\s*", item)
+        if match is None:
+            raise typer.BadParameter(
+                f"--options {item!r}: give FAMILY.KEY=VALUE, e.g. flow.objective=meanflow"
+            )
+        family, key, text = match.group(1), match.group(2).replace("-", "_"), match.group(3)
+        if family not in families:
+            raise typer.BadParameter(
+                f"--options {item!r}: {family!r} is not one of --families ({', '.join(families)})"
+            )
+        cls = comparison.family_class(family)
+        keys = {f.name for f in dataclasses.fields(cls.config_class)}
+        keys |= {"components", "extend_components"} if cls.component_study else set()
+        if key not in keys:
+            raise typer.BadParameter(
+                f"--options {item!r}: the {cls.family} family has no option {key!r}; its "
+                f"options are {', '.join(sorted(keys))}"
+            )
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            value = text
+        parsed.setdefault(family, {})[key] = value
+    return parsed
 
 
 def print_comparison(records: list[dict[str, Any]], title: str) -> None:
@@ -85,6 +125,16 @@ def compare_families(
         int | None,
         typer.Option("--n-test", min=2, help="Test samples (default: the whole test split)."),
     ] = None,
+    options: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--options",
+            help="Options of one family, FAMILY.KEY=VALUE (repeatable or comma-separated), over "
+            "its defaults and recipe: e.g. --options flow.hidden=256. A variant label "
+            "FAMILY:NAME in --families runs the family again with its own options: "
+            "--families gmm,flow,flow:meanflow --options flow:meanflow.objective=meanflow.",
+        ),
+    ] = None,
     seed: SeedOption = 0,
     root: RootOption = None,
     progress: Annotated[bool, typer.Option(help="Show progress and training bars.")] = True,
@@ -107,6 +157,7 @@ def compare_families(
     if not names or not wanted:
         raise typer.BadParameter("--data and --families must each name at least one")
     comparison.check_families(wanted)
+    family_options = parse_options(options, wanted)
     if not out.strip() or Path(out) == Path("."):
         raise ValueError(
             f"--out {out!r} names no folder (the report would go into the current directory): "
@@ -123,6 +174,7 @@ def compare_families(
             train, test = pairs[name]
             found = comparison.compare(train, wanted, test=test, budget_seconds=parsed.seconds,
                                        budget_steps=parsed.steps, out=out, seed=seed,
+                                       options=family_options,
                                        settings=settings, progress=progress,
                                        report=False)  # fmt: skip
             title = f"{data_name(name)}: test split, budget {parsed} per family"

@@ -311,10 +311,15 @@ def fit_command(cls: type[GenerativeModel]) -> Callable[..., None]:
     check_flags(cls.family, params)
 
     def command(**given: Any) -> None:
+        # only options really given (command line, TOML --config) count as given: the others
+        # are left to the family (its recipe for the data, `genlab.models.recipes`)
+        source = given.pop("ctx_").get_parameter_source
         config = {opt.name: given.pop(opt.name) for opt in fields}
+        config = {k: v for k, v in config.items() if getattr(source(k), "name", "") != "DEFAULT"}
         fit_and_report(cls, config, **{k.removesuffix("_"): v for k, v in given.items()})
 
-    command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    context = keyword("ctx_", None, typer.Context)  # typer passes the click context
+    command.__signature__ = inspect.Signature([*params, context])  # type: ignore[attr-defined]
     command.__name__ = f"fit_{cls.family}"
     command.__doc__ = command_help(cls)
     return command
@@ -414,7 +419,7 @@ def dtype_for_precision(
             "or float64, not in 16-bit floats (too coarse for its sums of squares); use "
             "--precision fp32 (= --dtype float32) or --dtype"
         )
-    if config["dtype"] not in (default, "float32"):
+    if config.get("dtype", default) not in (default, "float32"):
         raise ValueError(
             f"--precision fp32 and --dtype {config['dtype']} disagree: give one of them"
         )
@@ -495,5 +500,7 @@ def score_row(
     return {label: text}
 
 
-for _name, _cls in FAMILIES.items():
-    fit_app.command(_name)(fit_command(_cls))
+for _name, _cls in FAMILIES.items():  # masked_diffusion is `genlab fit masked-diffusion`
+    fit_app.command(_name.replace("_", "-"))(fit_command(_cls))
+    if "_" in _name:
+        fit_app.command(_name, hidden=True)(fit_command(_cls))

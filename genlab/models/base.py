@@ -167,6 +167,11 @@ class GenerativeModel(nn.Module):
         validated config; `device`: "cuda", "cpu" or None (cuda when present)."""
         super().__init__()
         self.config = self.make_config(*args, **options)
+        #: the options the caller gave (by name or position): a neural family's `fit` fills
+        #: the others from the recipe for the data's kind (`genlab.models.recipes`)
+        self.given_options: frozenset[str] = frozenset(options) | frozenset(
+            self.positional[: len(args)]
+        )
         self.device_ = resolve_device(device)
         self.event_shape: tuple[int, ...] | None = None
 
@@ -407,6 +412,8 @@ class NeuralModel(GenerativeModel):
     """
 
     train_result_: train.TrainResult | None = None
+    #: the recipe the last fit used (`genlab.models.recipes.Recipe`), or None
+    recipe_: Any = None
     takes_labels: ClassVar[bool] = True
     resumable: ClassVar[bool] = True
 
@@ -447,6 +454,7 @@ class NeuralModel(GenerativeModel):
         reason = self.unsupported(data)
         if reason is not None:
             raise ValueError(reason)
+        self._apply_recipe(data)
         val_data = None if val is None else self._val_input(val, data)
         if val_data is None and self.config.val_fraction is not None:
             split = self._holdout(data, self.config.val_fraction)
@@ -465,6 +473,19 @@ class NeuralModel(GenerativeModel):
         self.eval()
         self._check_trained()
         return self
+
+    def _apply_recipe(self, data: TrainingData) -> None:
+        """Fill the options the caller did not give (`given_options`) from the family's recipe
+        for the data's kind (`genlab.models.recipes.recipe_for`), before the networks are
+        built: `self.config` becomes the resolved config, which is what `save` writes (so a
+        loaded model is never resolved again). A second fit resolves afresh from the
+        constructor's config, for its own data."""
+        from genlab.models import recipes  # the recipes name family options: below models/
+
+        requested = getattr(self, "_requested_config", None) or self.config
+        self._requested_config = requested
+        self.recipe_ = recipes.recipe_for(self.family, data)
+        self.config = recipes.resolve(requested, self.given_options, self.recipe_)
 
     def _val_input(self, val: Any, data: TrainingData) -> TrainingData:
         """Validation data as a TrainingData like the training data's: the same kind and
@@ -582,6 +603,8 @@ class NeuralModel(GenerativeModel):
         if result is None:
             return {}
         rows: dict[str, Any] = {"steps": result.steps}
+        if self.recipe_ is not None:
+            rows["recipe"] = self.recipe_.describe(self.given_options)
         last = [row for row in result.history if "loss" in row]
         if last:
             rows["final loss"] = float(last[-1]["loss"])
@@ -609,6 +632,8 @@ class NeuralModel(GenerativeModel):
         if result.best_state is not None:
             model.load_best()
         details = {"steps": result.steps, "options": dict(b.options)}
+        if model.recipe_ is not None:
+            details["recipe"] = model.recipe_.describe(model.given_options)
         if result.best_step is not None:
             details |= {"best_step": result.best_step, "best_val_loss": result.best_val_loss}
         return model, details

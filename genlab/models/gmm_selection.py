@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -22,6 +22,7 @@ from genlab.solvers import local_generator
 
 SWEEP_COMPONENTS: tuple[int, ...] = (1, 2, 4, 8, 16, 32)  # `by_bic`'s default sweep
 OVERRUN = "skipped: predicted to overrun the budget (by the EM cost model, `iteration_cost`)"
+MAX_EXTENDED_COMPONENTS = 4096  # where `sweep(extend=True)` stops doubling K in any case
 
 
 def iteration_cost(options: dict[str, Any], k: int, n: int, d: int) -> float:
@@ -64,10 +65,17 @@ def sweep(
     seed: int | None = 0,
     max_seconds: float = math.inf,
     device: str | torch.device | None = None,
+    extend: bool = False,
     **options: Any,
 ) -> list[dict[str, Any]]:
     """Fit one mixture per number of components K: the one fitting path of model
     selection (BIC) and of the components-vs-dimension study.
+
+    With `extend`, after the listed K the sweep keeps doubling K (the largest listed, times
+    2, 4, ...) while the last fit has the lowest BIC so far (BIC still improves), K stays at
+    most the number of rows and MAX_EXTENDED_COMPONENTS, and the cost model predicts the fit
+    ends within `max_seconds`; the first doubling predicted to overrun is recorded as skipped
+    and ends the sweep. Thin 2-D structure (rings) wants K of 64-128, beyond a fixed list.
 
     A K whose fit, predicted from the last one (scaled by `iteration_cost`, which knows
     the E/M path each K takes), would end after `max_seconds` (counted from the start of
@@ -94,7 +102,7 @@ def sweep(
     x, _, event_shape = as_data(x)
     d = math.prod(event_shape)
     start, last, records = time.perf_counter(), None, []
-    for k in components:
+    for i, k in enumerate(_components(components, records, extend, len(x))):
         record = dict.fromkeys(("bic", "test_nll", "seconds", "model", "error", "skipped"))
         records.append({"n_components": k, **record})
         began, n = time.perf_counter(), len(x)
@@ -107,6 +115,8 @@ def sweep(
         )  # fmt: skip
         if ratio is not None and began - start + last[1] * ratio > max_seconds:
             records[-1]["skipped"] = OVERRUN
+            if i >= len(components):  # an extension that does not fit ends the sweep
+                break
             continue
         model = cls(k, seed=seed, device=device, **options)  # bad options raise here
         with warnings.catch_warnings():
@@ -124,13 +134,36 @@ def sweep(
     return records
 
 
+def _components(
+    listed: Sequence[int], records: list[dict[str, Any]], extend: bool, n: int
+) -> Iterator[int]:
+    """The K of `sweep`: the listed ones, then (with `extend`) doublings of the largest while
+    the last record has the lowest BIC so far (`records` grows as the sweep fits)."""
+    yield from listed
+    if not extend or not listed:
+        return
+    k = max(listed)
+    while True:
+        bics = [r["bic"] for r in records if r["bic"] is not None]
+        last = records[-1]["bic"] if records else None
+        if last is None or len(bics) < 2 or last > min(bics):
+            return
+        k *= 2
+        if k > min(n, MAX_EXTENDED_COMPONENTS):
+            return
+        yield k
+
+
 def by_bic(cls: type[GenerativeModel], data: Dataset, budget: Budget) -> tuple[Any, dict]:
     """Sweep K (`sweep`) and keep the lowest BIC on the training data (EM has no step
     budget: `steps` is ignored; `seconds` bounds the sweep; `progress` shows no bar).
 
     options: constructor options (covariance_type "full" unless given), plus
     `n_components` (fit that K only) or the reserved `components` (the K to sweep,
-    default `SWEEP_COMPONENTS`, those above the number of rows dropped).
+    default `SWEEP_COMPONENTS`, those above the number of rows dropped) and
+    `extend_components` (default True: with a `seconds` budget, keep doubling K beyond the
+    listed ones while BIC improves and the cost model says the fit ends within the budget,
+    `sweep(extend=True)`; a steps-only budget never extends).
 
     Returns:
         (model, {"steps": None, "n_components", "bic": {str(K): BIC or the reason it
@@ -141,13 +174,14 @@ def by_bic(cls: type[GenerativeModel], data: Dataset, budget: Budget) -> tuple[A
     """
     options = {"covariance_type": "full", **budget.options}
     grid = options.pop("components", SWEEP_COMPONENTS)
+    extend = bool(options.pop("extend_components", True)) and budget.seconds is not None
     if "n_components" in options:
-        grid = [options.pop("n_components")]
+        grid, extend = [options.pop("n_components")], False
     else:
         grid = [k for k in grid if k <= len(data)]
     seconds = math.inf if budget.seconds is None else budget.seconds
     records = sweep(cls, data, grid, seed=budget.seed, max_seconds=seconds,
-                        device=budget.device, **options)  # fmt: skip
+                    device=budget.device, extend=extend, **options)  # fmt: skip
     bics = {str(r["n_components"]): r["bic"] if r["bic"] is not None
             else r["error"] or r["skipped"] for r in records}  # fmt: skip
     fitted = [r for r in records if r["model"] is not None]

@@ -1,0 +1,195 @@
+"""Flow matching, diffusion and the BIC-chosen GMM on the 8 toys at a wall-clock budget.
+
+    python benchmarks/iterative_toys.py --seconds 120 [--toys rings,moons] [--jobs 2]
+        [--save /tmp/iter_models] [--json out.json] [--threads 1] [--quick]
+        [--flow-options '{"hidden": 256}'] [--diffusion-options '{}'] [--families flow,gmm]
+
+Issue 17's target: at 120 s (and at 60 s on rings) flow and diffusion samples are
+indistinguishable from held-out data by MMD² at n = 4,000, i.e. below the 95th percentile of
+the MMD² between independent draws of the data, as the BIC-chosen GMM is.
+
+Each family is fitted exactly as `genlab compare` fits it, through its `fit_for_budget` with
+`--seconds` (the neural families: max_time, 5% of the 10,000 training points held out, the
+best validation weights; their defaults, i.e. the per-data-kind recipe of
+`genlab.models.recipes`, plus `--<family>-options`; the GMM: K by BIC, the sweep extended as far
+as the budget affords, `genlab.models.gmm_selection.by_bic`).
+
+Measures, per toy, all against ONE reference: a fresh draw of n = --n (4,000) points (the
+toy's test split, seed 3000), with Gaussian kernels at (0.25, 0.5, 1, 2, 4) x the median
+pairwise distance of the reference (fixed per toy, the same for every sample set):
+- floor: the MMD² of --floor-draws (24) further independent draws of n points (seeds 4000 + i)
+  against the reference; "p95" is their 95th percentile (linear interpolation), the target;
+- each model's default sampler (flow: heun 50 steps = 100 NFE, diffusion: its default),
+  flow also at euler 100 NFE, diffusion also dpm++ 15 NFE and ddpm 1,000 steps (helper D's
+  target: dpm++ 15 within 10% of ddpm 1000), each from noise seed 0;
+- verdict per toy and family: "yes" when the default sampler's MMD² is below p95.
+
+`--save DIR` saves every model as DIR/{toy}_{family}_{seconds}s (a genlab folder), which
+`benchmarks/onestep.py --reference DIR` and the diffusion benchmarks reuse. `--jobs 2` trains
+two models at a time in separate processes (one thread each): on an idle 2-core machine the
+budget of each is then its own core's. The floor and the scores run in the parent.
+
+Cost: per toy 2 x --seconds of training (gmm: at most --seconds) plus about 40 s of sampling
+and scoring (ddpm 1,000 steps on 4,000 points is most of it); all 8 toys at 120 s: about 45 min
+with --jobs 1, 25 min with --jobs 2 on an idle machine. --quick: moons and rings at 10 s,
+1,000 points, 6 floor draws (< 1 min of training).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import statistics
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import torch
+
+from genlab import metrics
+from genlab.data import TOYS, load_dataset
+from genlab.models import FAMILIES
+from genlab.models.base import Budget
+
+SCALES = (0.25, 0.5, 1.0, 2.0, 4.0)
+REFERENCE_SEED, FLOOR_SEED, NOISE_SEED = 3000, 4000, 0
+FAMILIES_RUN = ("flow", "diffusion", "gmm")
+EXTRA_SAMPLERS = {
+    "flow": {"euler 100": {"method": "euler", "steps": 100}},
+    "diffusion": {"dpm++ 15": {"method": "dpm++", "steps": 15},
+                  "ddpm 1000": {"method": "ddpm", "steps": 1000}},
+}  # fmt: skip
+
+
+def reference(toy: str, n: int) -> tuple[torch.Tensor, list[float]]:
+    """The reference draw (n, 2) and the kernel widths fixed from it."""
+    ref = load_dataset(toy, split="test", n=n, seed=REFERENCE_SEED).x
+    median = metrics.median_distance(ref, ref)
+    return ref, [s * median for s in SCALES]
+
+
+def floor(toy: str, n: int, draws: int) -> list[float]:
+    """MMD² of `draws` independent data draws of n points against the reference."""
+    ref, bandwidths = reference(toy, n)
+    return [metrics.mmd(load_dataset(toy, split="test", n=n, seed=FLOOR_SEED + i).x, ref,
+                        bandwidths) for i in range(draws)]  # fmt: skip
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The q-th percentile (0..100) with linear interpolation between order statistics."""
+    v = sorted(values)
+    pos = (len(v) - 1) * q / 100
+    lo = int(pos)
+    hi = min(lo + 1, len(v) - 1)
+    return v[lo] + (v[hi] - v[lo]) * (pos - lo)
+
+
+def fit_one(job: dict) -> dict:
+    """Train one (toy, family) as compare does and score it; runs in a worker process."""
+    torch.set_num_threads(job["threads"])
+    toy, family, seconds = job["toy"], job["family"], job["seconds"]
+    train = load_dataset(toy, split="train")
+    options = dict(job["options"])
+    start = time.perf_counter()
+    model, details = FAMILIES[family].fit_for_budget(
+        train, Budget(seconds=seconds, seed=0, device="cpu", options=options)
+    )
+    train_seconds = time.perf_counter() - start
+    row = {"toy": toy, "family": family, "seconds": seconds, "train_seconds": train_seconds,
+           "steps": details.get("steps"), "best_step": details.get("best_step"),
+           "n_components": details.get("n_components"),
+           "recipe": details.get("recipe"), "options": options}  # fmt: skip
+    if job["save"]:
+        model.save(Path(job["save"]) / f"{toy}_{family}_{seconds:g}s")
+    ref, bandwidths = reference(toy, job["n"])
+    samplers = {"default": {}, **({} if job["no_extra"] else EXTRA_SAMPLERS.get(family, {}))}
+    scores = {}
+    for label, kwargs in samplers.items():
+        t0 = time.perf_counter()
+        s = model.sample(job["n"], seed=NOISE_SEED, **kwargs).detach().float()
+        scores[label] = {"mmd2": metrics.mmd(s, ref, bandwidths), "nfe": model.nfe_,
+                         "seconds": time.perf_counter() - t0}  # fmt: skip
+    row["scores"] = scores
+    return row
+
+
+def verdict(value: float, p95: float) -> str:
+    return "yes" if value < p95 else "NO"
+
+
+def print_table(rows: list[dict], floors: dict[str, list[float]], seconds: float) -> None:
+    print(f"\n## Toys at {seconds:g} s: MMD² at n = {rows[0]['n'] if rows else '?'}"
+          " against a held-out draw (target: below the data floor's p95)\n")  # fmt: skip
+    print(
+        "| toy | floor mean | floor p95 | family | steps / K | MMD² | / p95 | verdict | "
+        "extra samplers |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    for toy in dict.fromkeys(r["toy"] for r in rows):
+        f = floors[toy]
+        p95 = percentile(f, 95)
+        for r in [r for r in rows if r["toy"] == toy]:
+            d = r["scores"]["default"]["mmd2"]
+            size = f"K={r['n_components']}" if r["family"] == "gmm" else str(r["steps"])
+            extra = ", ".join(f"{k} {v['mmd2']:.2e}" for k, v in r["scores"].items()
+                              if k != "default")  # fmt: skip
+            print(
+                f"| {toy} | {statistics.mean(f):.2e} | {p95:.2e} | {r['family']} | {size} | "
+                f"{d:.2e} | {d / p95:.2f} | {verdict(d, p95)} | {extra} |"
+            )
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--seconds", type=float, default=120.0)
+    p.add_argument("--toys", default=",".join(TOYS))
+    p.add_argument("--families", default=",".join(FAMILIES_RUN))
+    p.add_argument("--n", type=int, default=4000)
+    p.add_argument("--floor-draws", type=int, default=24)
+    p.add_argument("--jobs", type=int, default=1)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--save", default=None, help="save models as DIR/{toy}_{family}_{s}s")
+    p.add_argument("--json", default=None, help="write the rows and floors as JSON")
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--no-extra", action="store_true", help="score the default sampler only")
+    for family in FAMILIES_RUN:
+        p.add_argument(f"--{family}-options", default="{}", help="JSON constructor options")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    toys = [t for t in args.toys.split(",") if t]
+    if args.quick:
+        toys, args.seconds, args.n, args.floor_draws = ["moons", "rings"], 10.0, 1000, 6
+    families = [f for f in args.families.split(",") if f]
+    print(f"# iterative_toys {datetime.now(UTC):%Y-%m-%d %H:%M} UTC: {args.seconds:g} s, "
+          f"n = {args.n}, {args.floor_draws} floor draws, jobs {args.jobs}, "
+          f"threads {args.threads}")  # fmt: skip
+    jobs = [{"toy": t, "family": f, "seconds": args.seconds, "n": args.n, "save": args.save,
+             "threads": args.threads, "no_extra": args.no_extra,
+             "options": json.loads(getattr(args, f"{f}_options"))}
+            for t in toys for f in families]  # fmt: skip
+    start = time.perf_counter()
+    if args.jobs > 1:
+        os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+        with mp.get_context("spawn").Pool(args.jobs) as pool:
+            rows = []
+            for row in pool.imap(fit_one, jobs):
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+    else:
+        rows = []
+        for job in jobs:
+            rows.append(fit_one(job))
+            print(json.dumps(rows[-1]), flush=True)
+    for r in rows:
+        r["n"] = args.n
+    floors = {t: floor(t, args.n, args.floor_draws) for t in toys}
+    print_table(rows, floors, args.seconds)
+    print(f"\ntotal {time.perf_counter() - start:.0f} s")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"rows": rows, "floors": floors}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
