@@ -50,9 +50,12 @@ TINY: dict[str, dict[str, Any]] = {
     "flow": {"hidden": 8, "depth": 1, "max_steps": 2, "batch_size": 16, "sample_steps": 2},
     "diffusion": {"hidden": 8, "timesteps": 10, "max_steps": 2, "batch_size": 16},
     "autoregressive": {"n_layer": 1, "n_head": 1, "n_embd": 8, "max_steps": 2, "batch_size": 8},
-}
+    "masked_diffusion": {"n_layer": 1, "n_head": 1, "n_embd": 8, "max_steps": 2, "batch_size": 8,
+                         "sample_steps": 4},
+}  # fmt: skip
 FAMILY_NAMES = sorted(FAMILIES)
-DATA_OF = {"autoregressive": ("digits", 40)}  # a family of quantised images; others: points
+# families of quantised images; others: points
+DATA_OF = {"autoregressive": ("digits", 40), "masked_diffusion": ("digits", 40)}
 
 
 class Hung(BaseException):
@@ -230,7 +233,7 @@ def test_log_prob_of_far_points_is_very_negative_or_refused(family, fitted):
 
 @pytest.mark.parametrize("family", FAMILY_NAMES)
 def test_a_text_for_a_family_of_numbers(family):
-    if family == "autoregressive":  # the family of text: a text that is too short
+    if family in ("autoregressive", "masked_diffusion"):  # text families: a text too short
         refused(lambda: quiet_fit(make(family, block_size=8), "ab"), "short|block|characters")
     else:
         refused(lambda: quiet_fit(make(family), "some text " * 20), "text")

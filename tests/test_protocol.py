@@ -17,6 +17,7 @@ from genlab.models import (
     Diffusion,
     FlowMatching,
     GaussianMixture,
+    MaskedDiffusion,
     NotFittedError,
 )
 
@@ -37,6 +38,10 @@ FACTORIES = {
         "moons",
     ),
     "diffusion": (lambda: Diffusion(hidden=32, max_steps=30, warmup_steps=5), "moons"),
+    "masked_diffusion": (  # like autoregressive: digits as pixel sequences
+        lambda: MaskedDiffusion(n_layer=1, n_head=2, n_embd=16, max_steps=20, sample_steps=8),
+        "digits",
+    ),
 }
 
 
@@ -161,7 +166,10 @@ def test_folders_saved_before_the_redesign_load_and_score_the_same(folder):
     torch.testing.assert_close(lp.double(), torch.tensor(expected["log_prob"]).double(),
                                rtol=1e-4, atol=1e-3)  # fmt: skip
     if "sample" in expected:
-        s = model.sample(3, seed=0).flatten(1)[:, :6].double()
+        # issue 17 made diffusion's default dpm++ SDE-DPM-Solver++ 2M on the uniform grid; the
+        # old default was the deterministic 3M (eta=0) on the quadratic grid
+        old_default = {"eta": 0.0, "grid": "quadratic"} if family == "diffusion" else {}
+        s = model.sample(3, seed=0, **old_default).flatten(1)[:, :6].double()
         torch.testing.assert_close(s, torch.tensor(expected["sample"]).double(), rtol=1e-4,
                                    atol=1e-4)  # fmt: skip
 
@@ -190,7 +198,9 @@ def test_trainer_and_data_imports_leave_the_families_unimported():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     imported, loaded, families = out.stdout.splitlines()
-    heavy = {f"genlab.models.{f}" for f in ("flow", "diffusion", "vae", "autoregressive", "gmm")}
+    heavy = {f"genlab.models.{f}" for f in ("flow", "diffusion", "vae", "autoregressive", "gmm",
+                                         "masked_diffusion")}  # fmt: skip
     assert not heavy & set(json.loads(imported)), imported
     assert loaded == "GaussianMixture"
-    assert json.loads(families) == ["autoregressive", "bgmm", "diffusion", "flow", "gmm", "vae"]
+    assert json.loads(families) == ["autoregressive", "bgmm", "diffusion", "flow", "gmm",
+                                   "masked_diffusion", "vae"]  # fmt: skip

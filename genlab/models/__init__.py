@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from genlab.models.flow import FlowMatching
     from genlab.models.folder import load
     from genlab.models.gmm import GaussianMixture
+    from genlab.models.masked_diffusion import MaskedDiffusion
     from genlab.models.vae import VAE
 
 __all__ = [
@@ -40,6 +41,7 @@ __all__ = [
     "FlowMatching",
     "GaussianMixture",
     "GenerativeModel",
+    "MaskedDiffusion",
     "NotFittedError",
     "load",
 ]
@@ -56,11 +58,12 @@ _HOMES = {
     "Diffusion": "diffusion",
     "FlowMatching": "flow",
     "GaussianMixture": "gmm",
+    "MaskedDiffusion": "masked_diffusion",
     "VAE": "vae",
     "load": "folder",
 }
 #: the built-in families' names, in their order in FAMILIES (each one's module is its name)
-BUILTIN_FAMILIES = ("autoregressive", "bgmm", "diffusion", "flow", "gmm", "vae")
+BUILTIN_FAMILIES = ("autoregressive", "bgmm", "diffusion", "flow", "gmm", "masked_diffusion", "vae")
 
 
 def import_families() -> dict[str, type[GenerativeModel]]:

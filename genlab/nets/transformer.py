@@ -19,6 +19,10 @@ processes only the new positions of idx and attends to the cached ones, so gener
 more token costs one position, not the whole prefix. Positions in the cache are 0, 1, ...;
 the window of a cache holds at most block_size positions (the caller starts a new cache to
 slide the window). Nets know nothing of losses: the family computes cross-entropy.
+
+`causal=False` drops the mask: every position attends to every other (a bidirectional encoder,
+as masked-token models need). It has no cache (the keys of earlier positions would change with
+later tokens), and the same parameters, so its state_dict keys are the causal network's.
 """
 
 from __future__ import annotations
@@ -64,16 +68,20 @@ def apply_rope(x: Tensor, rotation: Tensor) -> Tensor:
 
 
 def causal_attention(
-    q: Tensor, k: Tensor, v: Tensor, past: int = 0, dropout_p: float = 0.0
+    q: Tensor, k: Tensor, v: Tensor, past: int = 0, dropout_p: float = 0.0, causal: bool = True
 ) -> Tensor:
     """softmax(q k^T / sqrt(d) + M) v, where query i (absolute position past + i) sees keys
-    0..past + i only (M = -inf elsewhere).
+    0..past + i only (M = -inf elsewhere); causal=False: every key (M = 0, no cache).
 
     Shapes: q (B, nh, T, d), k and v (B, nh, past + T, d)  ->  (B, nh, T, d).
     """
     T, S = q.shape[-2], k.shape[-2]
     if past + T != S:
         raise ValueError(f"k has {S} positions, expected past + T = {past} + {T}")
+    if not causal:
+        if past:
+            raise ValueError("bidirectional attention takes no cached positions")
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
     if past == 0:
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
     if T == 1:  # one new query sees every key
@@ -109,15 +117,16 @@ def dropout_layer(p: float) -> nn.Module:
 
 
 class CausalSelfAttention(nn.Module):
-    """Multi-head causal self-attention; rotary positions when given rope tables.
+    """Multi-head causal self-attention (causal=False: bidirectional); rotary positions when
+    given rope tables.
 
     Shapes: x (B, T, C)  ->  (B, T, C). With a cache of `length` filled positions, x holds the
     T new positions, written to the cache at length..length+T-1 (for `layer`).
     """
 
-    def __init__(self, n_embd: int, n_head: int, dropout: float, bias: bool):
+    def __init__(self, n_embd: int, n_head: int, dropout: float, bias: bool, causal: bool = True):
         super().__init__()
-        self.n_head, self.head_dim = n_head, n_embd // n_head
+        self.n_head, self.head_dim, self.causal = n_head, n_embd // n_head, causal
         self.qkv = nn.Linear(n_embd, 3 * n_embd, bias=bias)
         self.proj = nn.Linear(n_embd, n_embd, bias=bias)
         self.dropout = dropout
@@ -144,7 +153,7 @@ class CausalSelfAttention(nn.Module):
             k = cache.keys[layer, :, :, : past + T]
             v = cache.values[layer, :, :, : past + T]
         p = self.dropout if self.training else 0.0
-        y = causal_attention(q, k, v, past=past, dropout_p=p)  # (B, nh, T, d)
+        y = causal_attention(q, k, v, past=past, dropout_p=p, causal=self.causal)  # (B, nh, T, d)
         y = y.transpose(1, 2).reshape(B, T, C)
         return self.resid_dropout(self.proj(y))
 
@@ -165,10 +174,10 @@ class FeedForward(nn.Module):
 class Block(nn.Module):
     """Pre-norm decoder block: x + Attn(LN(x)), then x + MLP(LN(x))."""
 
-    def __init__(self, n_embd: int, n_head: int, dropout: float, bias: bool):
+    def __init__(self, n_embd: int, n_head: int, dropout: float, bias: bool, causal: bool = True):
         super().__init__()
         self.ln_1 = nn.LayerNorm(n_embd, bias=bias)
-        self.attn = CausalSelfAttention(n_embd, n_head, dropout, bias)
+        self.attn = CausalSelfAttention(n_embd, n_head, dropout, bias, causal)
         self.ln_2 = nn.LayerNorm(n_embd, bias=bias)
         self.mlp = FeedForward(n_embd, dropout, bias)
 
@@ -194,6 +203,8 @@ class Transformer(nn.Module):
         dropout: on the embeddings, attention weights and residual branches (training only).
         positions: "rope" (rotary) or "learned" (a table of block_size vectors).
         bias: biases in the Linear layers and LayerNorms.
+        causal: each position sees the earlier ones only (a decoder, the default); False:
+            every position sees every other (bidirectional; no cache).
 
     Shapes:
         idx: (B, T) long in [0, V), T <= block_size - cache.length  ->  logits (B, T, V) float.
@@ -209,6 +220,7 @@ class Transformer(nn.Module):
         dropout: float = 0.0,
         positions: Positions = "rope",
         bias: bool = False,
+        causal: bool = True,
     ):
         super().__init__()
         sizes = {"vocab_size": vocab_size, "block_size": block_size, "n_layer": n_layer,
@@ -225,14 +237,18 @@ class Transformer(nn.Module):
             )
         if not (isinstance(dropout, int | float) and 0.0 <= dropout < 1.0):
             raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+        if not isinstance(causal, bool):
+            raise TypeError(f"causal must be True or False, got {causal!r}")
         self.vocab_size, self.block_size = vocab_size, block_size
         self.n_layer, self.n_head, self.n_embd = n_layer, n_head, n_embd
-        self.positions = positions
+        self.positions, self.causal = positions, causal
 
         self.wte = nn.Embedding(vocab_size, n_embd)  # also the output layer (tied)
         self.wpe = nn.Embedding(block_size, n_embd) if positions == "learned" else None
         self.drop = dropout_layer(dropout)
-        self.blocks = nn.ModuleList(Block(n_embd, n_head, dropout, bias) for _ in range(n_layer))
+        self.blocks = nn.ModuleList(
+            Block(n_embd, n_head, dropout, bias, causal) for _ in range(n_layer)
+        )
         self.ln_f = nn.LayerNorm(n_embd, bias=bias)
         if positions == "rope":
             cos, sin = rope_tables(block_size, n_embd // n_head)
@@ -266,6 +282,8 @@ class Transformer(nn.Module):
             raise ValueError(f"idx must be a (B, T) tensor of token ids, got {shape}")
         if idx.dtype.is_floating_point or idx.dtype == torch.bool:
             raise TypeError(f"idx must hold integer token ids, got dtype {idx.dtype}")
+        if cache is not None and not self.causal:
+            raise ValueError("a bidirectional transformer (causal=False) has no cache")
         past = 0 if cache is None else cache.length
         T = idx.shape[1]
         if past + T > self.block_size:
@@ -285,4 +303,5 @@ class Transformer(nn.Module):
         return F.linear(self.ln_f(h), self.wte.weight)
 
     def extra_repr(self) -> str:
-        return f"block_size={self.block_size}, positions={self.positions!r}"
+        causal = "" if self.causal else ", causal=False"
+        return f"block_size={self.block_size}, positions={self.positions!r}{causal}"

@@ -1,0 +1,204 @@
+"""Masked discrete diffusion against the autoregressive transformer on tiny Shakespeare.
+
+    python benchmarks/masked_vs_autoregressive.py [--quick] [--steps 2000] [--contexts 64 256]
+
+Both families get nanoGPT's CPU recipe size (char tokenizer, 4 layers, 4 heads, 128 wide, no
+dropout), the same context (64 and 256 tokens), batch, learning-rate schedule, seed and number
+of optimiser steps (--steps), on nanoGPT's split (train: the first 90% of the characters,
+validation: the last 10%, of which the first --val-chars are scored). Reported per context:
+
+1. Validation bits/char: the autoregressive model's exact -log2 p(text) / characters against
+   the masked model's bound (the continuous-time ELBO, `MaskedDiffusion.evaluate_text`) with
+   its Monte-Carlo standard error (--bound-samples mask draws per chunk of context tokens).
+   The issue's target: the bound within 15% of the exact bits. The masked bound scores
+   consecutive chunks of `context` tokens independently (as MDLM evaluates), while the exact
+   autoregressive bits use a sliding context of context/2..context tokens; the
+   autoregressive model's bits in the same independent windows (nanoGPT's window loss) are
+   reported beside them, the like-for-like comparison.
+2. The bound against sampling steps: the T-step bound of the distribution that T ancestral
+   steps sample (`log_prob(steps=T)`, looser than the continuous one, equal as T -> oo),
+   beside the autoregressive exact bits (the same for any number of steps: one per token).
+3. Sampling time per 1,000 characters: --n samples of `context` characters, the masked model
+   at each of --sample-steps (ancestral; one forward pass per step at most), against the
+   autoregressive model with its KV cache (one position per token); medians of --repeats.
+   The issue's target: 64 masked steps faster than the cached autoregressive model at 256.
+4. Sample quality without an outside model: the autoregressive model's bits/char of each
+   family's samples (its own samples as the reference; lower is more like its training text).
+
+Writes OUT.json (default benchmarks/results/masked_vs_autoregressive.json) and prints the
+tables as Markdown. --quick (< 1 min): 10 steps of batch 8, context 64 and 256, 2,000
+validation characters, 2 bound draws, steps 8 and 64, one sample, one repeat: it checks that
+everything runs (OUT_quick.json); its numbers mean nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from genlab.data import load_dataset
+from genlab.models import Autoregressive, MaskedDiffusion
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
+TARGET_GAP = 0.15  # the masked bound within 15% of the exact bits/char (issue 19)
+
+
+def train_both(args: argparse.Namespace, context: int, text: str) -> dict:
+    """The two models of one context, trained with the same options; their train seconds."""
+    common = {"n_layer": 4, "n_head": 4, "n_embd": 128, "block_size": context, "dropout": 0.0,
+              "max_steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
+              "warmup_steps": args.warmup, "min_lr_ratio": 0.1, "weight_decay": 0.1,
+              "grad_clip": 1.0, "seed": args.seed}  # fmt: skip
+    out = {}
+    for name, cls in (("autoregressive", Autoregressive), ("masked_diffusion", MaskedDiffusion)):
+        model = cls("char", **common)
+        start = time.perf_counter()
+        model.fit(text, progress=False)
+        out[name] = (model, time.perf_counter() - start)
+        print(f"  {name}: {args.steps} steps in {out[name][1]:.1f} s", flush=True)
+    return out
+
+
+def timed(fn, repeats: int) -> tuple[float, object]:
+    times, result = [], None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), result
+
+
+def ar_bits(ar: Autoregressive, texts: list[str]) -> float:
+    """The autoregressive model's bits/char of texts (exact)."""
+    texts = [t for t in texts if t]
+    nll = -float(ar.log_prob(texts).double().sum())
+    return nll / sum(len(t) for t in texts) / math.log(2)
+
+
+def one_context(args: argparse.Namespace, context: int, train: str, val: str) -> dict:
+    print(f"context {context}:", flush=True)
+    models = train_both(args, context, train)
+    (ar, ar_seconds), (md, md_seconds) = models["autoregressive"], models["masked_diffusion"]
+    seconds = {"autoregressive": ar_seconds, "masked_diffusion": md_seconds}
+    record: dict = {"context": context, "train_seconds": seconds}
+    # 1. validation bits/char
+    ar_scores = ar.evaluate_text(val)
+    exact, window = ar_scores["bits_per_char"], ar_scores["window_loss"] / math.log(2)
+    start = time.perf_counter()
+    bound = md.evaluate_text(val, samples=args.bound_samples)
+    record["val"] = {"autoregressive_exact": exact, "autoregressive_window": window,
+                     "masked_bound": bound["bits_per_char"],
+                     "masked_bound_stderr": bound["bits_per_char_stderr"],
+                     "gap": bound["bits_per_char"] / exact - 1,
+                     "gap_to_window": bound["bits_per_char"] / window - 1,
+                     "bound_seconds": time.perf_counter() - start}  # fmt: skip
+    print(f"  validation bits/char: autoregressive {exact:.4f} (exact; {window:.4f} in "
+          f"independent windows), masked "
+          f"{bound['bits_per_char']:.4f} +- {bound['bits_per_char_stderr']:.4f} (bound), gap "
+          f"{100 * record['val']['gap']:+.1f}%", flush=True)  # fmt: skip
+    # 2. the bound against sampling steps
+    record["bound_vs_steps"] = []
+    for steps in args.sample_steps:
+        scores = md.evaluate_text(val, samples=args.bound_samples, steps=steps)
+        record["bound_vs_steps"].append({"steps": steps, "masked_bound": scores["bits_per_char"],
+                                         "stderr": scores["bits_per_char_stderr"],
+                                         "autoregressive_exact": exact})  # fmt: skip
+    # 3. and 4. sampling time and the autoregressive model's bits/char of the samples
+    chars = args.n * context
+    ar_time, ar_samples = timed(
+        lambda: ar.sample(args.n, seed=args.seed, max_new_tokens=context, use_cache=True),
+        args.repeats,
+    )
+    record["sampling"] = [{"family": "autoregressive", "steps": context, "nfe": ar.nfe_,
+                           "seconds_per_1000_chars": 1000 * ar_time / chars,
+                           "ar_bits_per_char_of_samples": ar_bits(ar, ar_samples)}]  # fmt: skip
+    for steps in args.sample_steps:
+        md_time, md_samples = timed(
+            lambda s=steps: md.sample(args.n, seed=args.seed, steps=s), args.repeats
+        )
+        row = {"family": "masked_diffusion", "steps": steps, "nfe": md.nfe_,
+               "seconds_per_1000_chars": 1000 * md_time / chars,
+               "ar_bits_per_char_of_samples": ar_bits(ar, md_samples)}  # fmt: skip
+        record["sampling"].append(row)
+    record["example"] = {"autoregressive": ar_samples[0], "masked_diffusion": md_samples[0]}
+    return record
+
+
+def markdown(results: dict) -> str:
+    lines = ["| context | AR exact bits/char | AR in windows | masked bound bits/char | gap "
+             "| gap to windows | train s (AR, masked) |",
+             "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]  # fmt: skip
+    for r in results["contexts"]:
+        v, t = r["val"], r["train_seconds"]
+        lines.append(f"| {r['context']} | {v['autoregressive_exact']:.4f} | "
+                     f"{v['autoregressive_window']:.4f} | "
+                     f"{v['masked_bound']:.4f} +- {v['masked_bound_stderr']:.4f} | "
+                     f"{100 * v['gap']:+.1f}% | {100 * v['gap_to_window']:+.1f}% | "
+                     f"{t['autoregressive']:.0f} / "
+                     f"{t['masked_diffusion']:.0f} |")  # fmt: skip
+    lines += ["", "| context | sampler | steps | NFE | s / 1,000 chars | AR bits/char of samples |",
+              "| ---: | --- | ---: | ---: | ---: | ---: |"]  # fmt: skip
+    for r in results["contexts"]:
+        for s in r["sampling"]:
+            lines.append(f"| {r['context']} | {s['family']} | {s['steps']} | {s['nfe']} | "
+                         f"{s['seconds_per_1000_chars']:.3f} | "
+                         f"{s['ar_bits_per_char_of_samples']:.3f} |")  # fmt: skip
+    lines += [
+        "",
+        "| context | steps T | masked T-step bound | AR exact |",
+        "| ---: | ---: | ---: | ---: |",
+    ]
+    for r in results["contexts"]:
+        for b in r["bound_vs_steps"]:
+            lines.append(f"| {r['context']} | {b['steps']} | {b['masked_bound']:.4f} +- "
+                         f"{b['stderr']:.4f} | {b['autoregressive_exact']:.4f} |")  # fmt: skip
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a < 1 min run of every part")
+    parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument("--steps", type=int, default=2000, help="optimiser steps, both families")
+    parser.add_argument("--contexts", type=int, nargs="+", default=[64, 256])
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--warmup", type=int, default=100)
+    parser.add_argument("--val-chars", type=int, default=50_000)
+    parser.add_argument("--bound-samples", type=int, default=16, help="mask draws per chunk")
+    parser.add_argument("--sample-steps", type=int, nargs="+", default=[8, 16, 32, 64, 128, 256])
+    parser.add_argument("--n", type=int, default=8, help="samples per timing")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" /
+                        "masked_vs_autoregressive.json")  # fmt: skip
+    args = parser.parse_args()
+    if args.quick:
+        args.steps, args.warmup, args.batch_size, args.val_chars = min(args.steps, 10), 2, 8, 2000
+        args.bound_samples, args.sample_steps, args.n, args.repeats = 2, [8, 64], 1, 1
+    torch.set_num_threads(args.threads)
+    train = load_dataset(f"text:{args.data}", split="train").text
+    val = load_dataset(f"text:{args.data}", split="test").text[: args.val_chars]
+    results = {"argv": sys.argv[1:], "torch_threads": args.threads,
+               "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+               "contexts": [one_context(args, c, train, val) for c in args.contexts]}  # fmt: skip
+    table = markdown(results)
+    print(table)
+    out = args.out.with_name(args.out.stem + "_quick.json") if args.quick else args.out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    out.with_suffix(".md").write_text(table + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
