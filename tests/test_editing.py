@@ -431,9 +431,9 @@ def test_inpaint_needs_a_fixed_step_method(point_model):
     assert point_model._projection is None
 
 
+@pytest.mark.parametrize("family", ["diffusion"], indirect=True)
 def test_diffusion_inpaint_runs_every_sampler(point_model):
-    if point_model.family != "diffusion":
-        pytest.skip("diffusion's samplers")
+    """Every diffusion sampler keeps the known coordinate (the flow has one ODE sampler)."""
     x = point_model.sample(5, seed=20, method="ddim", steps=5)
     for options in ({"method": "ddpm", "steps": 5}, {"method": "ddim", "steps": 5},
                     {"method": "dpm++", "steps": 5},
