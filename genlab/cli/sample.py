@@ -21,8 +21,22 @@ SAMPLER_FLAGS = {
     "eta": "--eta", "order": "--order", "grid": "--grid", "prompt": "--prompt",
     "max_new_tokens": "--max-new-tokens",
     "temperature": "--temperature", "top_k": "--top-k", "top_p": "--top-p",
+    "churn": "--churn", "times": "--times", "infill": "--infill",
+    "placeholder": "--placeholder", "confidence": "--confidence",
 }  # fmt: skip
 """The keywords of a family's `sample` that `genlab sample` can pass, and their options."""
+
+
+def parse_times(text: str | None) -> list[float] | None:
+    """--times "1,0.5,0.1,0" as floats (the model checks the grid itself)."""
+    if text is None:
+        return None
+    try:
+        return [float(part) for part in text.split(",")]
+    except ValueError:
+        raise ValueError(
+            f"--times must be comma-separated numbers, e.g. 1,0.5,0.1,0; got {text!r}"
+        ) from None
 
 
 def sampler_options(model: GenerativeModel, **given: Any) -> dict[str, Any]:
@@ -114,7 +128,31 @@ def sample(
     ] = None,
     grid: Annotated[
         str | None,
-        typer.Option(help="ddpm/ddim/dpm++ samplers: time grid (uniform, quadratic, logsnr)."),
+        typer.Option(help="Flow and diffusion: time grid (uniform, quadratic, logsnr, karras)."),
+    ] = None,
+    times: Annotated[
+        str | None,
+        typer.Option(help="Flow and diffusion: your own decreasing time grid, e.g. 1,0.5,0.1,0."),
+    ] = None,
+    churn: Annotated[
+        float | None, typer.Option(min=0.0, help="Diffusion heun sampler: EDM's S_churn.")
+    ] = None,
+    infill: Annotated[
+        str | None,
+        typer.Option(
+            help="Masked diffusion: a text whose placeholders are generated, e.g. "
+            '"ROMEO:____ love ____".'
+        ),
+    ] = None,
+    placeholder: Annotated[
+        str | None, typer.Option(help="Masked diffusion: the free character of --infill (_).")
+    ] = None,
+    confidence: Annotated[
+        bool | None,
+        typer.Option(
+            "--confidence/--no-confidence",
+            help="Masked diffusion: unmask the most confident tokens first.",
+        ),
     ] = None,
     prompt: Annotated[str | None, typer.Option(help="Text models: the prompt.")] = None,
     max_new_tokens: Annotated[
@@ -132,15 +170,18 @@ def sample(
 ) -> None:
     """Draw samples from a saved model and write them as .npy or .png.
 
-    Sampler options (--steps, --method, --guidance, --label, --eta, --order, --grid, --prompt,
-    --max-new-tokens, --temperature, --top-k, --top-p) are passed to the model's `sample` when
-    given; a model whose `sample` does not take one of them reports it.
+    Sampler options (--steps, --method, --guidance, --label, --eta, --order, --grid, --times,
+    --churn, --prompt, --max-new-tokens, --temperature, --top-k, --top-p, --infill,
+    --placeholder, --confidence) are passed to the model's `sample` when given; a model whose
+    `sample` does not take one of them reports it.
     """
     model = genlab.load(model_dir)
     options = sampler_options(model, steps=steps, method=method, guidance=guidance, y=label,
                               eta=eta, order=order, grid=grid, prompt=prompt,
                               max_new_tokens=max_new_tokens,
-                              temperature=temperature, top_k=top_k, top_p=top_p)  # fmt: skip
+                              temperature=temperature, top_k=top_k, top_p=top_p,
+                              times=parse_times(times), churn=churn, infill=infill,
+                              placeholder=placeholder, confidence=confidence)  # fmt: skip
     if model.is_text:
         sample_text(model, n or 1, seed, out, options)
         return
