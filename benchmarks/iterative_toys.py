@@ -59,6 +59,7 @@ FAMILIES_RUN = ("flow", "diffusion", "gmm")
 EXTRA_SAMPLERS = {
     "flow": {"euler 100": {"method": "euler", "steps": 100}},
     "diffusion": {"dpm++ 15": {"method": "dpm++", "steps": 15},
+                  "dpm++ 15 sde": {"method": "dpm++", "steps": 15, "eta": 1.0},
                   "ddpm 1000": {"method": "ddpm", "steps": 1000}},
 }  # fmt: skip
 

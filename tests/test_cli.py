@@ -694,7 +694,8 @@ def test_a_field_taking_a_run_flag_is_refused():
 SAMPLER_VALUES = {"--steps": "3", "--method": "heun", "--guidance": "1.5", "--label": "0",
                   "--eta": "0.5", "--order": "2", "--grid": "uniform", "--prompt": "hi",
                   "--max-new-tokens": "4", "--temperature": "0.9", "--top-k": "2",
-                  "--top-p": "0.9"}  # fmt: skip
+                  "--top-p": "0.9", "--times": "1,0.5,0", "--churn": "1.0",
+                  "--infill": "a__b", "--placeholder": "_", "--confidence": None}  # fmt: skip
 
 
 def test_every_sampler_flag_is_checked(moons_model, tmp_path, capsys):
@@ -704,7 +705,8 @@ def test_every_sampler_flag_is_checked(moons_model, tmp_path, capsys):
     for key, flag in SAMPLER_FLAGS.items():
         if key in model.sample_options:
             continue
-        code, _, err = cli(capsys, "sample", moons_model, flag, SAMPLER_VALUES[flag], "--out", out)
+        value = () if SAMPLER_VALUES[flag] is None else (SAMPLER_VALUES[flag],)  # a switch
+        code, _, err = cli(capsys, "sample", moons_model, flag, *value, "--out", out)
         assert_one_line_error(code, err, f"gmm model's sample takes no {flag};")
         assert code == 1 and not out.exists()
 
@@ -1269,3 +1271,11 @@ def test_gpu_check_dry_run_on_cpu(tmp_path, capsys):
         ("gmm", 2, []), ("flow", 2, [])]  # fmt: skip
     assert all(r["reload_max_diff"] == 0 and r["steps_per_s"] > 0 for r in rows)
     assert "2 of 2 checks passed" in capsys.readouterr().out
+
+
+def test_times_must_be_numbers(moons_model, tmp_path, capsys):
+    """--times is a comma-separated grid; anything else is one line naming the syntax."""
+    code, _, err = cli(capsys, "sample", moons_model, "--times", "1,half,0",
+                       "--out", tmp_path / "x.npy")  # fmt: skip
+    assert_one_line_error(code, err, "--times must be comma-separated numbers")
+    assert code == 1 and not (tmp_path / "x.npy").exists()

@@ -97,7 +97,7 @@ def assert_gaussian_moments(x: torch.Tensor, n_sigma: float = 5.0):
         ("ddim", {"steps": 100}),
         ("ddim", {"steps": 100, "eta": 1.0}),
         ("dpm++", {"steps": 25, "eta": 0.0, "grid": "quadratic"}),  # 3M, the ODE
-        ("dpm++", {"steps": 100}),  # the default: SDE 2M on the uniform grid
+        ("dpm++", {"steps": 100, "eta": 1.0}),  # SDE 2M on the uniform grid
         ("dpm++", {"steps": 25, "order": 2, "grid": "logsnr"}),
         ("dpm++", {"steps": 40, "order": 1, "eta": 0.0}),
         ("dpm++", {"steps": 50, "grid": "uniform"}),

@@ -166,10 +166,7 @@ def test_folders_saved_before_the_redesign_load_and_score_the_same(folder):
     torch.testing.assert_close(lp.double(), torch.tensor(expected["log_prob"]).double(),
                                rtol=1e-4, atol=1e-3)  # fmt: skip
     if "sample" in expected:
-        # issue 17 made diffusion's default dpm++ SDE-DPM-Solver++ 2M on the uniform grid; the
-        # old default was the deterministic 3M (eta=0) on the quadratic grid
-        old_default = {"eta": 0.0, "grid": "quadratic"} if family == "diffusion" else {}
-        s = model.sample(3, seed=0, **old_default).flatten(1)[:, :6].double()
+        s = model.sample(3, seed=0).flatten(1)[:, :6].double()  # the defaults sample alike
         torch.testing.assert_close(s, torch.tensor(expected["sample"]).double(), rtol=1e-4,
                                    atol=1e-4)  # fmt: skip
 

@@ -59,11 +59,13 @@ from genlab.data.tokenizers import (
 from genlab.models import limits
 from genlab.models.autoregressive_maths import (  # re-exported: the maths' home
     MAX_LAYERS,
+    TEXT_BLOCK_SIZE,
     _check_width,
     check_fitted_facts,
     check_sampling,
     check_tokenizer,
     context_start,
+    default_size,
     draw_categorical,
     filter_logits,
     scoring_windows,
@@ -79,21 +81,11 @@ from genlab.models.base import (
 from genlab.nets.transformer import POSITIONS, Positions, Transformer
 from genlab.options import Choice, Flag, Integer, Real, option
 
-TEXT_BLOCK_SIZE = 64  # block_size=None for text (nanoGPT's CPU recipe)
 DEFAULT_NEW_TOKENS = 256  # max_new_tokens of text `sample` / `generate` when not given
 EVAL_TOKENS = 1 << 16  # positions per forward pass when scoring
-SMALL_IMAGE_PIXELS = 256  # images of at most this many pixels get the small transformer
 
 
 # -- config ---------------------------------------------------------------------------------------
-def default_size(kind: str, dim: int) -> tuple[int, int]:
-    """(n_layer, n_embd) where the config leaves them None: 2 blocks 64 wide for images of at
-    most `SMALL_IMAGE_PIXELS` (256) pixels (8 x 8 digits, 16 x 16), so that a budget of seconds
-    trains them for hundreds of steps rather than tens; else (text, larger images) 4 blocks
-    128 wide, nanoGPT's CPU recipe size."""
-    return (2, 64) if kind == "image" and dim <= SMALL_IMAGE_PIXELS else (4, 128)
-
-
 @dataclass(frozen=True)
 class AutoregressiveConfig(train.TrainConfig):
     tokenizer: TokenizerName = option(

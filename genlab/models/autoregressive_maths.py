@@ -1,6 +1,7 @@
-"""The autoregressive family's pure functions: the sliding-context rule of scoring and
-generation beyond block_size, and the sampling filters (temperature, top-k, top-p) with a
-categorical draw from a local generator; and the checks of a saved model's fitted facts.
+"""The token families' pure functions (autoregressive; masked diffusion shares the sizes and
+the sampling filters): the default sizes, the sliding-context rule of scoring and generation
+beyond block_size, and the sampling filters (temperature, top-k, top-p) with a categorical
+draw from a local generator; and the checks of a saved model's fitted facts.
 """
 
 from __future__ import annotations
@@ -12,6 +13,16 @@ import torch
 from torch import Tensor
 
 MAX_LAYERS = 1000  # transformer blocks (more is an error of units, not a network)
+TEXT_BLOCK_SIZE = 64  # block_size=None for text (nanoGPT's CPU recipe)
+SMALL_IMAGE_PIXELS = 256  # images of at most this many pixels get the small transformer
+
+
+def default_size(kind: str, dim: int) -> tuple[int, int]:
+    """(n_layer, n_embd) where the config leaves them None: 2 blocks 64 wide for images of at
+    most `SMALL_IMAGE_PIXELS` (256) pixels (8 x 8 digits, 16 x 16), so that a budget of seconds
+    trains them for hundreds of steps rather than tens; else (text, larger images) 4 blocks
+    128 wide, nanoGPT's CPU recipe size."""
+    return (2, 64) if kind == "image" and dim <= SMALL_IMAGE_PIXELS else (4, 128)
 
 
 # -- the maths, as pure functions ----------------------------------------------------------------

@@ -118,9 +118,10 @@ LOSS_WEIGHTS = ("simple", "min_snr", "truncated_snr", "edm")
 SAMPLERS = ("ddpm", "ddim", "dpm++", "heun", "unipc", "ode")
 GRIDS = ("uniform", "quadratic", "logsnr", "karras")  # = genlab.grids.GRIDS
 DEFAULT_STEPS = {"ddim": 50, "dpm++": 20, "heun": 10, "unipc": 20}  # ddpm: T; ode: dopri5
-DEFAULT_GRID = {"ddpm": "uniform", "ddim": "quadratic", "dpm++": "uniform", "heun": "uniform",
+DEFAULT_GRID = {"ddpm": "uniform", "ddim": "quadratic", "dpm++": "quadratic", "heun": "uniform",
                 "unipc": "quadratic", "ode": "uniform"}  # fmt: skip
-DEFAULT_ETA = {"ddim": 0.0, "dpm++": 1.0}  # dpm++: SDE-DPM-Solver++ 2M (see DEFAULT_GRID)
+SDE_GRID = "uniform"  # dpm++ with eta > 0 (SDE-DPM-Solver++ 2M): its best grid at 15 NFE
+DEFAULT_ETA = {"ddim": 0.0, "dpm++": 0.0}  # dpm++: the deterministic 3M (old folders sample alike)
 VLB_ROWS = 8192  # network rows per forward pass in vlb
 MAX_DEPTH = 1000  # MLP residual blocks (more is an error of units, not a network)
 
@@ -330,17 +331,21 @@ class Diffusion(continuous.ContinuousModel, family="diffusion"):
                 data space, (n, *event_shape), images clipped to [0, 1]. Returning True stops
                 sampling and returns that x (the trajectory ends there).
             progress: a tqdm bar over the sampler steps on stderr; None: only on a TTY.
-            eta: the sampler's noise, ddim and dpm++ only (0: deterministic; default
-                `DEFAULT_ETA`: ddim 0, dpm++ 1). ddim: DDIM's eta (1: the DDPM posterior).
-                dpm++: SDE-DPM-Solver++ (`dpm_solver_pp_sde_step`; 1: the reverse SDE, orders
-                1 and 2, default 2), eta=0 the deterministic DPM-Solver++ (3M by default).
+            eta: the sampler's noise, ddim and dpm++ only (0, the default: deterministic).
+                ddim: DDIM's eta (1: the DDPM posterior). dpm++: eta > 0 is SDE-DPM-Solver++
+                (`dpm_solver_pp_sde_step`; 1: the reverse SDE, orders 1 and 2, default 2, on
+                the uniform grid), eta=0 the deterministic DPM-Solver++ (3M by default, on the
+                quadratic grid). On 2-D toys trained for 4,000 steps the SDE form scored better
+                at 15 NFE on rings and worse on moons; on well-trained models the ODE form is
+                at the data floor (BENCHMARKS.md), and it keeps old folders' samples.
             y: an int or (n,) labels for a conditional model; None samples unconditionally
                 (the null label).
             guidance: classifier-free guidance weight w (needs y), see `denoiser`.
             return_trajectory: return a `continuous.SampleTrajectory` instead of the samples.
             grid: the times of the discrete samplers (`sampling_times`, `DEFAULT_GRID`):
-                "uniform" (the respaced chain, ending at t = 0; the default of ddpm, dpm++ and
-                heun), "quadratic" (ddim's and unipc's default; DDIM's choice for CIFAR-10,
+                "uniform" (the respaced chain, ending at t = 0; the default of ddpm, heun and
+                dpm++ with eta > 0), "quadratic" (the default of ddim, unipc and dpm++; DDIM's
+                choice for CIFAR-10,
                 Song et al. 2021a), "logsnr" or "karras" (EDM's sigma grid, rho = 7; on 2-D
                 toys heun at 15 NFE scored 25x worse on it than on "uniform").
                 Not for ode, whose fixed solvers step uniformly in t.
@@ -471,7 +476,8 @@ class Diffusion(continuous.ContinuousModel, family="diffusion"):
                 raise ValueError("pass steps for a fixed-step solver, and none for dopri5")
         else:  # ddpm: None, every chain step below the start time (`_sampler_times`)
             steps = steps or DEFAULT_STEPS.get(method)
-        grid = grid or DEFAULT_GRID[method]
+        if grid is None:
+            grid = SDE_GRID if method == "dpm++" and eta else DEFAULT_GRID[method]
         return method, None if steps is None else int(steps), grid, solver
 
     def _sampler_times(

@@ -57,10 +57,12 @@ from genlab.models import limits
 from genlab.models import masked_diffusion_maths as mdm
 from genlab.models.autoregressive_maths import (
     MAX_LAYERS,
+    TEXT_BLOCK_SIZE,
     _check_width,
     check_fitted_facts,
     check_sampling,
     check_tokenizer,
+    default_size,
     draw_categorical,
     filter_logits,
 )
@@ -69,19 +71,10 @@ from genlab.models.masked_diffusion_maths import ScheduleName
 from genlab.nets.transformer import POSITIONS, Positions, Transformer
 from genlab.options import Choice, Flag, Integer, Real, option
 
-TEXT_BLOCK_SIZE = 64  # block_size=None for text (nanoGPT's CPU recipe)
-SMALL_IMAGE_PIXELS = 256  # images of at most this many pixels get the small transformer
 EVAL_TOKENS = 1 << 15  # positions per forward pass when scoring
 
 
 # -- config ---------------------------------------------------------------------------------------
-def default_size(kind: str, dim: int) -> tuple[int, int]:
-    """(n_layer, n_embd) where the config leaves them None: 2 blocks 64 wide for images of at
-    most 256 pixels, else 4 blocks 128 wide (nanoGPT's CPU recipe), as the autoregressive
-    family chooses."""
-    return (2, 64) if kind == "image" and dim <= SMALL_IMAGE_PIXELS else (4, 128)
-
-
 @dataclass(frozen=True)
 class MaskedDiffusionConfig(train.TrainConfig):
     tokenizer: TokenizerName = option(
