@@ -450,20 +450,7 @@ class NeuralModel(GenerativeModel):
             ValueError: data the family cannot model, validation data unlike the training
                 data, bad training options (see `genlab.train.fit`).
         """
-        data = TrainingData.from_input(x, y)
-        reason = self.unsupported(data)
-        if reason is not None:
-            raise ValueError(reason)
-        self._apply_recipe(data)
-        val_data = None if val is None else self._val_input(val, data)
-        if val_data is None and self.config.val_fraction is not None:
-            split = self._holdout(data, self.config.val_fraction)
-            if split is not None:
-                data, val_data = split
-        with torch.random.fork_rng(devices=[]):  # the nets' init follows config.seed alone
-            torch.manual_seed(self.config.seed)
-            rows, labels = self._setup(data)
-        val_rows = None if val_data is None else self._val_rows(val_data)
+        rows, labels, val_rows = self._prepare_fit(x, y, val)
         self.train_result_ = train.fit(
             self, rows, labels, self.config, val=val_rows, out=out,
             checkpoint_every=checkpoint_every, resume=resume, callback=callback,
@@ -580,6 +567,25 @@ class NeuralModel(GenerativeModel):
                 f"training diverged: it ended (after {steps} steps) with weights whose samples "
                 f"are NaN/inf{detail}; lower the learning rate (lr) or check the data"
             )
+
+    def _prepare_fit(self, x: Any, y: Any, val: Any) -> tuple[Any, Any, Any]:
+        """(rows, labels, val_rows) for `train.fit`: the data checked against the family, the
+        recipe applied, validation data given or held out (config.val_fraction), and the
+        networks built (`_setup`) under config.seed without touching the caller's RNG."""
+        data = TrainingData.from_input(x, y)
+        reason = self.unsupported(data)
+        if reason is not None:
+            raise ValueError(reason)
+        self._apply_recipe(data)
+        val_data = None if val is None else self._val_input(val, data)
+        if val_data is None and self.config.val_fraction is not None:
+            split = self._holdout(data, self.config.val_fraction)
+            if split is not None:
+                data, val_data = split
+        with torch.random.fork_rng(devices=[]):  # the nets' init follows config.seed alone
+            torch.manual_seed(self.config.seed)
+            rows, labels = self._setup(data)
+        return rows, labels, None if val_data is None else self._val_rows(val_data)
 
     def _setup(self, data: TrainingData) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Build the networks and fitted buffers for `data`, set `event_shape`, and return

@@ -516,20 +516,7 @@ class FlowMatching(ContinuousModel, family="flow"):
     def _fit_reflow(self, x, y=None, *, val=None, out=None, checkpoint_every=None,
                     resume=False, progress=None, callback=None, callback_every=None,
                     loggers=()) -> FlowMatching:  # fmt: skip
-        data = TrainingData.from_input(x, y)
-        reason = self.unsupported(data)
-        if reason is not None:
-            raise ValueError(reason)
-        self._apply_recipe(data)
-        val_data = None if val is None else self._val_input(val, data)
-        if val_data is None and self.config.val_fraction is not None:
-            split = self._holdout(data, self.config.val_fraction)
-            if split is not None:
-                data, val_data = split
-        with torch.random.fork_rng(devices=[]):  # the nets' init follows config.seed alone
-            torch.manual_seed(self.config.seed)
-            rows, labels = self._setup(data)
-        val_rows = None if val_data is None else self._val_rows(val_data)
+        rows, labels, val_rows = self._prepare_fit(x, y, val)
         teacher, student = reflow_budgets(self.config)
         folder = None if out is None else Path(out)
         first = None if folder is None else folder / "reflow_teacher"
