@@ -1,6 +1,10 @@
 """Masked discrete diffusion against the autoregressive transformer on tiny Shakespeare.
 
     python benchmarks/masked_vs_autoregressive.py [--quick] [--steps 2000] [--contexts 64 256]
+        [--save DIR | --load DIR]
+
+--save DIR keeps the trained models (DIR/{family}_context{n}); --load DIR scores and times them
+again without training (e.g. timings on a quiet machine after training beside other work).
 
 Both families get nanoGPT's CPU recipe size (char tokenizer, 4 layers, 4 heads, 128 wide, no
 dropout), the same context (64 and 256 tokens), batch, learning-rate schedule, seed and number
@@ -44,7 +48,7 @@ from pathlib import Path
 import torch
 
 from genlab.data import load_dataset
-from genlab.models import Autoregressive, MaskedDiffusion
+from genlab.models import Autoregressive, MaskedDiffusion, load
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
@@ -59,11 +63,22 @@ def train_both(args: argparse.Namespace, context: int, text: str) -> dict:
               "grad_clip": 1.0, "seed": args.seed}  # fmt: skip
     out = {}
     for name, cls in (("autoregressive", Autoregressive), ("masked_diffusion", MaskedDiffusion)):
+        folder = f"{name}_context{context}"
+        if args.load is not None:  # trained by an earlier run with --save: only score and time
+            model = load(args.load / folder)
+            timing = args.load / f"{folder}.seconds"
+            seconds = float(timing.read_text()) if timing.exists() else float("nan")
+            out[name] = (model, seconds)
+            print(f"  {name}: loaded {args.load / folder}", flush=True)
+            continue
         model = cls("char", **common)
         start = time.perf_counter()
         model.fit(text, progress=False)
         out[name] = (model, time.perf_counter() - start)
         print(f"  {name}: {args.steps} steps in {out[name][1]:.1f} s", flush=True)
+        if args.save is not None:
+            model.save(args.save / folder)
+            (args.save / f"{folder}.seconds").write_text(f"{out[name][1]}\n")
     return out
 
 
@@ -179,6 +194,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--save", type=Path, help="save the trained models in this folder")
+    parser.add_argument("--load", type=Path, help="load the models --save wrote; no training")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" /
                         "masked_vs_autoregressive.json")  # fmt: skip
     args = parser.parse_args()
