@@ -3,6 +3,13 @@
     python benchmarks/iterative_toys.py --seconds 120 [--toys rings,moons] [--jobs 2]
         [--save /tmp/iter_models] [--json out.json] [--threads 1] [--quick]
         [--flow-options '{"hidden": 256}'] [--diffusion-options '{}'] [--families flow,gmm]
+        [--steps 6000] [--families diffusion,diffusion:rect
+         --variant-options '{"diffusion:rect": {"schedule": "rectified"}}']
+
+`--steps N` trains every neural family for N optimisation steps instead of --seconds (the
+screen at equal steps that a loaded machine allows: the step count a quiet core reaches in
+the target's seconds); a family label "family:name" runs the family again with the options
+given for that label in --variant-options (over --<family>-options).
 
 Issue 17's target: at 120 s (and at 60 s on rings) flow and diffusion samples are
 indistinguishable from held-out data by MMD² at n = 4,000, i.e. below the 95th percentile of
@@ -60,6 +67,7 @@ EXTRA_SAMPLERS = {
     "flow": {"euler 100": {"method": "euler", "steps": 100}},
     "diffusion": {"dpm++ 15": {"method": "dpm++", "steps": 15},
                   "dpm++ 15 sde": {"method": "dpm++", "steps": 15, "eta": 1.0},
+                  "heun 25": {"method": "heun", "steps": 25},
                   "ddpm 1000": {"method": "ddpm", "steps": 1000}},
 }  # fmt: skip
 
@@ -91,11 +99,16 @@ def fit_one(job: dict) -> dict:
     """Train one (toy, family) as compare does and score it; runs in a worker process."""
     torch.set_num_threads(job["threads"])
     toy, family, seconds = job["toy"], job["family"], job["seconds"]
+    base = family.split(":", 1)[0]
     train = load_dataset(toy, split="train")
     options = dict(job["options"])
     start = time.perf_counter()
-    model, details = FAMILIES[family].fit_for_budget(
-        train, Budget(seconds=seconds, seed=0, device="cpu", options=options)
+    steps = job.get("steps") if base != "gmm" else None
+    model, details = FAMILIES[base].fit_for_budget(
+        train,
+        Budget(
+            seconds=None if steps else seconds, steps=steps, seed=0, device="cpu", options=options
+        ),
     )
     train_seconds = time.perf_counter() - start
     row = {"toy": toy, "family": family, "seconds": seconds, "train_seconds": train_seconds,
@@ -103,9 +116,9 @@ def fit_one(job: dict) -> dict:
            "n_components": details.get("n_components"),
            "recipe": details.get("recipe"), "options": options}  # fmt: skip
     if job["save"]:
-        model.save(Path(job["save"]) / f"{toy}_{family}_{seconds:g}s")
+        model.save(Path(job["save"]) / f"{toy}_{family.replace(':', '-')}_{seconds:g}s")
     ref, bandwidths = reference(toy, job["n"])
-    samplers = {"default": {}, **({} if job["no_extra"] else EXTRA_SAMPLERS.get(family, {}))}
+    samplers = {"default": {}, **({} if job["no_extra"] else EXTRA_SAMPLERS.get(base, {}))}
     scores = {}
     for label, kwargs in samplers.items():
         t0 = time.perf_counter()
@@ -155,6 +168,12 @@ def main() -> None:
     p.add_argument("--json", default=None, help="write the rows and floors as JSON")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--no-extra", action="store_true", help="score the default sampler only")
+    p.add_argument("--steps", type=int, default=None, help="train N steps instead of --seconds")
+    p.add_argument(
+        "--variant-options",
+        default="{}",
+        help='JSON {"family:name": {options}} for variant labels in --families',
+    )
     for family in FAMILIES_RUN:
         p.add_argument(f"--{family}-options", default="{}", help="JSON constructor options")
     args = p.parse_args()
@@ -163,12 +182,15 @@ def main() -> None:
     if args.quick:
         toys, args.seconds, args.n, args.floor_draws = ["moons", "rings"], 10.0, 1000, 6
     families = [f for f in args.families.split(",") if f]
-    print(f"# iterative_toys {datetime.now(UTC):%Y-%m-%d %H:%M} UTC: {args.seconds:g} s, "
+    print(f"# iterative_toys {datetime.now(UTC):%Y-%m-%d %H:%M} UTC: "
+          f"{f'{args.steps} steps' if args.steps else f'{args.seconds:g} s'}, "
           f"n = {args.n}, {args.floor_draws} floor draws, jobs {args.jobs}, "
           f"threads {args.threads}")  # fmt: skip
+    variants = json.loads(args.variant_options)
     jobs = [{"toy": t, "family": f, "seconds": args.seconds, "n": args.n, "save": args.save,
-             "threads": args.threads, "no_extra": args.no_extra,
-             "options": json.loads(getattr(args, f"{f}_options"))}
+             "threads": args.threads, "no_extra": args.no_extra, "steps": args.steps,
+             "options": {**json.loads(getattr(args, f"{f.split(':')[0]}_options")),
+                         **variants.get(f, {})}}
             for t in toys for f in families]  # fmt: skip
     start = time.perf_counter()
     if args.jobs > 1:

@@ -51,7 +51,10 @@ def broadcast_to(coef: Tensor, x: Tensor) -> Tensor:
 
 
 class Schedule:
-    """x_t = alpha(t) x0 + sigma(t) eps for t in [0, 1]; subclasses give the four coefficients."""
+    """x_t = alpha(t) x0 + sigma(t) eps for t in [0, 1]; subclasses give the four coefficients.
+    `variance_preserving`: alpha^2 + sigma^2 = 1 for every t (the VP diffusion schedules)."""
+
+    variance_preserving: bool = False
 
     def alpha(self, t: Tensor) -> Tensor:
         raise NotImplementedError
@@ -174,6 +177,8 @@ class VPSchedule(Schedule):
     """Variance preserving: alpha = sqrt(alpha_bar), sigma = sqrt(1 - alpha_bar), where
     alpha_bar(t) = exp(-g(t)) with g increasing, g(0) = 0. Subclasses give g and g'."""
 
+    variance_preserving = True
+
     def g(self, t: Tensor) -> Tensor:
         raise NotImplementedError
 
@@ -277,8 +282,55 @@ class CosineSchedule(VPSchedule):
         return 2 * torch.tan(self._angle(t)) * self._c / (1 + self.s) * math.pi / 2
 
 
+# -- the rectified (straight) diffusion schedule ---------------------------------------------------
+class RectifiedSchedule(Schedule):
+    """The straight path of rectified flows as a diffusion schedule (Liu et al. 2023; Esser et
+    al. 2024, SD3: alpha = 1 - t, sigma = t), with alpha(1) kept just above 0:
+
+        alpha = 1 - (1 - alpha_end) t,   sigma = t,   alpha_end = exp(LOG_SNR_END / 2) ~ 4.5e-5
+
+    so log_snr(1) = LOG_SNR_END as for the cosine schedule: x_0 = (x_t - sigma eps) / alpha and
+    DPM-Solver's lambda stay finite at t = 1, and x_1 is N(0, I) to within alpha_end x_0. Not
+    variance preserving: alpha^2 + sigma^2 = 1 only at the ends (1/2 at t = 1/2).
+    """
+
+    variance_preserving = False
+
+    def __init__(self, alpha_end: float = math.exp(LOG_SNR_END / 2)):
+        if not (isinstance(alpha_end, int | float) and 0.0 < alpha_end < 1.0):
+            raise ValueError(f"alpha_end must be a number in (0, 1), got {alpha_end!r}")
+        self.alpha_end = float(alpha_end)
+
+    @_f64
+    def alpha(self, t: Tensor) -> Tensor:
+        return 1 - (1 - self.alpha_end) * t
+
+    @_f64
+    def sigma(self, t: Tensor) -> Tensor:
+        return t.clone()
+
+    @_f64
+    def d_alpha(self, t: Tensor) -> Tensor:
+        return torch.full_like(t, -(1 - self.alpha_end))
+
+    @_f64
+    def d_sigma(self, t: Tensor) -> Tensor:
+        return torch.ones_like(t)
+
+    def t_of_log_snr(self, lam: Tensor) -> Tensor:
+        """Closed form: alpha / sigma = (1 - c t) / t = r = exp(lam / 2), c = 1 - alpha_end,
+        so t = 1 / (r + c)."""
+        lam = _as_time(lam)
+        r = torch.exp(lam.double() / 2)
+        return (1 / (r + (1 - self.alpha_end))).to(lam.dtype)
+
+
 PATHS: dict[str, type[Schedule]] = {"linear": LinearPath, "vp": CosinePath}
 """Flow-matching probability paths by name."""
 
-SCHEDULES: dict[str, type[Schedule]] = {"linear": LinearBetaSchedule, "cosine": CosineSchedule}
-"""Diffusion noise schedules by name."""
+SCHEDULES: dict[str, type[Schedule]] = {
+    "linear": LinearBetaSchedule,
+    "cosine": CosineSchedule,
+    "rectified": RectifiedSchedule,
+}
+"""Diffusion noise schedules by name ("linear" and "cosine" are variance preserving)."""

@@ -383,7 +383,8 @@ def test_fit_sample_save_load(tmp_path):
     assert model.kind_ == "points" and model.net_ == "mlp"
     summary = model.fit_summary()  # the rows `genlab fit` prints
     assert summary["steps"] == 40 and math.isfinite(summary["final loss"])
-    rows = {"schedule": "linear", "prediction": "eps", "net": "mlp", "log_prob": "exact",
+    # the points recipe (genlab.models.recipes) sets the schedule and the prediction
+    rows = {"schedule": "rectified", "prediction": "v", "net": "mlp", "log_prob": "exact",
             "conditional": False}  # fmt: skip
     assert {k: summary[k] for k in rows} == rows
     s = model.sample(50, seed=0, method="dpm++", steps=15)
@@ -680,3 +681,159 @@ def test_strength_zero_returns_init_without_a_network_call():
 def test_bad_new_sampler_calls_are_refused(options, fragment):
     with pytest.raises(ValueError, match=fragment):
         gaussian_diffusion().sample(3, **options)
+
+
+# -- the rectified schedule: every sampler on a path that is not variance preserving --------------
+@pytest.mark.parametrize(
+    "method, options",
+    [
+        ("ddpm", {"steps": 100}),
+        ("ddim", {"steps": 100}),
+        ("ddim", {"steps": 100, "eta": 1.0}),
+        ("dpm++", {"steps": 25}),  # 3M, the ODE, quadratic grid
+        ("dpm++", {"steps": 100, "eta": 1.0}),  # SDE 2M, uniform grid
+        ("heun", {"steps": 30}),  # in t (`HEUN_VARIABLES`)
+        ("heun", {"steps": 30, "churn": 3.0, "s_tmax": 50.0}),
+        ("unipc", {"steps": 20}),
+        ("ode", {"steps": 50, "solver": "heun"}),
+    ],
+)
+def test_every_sampler_draws_the_gaussian_on_the_rectified_schedule(method, options):
+    """alpha = 1 - t, sigma = t (alpha^2 + sigma^2 = 1/2 half-way): the same moments."""
+    model = gaussian_diffusion("eps", "rectified")
+    assert not model.schedule.variance_preserving
+    assert_gaussian_moments(model.sample(N, seed=1, method=method, **options))
+
+
+@pytest.mark.parametrize("prediction", ["x0", "v"])
+def test_rectified_parameterisations_draw_the_gaussian(prediction):
+    model = gaussian_diffusion(prediction, "rectified")
+    assert_gaussian_moments(model.sample(N, seed=2, method="dpm++", steps=20))
+    assert_gaussian_moments(model.sample(N, seed=3, method="heun", steps=20))
+
+
+@pytest.mark.parametrize("t, s", [(0.5, 0.1), (0.99, 0.98), (1.0, 0.5), (0.02, 0.01), (0.3, 0.0)])
+def test_general_posterior_matches_gaussian_conditioning(t, s):
+    """q(x_s | x_t, x0) on the rectified path from the joint Gaussian of (x_s, x_t) given x0,
+    computed without the transition kernel: x_s = a_s x0 + s_s e1, x_t = a_t x0 + the
+    forward step from s, so Cov(x_s, x_t) = (a_t / a_s) s_s^2, Var x_t = s_t^2."""
+    from genlab.models.diffusion_maths import path_point
+
+    sched = SCHEDULES["rectified"]()
+    (a_t, s_t), (a_s, s_s) = path_point(sched, t), path_point(sched, s)
+    c0, ct, var = posterior((a_t, s_t), (a_s, s_s))
+    cov = a_t / a_s * s_s**2
+    gain = cov / s_t**2  # mean = a_s x0 + gain (x_t - a_t x0)
+    assert ct == pytest.approx(gain, abs=1e-12)
+    assert c0 == pytest.approx(a_s - gain * a_t, abs=1e-12)
+    assert var == pytest.approx(s_s**2 - cov**2 / s_t**2, abs=1e-12)
+    # and a Monte Carlo check of the regression coefficients (independent of the algebra)
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.randn(200_000, generator=g, dtype=torch.float64)
+    xs = a_s * x0 + s_s * torch.randn(200_000, generator=g, dtype=torch.float64)
+    a_ts, var_ts = a_t / a_s, s_t**2 - (a_t / a_s) ** 2 * s_s**2
+    xt = a_ts * xs + math.sqrt(var_ts) * torch.randn(200_000, generator=g, dtype=torch.float64)
+    design = torch.stack([x0, xt], 1)
+    coef = torch.linalg.lstsq(design, xs[:, None]).solution[:, 0]
+    resid = xs - design @ coef
+    assert float(coef[0]) == pytest.approx(c0, abs=0.01)
+    assert float(coef[1]) == pytest.approx(ct, abs=0.01)
+    assert float(resid.var()) == pytest.approx(var, abs=0.01 * max(var, 1e-3) + 1e-4)
+
+
+def test_vp_alpha_bar_and_general_points_give_the_same_steps():
+    """A VP alpha_bar and its (alpha, sigma) pair are the same point of the path."""
+    from genlab.models.diffusion_maths import clip_x0, coefficients
+
+    g = torch.Generator().manual_seed(3)
+    x, x0, old, noise = (torch.randn(5, 2, generator=g, dtype=torch.float64) for _ in range(4))
+    ab_t, ab_s, ab_old = 0.3, 0.6, 0.1
+    pt, ps, po = coefficients(ab_t), coefficients(ab_s), coefficients(ab_old)
+    assert posterior(pt, ps) == pytest.approx(posterior(ab_t, ab_s), rel=1e-12)
+    assert half_log_snr(pt) == pytest.approx(half_log_snr(ab_t), rel=1e-12)
+    eps = (x - pt[0] * x0) / pt[1]
+    pairs = [
+        (ddpm_step(x, x0, pt, ps, noise), ddpm_step(x, x0, ab_t, ab_s, noise)),
+        (ddim_step(x0, eps, pt, ps, 0.5, noise), ddim_step(x0, eps, ab_t, ab_s, 0.5, noise)),
+        (clip_x0(x0, x, pt)[1], clip_x0(x0, x, ab_t)[1]),
+    ]
+    lams = [half_log_snr(ab_t), half_log_snr(ab_old)]
+    for order in (1, 2):
+        pairs.append((dpm_solver_pp_step(x, [x0, old], lams, pt, ps, order),
+                      dpm_solver_pp_step(x, [x0, old], lams, ab_t, ab_s, order)))  # fmt: skip
+        pairs.append((dpm_solver_pp_sde_step(x, [x0, old], lams, pt, ps, order, 1.0, noise),
+                      dpm_solver_pp_sde_step(x, [x0, old], lams, ab_t, ab_s, order, 1.0,
+                                             noise)))  # fmt: skip
+    for a, b in pairs:
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    assert po != pt
+
+
+def test_rectified_ddim_is_exact_on_a_point_mass():
+    """For data at one point c the denoiser is exact (x0 = c) and x_t = a_t c + s_t eps is a
+    straight line in (a, s): one DDIM step from t = 1 lands on a_s c + s_s eps exactly."""
+    sched = SCHEDULES["rectified"]()
+    from genlab.models.diffusion_maths import path_point
+
+    c, eps = torch.tensor([[1.5, -0.5]]), torch.tensor([[0.3, 2.0]])
+    (a_t, s_t), (a_s, s_s) = path_point(sched, 1.0), path_point(sched, 0.25)
+    got = ddim_step(c, eps, (a_t, s_t), (a_s, s_s), 0.0, torch.zeros(1, 2))
+    torch.testing.assert_close(got, a_s * c + s_s * eps)
+    assert not torch.allclose(ddim_step(c, eps, a_t**2, a_s**2, 0.0, torch.zeros(1, 2)), got)
+
+
+@pytest.mark.parametrize(
+    "method, options, low",
+    [("dpm++", {"order": 2, "grid": "logsnr", "eta": 0.0}, 1.8),
+     ("unipc", {"order": 2, "grid": "logsnr"}, 1.8),
+     ("heun", {"grid": "uniform"}, 1.8)],
+)  # fmt: skip
+def test_rectified_samplers_converge_to_the_exact_ode_map(method, options, low):
+    """On the rectified path the error against the closed-form probability-flow map shrinks
+    at the sampler's order (32 -> 64 steps; heun steps in t there and ends at t = 0)."""
+
+    def error(steps):
+        model = gaussian_diffusion("eps", "rectified")
+        z1 = torch.randn(200, 2, generator=torch.Generator().manual_seed(0))
+        x = model.sample(200, noise=z1, method=method, steps=steps, **options)
+        t_end = 0.0 if options["grid"] == "uniform" else 1e-3
+        return float((x.double() - exact_ode_map(model, z1, t_end)).norm(dim=1).max())
+
+    coarse, fine = error(32), error(64)
+    assert math.log2(coarse / fine) > low, (coarse, fine)
+    assert fine < 0.03
+
+
+def test_rectified_log_prob_and_vlb_against_the_gaussian_density():
+    model = gaussian_diffusion("eps", "rectified")
+    x = torch.from_numpy(stats.multivariate_normal(MEAN, COV).rvs(200, random_state=1)).float()
+    exact = stats.multivariate_normal(MEAN, COV).logpdf(x.double().numpy())
+    np.testing.assert_allclose(model.log_prob(x[:50]).double().numpy(), exact[:50], atol=1e-2)
+    vlb = float(model.vlb(x, seed=0).mean())
+    assert vlb <= exact.mean() + 0.01
+    assert exact.mean() - vlb < 0.1
+
+
+def test_standard_normal_skip_is_the_optimal_denoiser_of_n01_on_any_path():
+    """With a zero net the skip alone is E[x0 | x_t] = alpha x_t / (alpha^2 + sigma^2) for
+    N(0, I) data; on the rectified path the net sees x_t / sqrt(alpha^2 + sigma^2)."""
+    from genlab.models.diffusion_maths import StandardNormalSkip
+
+    seen = []
+
+    class Zero(nn.Module):
+        def forward(self, x, t, y=None):
+            seen.append(x)
+            return torch.zeros_like(x)
+
+    sched = SCHEDULES["rectified"]()
+    x, t = torch.randn(6, 2, dtype=torch.float64), torch.full((6,), 0.5, dtype=torch.float64)
+    a, s = float(sched.alpha(t[0])), float(sched.sigma(t[0]))
+    out = StandardNormalSkip(Zero(), sched, "x0")(x, t)
+    torch.testing.assert_close(out, a * x / (a * a + s * s))
+    torch.testing.assert_close(seen[-1], x / math.sqrt(a * a + s * s))
+    eps = StandardNormalSkip(Zero(), sched, "eps")(x, t)
+    torch.testing.assert_close(eps, s * x / (a * a + s * s))
+    vp = SCHEDULES["linear"]()
+    StandardNormalSkip(Zero(), vp, "x0")(x, t)
+    assert seen[-1] is x  # VP: the input as before

@@ -28,6 +28,8 @@ LAMBDAS = torch.linspace(-12.0, 12.0, 49, dtype=torch.float64)
         ("truncated_snr", lambda snr: torch.maximum(snr, torch.ones_like(snr)) / snr),
         # EDM: lambda(sigma) = (sigma^2 + 1) / sigma^2 on the x0-MSE = sigma^2 eps-MSE
         ("edm", lambda snr: (1 / snr + 1) / (1 / snr) * (1 / snr)),
+        # rectified flow: 1 / alpha^2 with alpha = r / (1 + r), r = sqrt(snr) = alpha / sigma
+        ("flow", lambda snr: ((snr.sqrt() + 1) / snr.sqrt()) ** 2),
     ],
 )
 def test_each_loss_weight_is_its_formula(name, formula):
@@ -35,7 +37,7 @@ def test_each_loss_weight_is_its_formula(name, formula):
     by snr, since |x0_hat - x0|^2 = |eps_hat - eps|^2 / snr."""
     snr = LAMBDAS.exp()
     torch.testing.assert_close(loss_weight(LAMBDAS, name), formula(snr))
-    assert set(LOSS_WEIGHTS) == {"simple", "min_snr", "truncated_snr", "edm"}
+    assert set(LOSS_WEIGHTS) == {"simple", "min_snr", "truncated_snr", "edm", "flow"}
 
 
 def test_edm_weight_is_the_v_mse():
@@ -49,6 +51,24 @@ def test_edm_weight_is_the_v_mse():
     v, v_hat = a * eps - s * x0, a * (eps + err) - s * to_x0_eps(eps + err, x_t, a, s, "eps")[0]
     w = loss_weight(schedule.log_snr(t[:, 0]), "edm")
     torch.testing.assert_close((v_hat - v).square().sum(1), w * err.square().sum(1))
+
+
+def test_flow_weight_is_the_rectified_velocity_mse():
+    """On the rectified path (alpha_end -> 0: alpha = 1 - t, sigma = t) the "flow" weight turns
+    the eps-MSE into flow matching's |u_hat - u|^2 with u = d x_t / dt = eps - x0."""
+    from genlab.schedules import RectifiedSchedule
+
+    g = torch.Generator().manual_seed(1)
+    t = torch.rand(64, 1, generator=g, dtype=torch.float64) * 0.98 + 0.01
+    schedule = RectifiedSchedule(alpha_end=1e-12)
+    a, s = schedule.alpha(t), schedule.sigma(t)
+    x0, eps, err = (torch.randn(64, 3, generator=g, dtype=torch.float64) for _ in range(3))
+    x_t = a * x0 + s * eps
+    x0_hat, eps_hat = to_x0_eps(eps + err, x_t, a, s, "eps")
+    u, u_hat = schedule.velocity(x0, eps, t[:, 0]), schedule.velocity(x0_hat, eps_hat, t[:, 0])
+    torch.testing.assert_close(u, eps - x0)
+    w = loss_weight(schedule.log_snr(t[:, 0]), "flow")
+    torch.testing.assert_close((u_hat - u).square().sum(1), w * err.square().sum(1))
 
 
 def test_edm_preconditioning_is_its_table_and_v_prediction():

@@ -17,7 +17,8 @@ from genlab.models.diffusion_samplers import edm_gammas, edm_heun, unipc, unipc_
 from genlab.schedules import SCHEDULES
 
 M, S = 0.7, 0.5
-SCHEDS = {"linear": SCHEDULES["linear"](), "cosine": SCHEDULES["cosine"]()}
+SCHEDS = {name: SCHEDULES[name]() for name in ("linear", "cosine", "rectified")}
+"""Two variance-preserving schedules and the rectified one (alpha = 1 - t, sigma = t)."""
 
 
 def coefs(schedule, t: float) -> tuple[float, float]:
@@ -64,6 +65,19 @@ def test_heun_converges_at_second_order(sched):
     p, errors = slope(edm_heun, SCHEDS[sched], [16, 32, 64, 128])
     assert 1.8 < p < 2.3, (p, errors)
     assert errors[-1] < 5e-3
+
+
+@pytest.mark.parametrize("sched", SCHEDS, ids=str)
+def test_heun_in_t_converges_at_second_order(sched):
+    """variable="t": the same Heun steps in the schedule's time (the rectified path's choice,
+    where r(1) = 2e4 makes a step in r coarse: on its uniform 30-step grid, error 0.17 in r
+    against 3e-3 in t), second order on every schedule."""
+    p, errors = slope(lambda *a: edm_heun(*a, variable="t"), SCHEDS[sched], [16, 32, 64, 128])
+    assert 1.8 < p < 2.3, (p, errors)
+    assert errors[-1] < 5e-3
+    with pytest.raises(ValueError, match="variable must be one of"):
+        edm_heun(gaussian_denoiser(SCHEDS[sched]), start(4), [1.0, 0.0], SCHEDS[sched],
+                 variable="sigma")  # fmt: skip
 
 
 @pytest.mark.parametrize("sched", SCHEDS, ids=str)

@@ -143,3 +143,40 @@ def test_the_cli_counts_only_options_really_given(test_recipes, tmp_path):
     assert run(["fit", "flow", *common, "--config", str(toml), "--out", c_out]) == 0
     c = json.loads((tmp_path / "c" / "config.json").read_text())["config"]
     assert c["lr"] == 0.005 and c["hidden"] == 12  # a TOML value is given
+
+
+def test_compare_fits_small_data_with_one_thread():
+    """`genlab.compare.fit_threads`: one thread when every data set is small (toys, digits),
+    all available cores as soon as one is larger (MNIST's 784 pixels)."""
+    from genlab.compare import SMALL_DATA_DIM, fit_threads
+
+    moons = load_dataset("moons", n=16)
+    small = Dataset(torch.rand(4, 1, 16, 16), None, (1, 16, 16), "image", "16x16")
+    large = Dataset(torch.rand(4, 1, 28, 28), None, (1, 28, 28), "image", "28x28")
+    assert small.dim == SMALL_DATA_DIM < large.dim
+    assert fit_threads([moons, small], 2) == 1
+    assert fit_threads([moons, large], 2) == 2
+    assert fit_threads([large], 1) == 1
+    with pytest.raises(ValueError, match="available"):
+        fit_threads([moons], 0)
+
+
+def test_a_recipe_schedule_is_the_one_the_diffusion_trains_and_saves(tmp_path):
+    """The shipped points recipe sets schedule="rectified": the schedule object, the net's skip
+    and the saved folder all follow the resolved config, not the constructor's default."""
+    from genlab.schedules import LinearBetaSchedule, RectifiedSchedule
+
+    model = Diffusion(hidden=16, batch_size=32, **TINY)
+    assert isinstance(model.schedule, LinearBetaSchedule)  # the config's default before fit
+    model.fit(points())
+    assert model.config.schedule == "rectified" and model.config.prediction == "v"
+    assert isinstance(model.schedule, RectifiedSchedule)
+    assert model.net.schedule is model.schedule
+    model.save(tmp_path / "m")
+    loaded = genlab.load(tmp_path / "m")
+    assert isinstance(loaded.schedule, RectifiedSchedule)
+    x = points(8)
+    torch.testing.assert_close(loaded.log_prob(x, method="rk4", steps=4),
+                               model.log_prob(x, method="rk4", steps=4))  # fmt: skip
+    given = Diffusion("linear", hidden=16, batch_size=32, **TINY).fit(points())
+    assert isinstance(given.schedule, LinearBetaSchedule)  # a given schedule wins

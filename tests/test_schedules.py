@@ -14,16 +14,19 @@ from genlab.schedules import (
     CosineSchedule,
     LinearBetaSchedule,
     LinearPath,
+    RectifiedSchedule,
 )
 
-ALL = [LinearPath(), LinearPath(0.01), CosinePath(), LinearBetaSchedule(), CosineSchedule()]
+ALL = [LinearPath(), LinearPath(0.01), CosinePath(), LinearBetaSchedule(), CosineSchedule(),
+       RectifiedSchedule(), RectifiedSchedule(0.1)]  # fmt: skip
 VP = [CosinePath(), LinearBetaSchedule(), CosineSchedule()]
 INTERIOR = torch.linspace(0.01, 0.99, 41, dtype=torch.float64)
 
 
 def test_registries_name_the_classes():
     assert {"linear": LinearPath, "vp": CosinePath} == PATHS
-    assert {"linear": LinearBetaSchedule, "cosine": CosineSchedule} == SCHEDULES
+    assert {"linear": LinearBetaSchedule, "cosine": CosineSchedule,
+            "rectified": RectifiedSchedule} == SCHEDULES  # fmt: skip
 
 
 @pytest.mark.parametrize("s", ALL, ids=repr)
@@ -54,6 +57,31 @@ def test_log_snr_is_log_alpha2_over_sigma2(s):
 def test_variance_preserving(s):
     torch.testing.assert_close(s.alpha(INTERIOR) ** 2 + s.sigma(INTERIOR) ** 2,
                                torch.ones_like(INTERIOR))  # fmt: skip
+
+
+def test_variance_preserving_flags():
+    assert all(s.variance_preserving for s in VP if not isinstance(s, CosinePath))
+    assert not RectifiedSchedule.variance_preserving and not LinearPath.variance_preserving
+
+
+def test_rectified_schedule_is_the_straight_path_ending_at_log_snr_end():
+    """alpha = 1 - (1 - a_end) t, sigma = t (SD3's path with alpha(1) = a_end > 0), by hand."""
+    s = RectifiedSchedule()
+    t = torch.tensor([0.0, 0.25, 0.5, 1.0], dtype=torch.float64)
+    a_end = math.exp(LOG_SNR_END / 2)
+    torch.testing.assert_close(s.alpha(t), 1 - (1 - a_end) * t)
+    torch.testing.assert_close(s.sigma(t), t)
+    assert float(s.log_snr(torch.tensor(1.0, dtype=torch.float64))) == pytest.approx(LOG_SNR_END)
+    assert float(s.log_snr(torch.tensor(0.5, dtype=torch.float64))) == pytest.approx(
+        2 * math.log((1 - (1 - a_end) / 2) / 0.5)
+    )
+    # not variance preserving: alpha^2 + sigma^2 is about 1/2 half-way
+    assert float(s.alpha(t[2]) ** 2 + s.sigma(t[2]) ** 2) == pytest.approx(0.5, abs=1e-4)
+    x0, eps = torch.randn(5, 3), torch.randn(5, 3)
+    tt = torch.rand(5)
+    torch.testing.assert_close(s.velocity(x0, eps, tt), -(1 - a_end) * x0 + eps)
+    with pytest.raises(ValueError, match="alpha_end"):
+        RectifiedSchedule(0.0)
 
 
 def test_linear_path_endpoints_and_velocity():

@@ -1,13 +1,21 @@
 """Denoising diffusion models (Ho et al. 2020) with DDIM, DPM-Solver++ and the probability-flow ODE.
 
-Notation (a `genlab.schedules` VP schedule; t in [0, 1], t = 0 the data, t = 1 the noise):
+Notation (a `genlab.schedules` schedule; t in [0, 1], t = 0 the data, t = 1 the noise):
 
-    x_t = alpha_t x_0 + sigma_t eps,   eps ~ N(0, I),   alpha_t^2 + sigma_t^2 = 1
+    x_t = alpha_t x_0 + sigma_t eps,   eps ~ N(0, I)
     alpha_bar_i = alpha(i / T)^2        the discrete chain, i = 0..T (alpha_bar_0 = 1)
     lambda_t = log(alpha_t^2 / sigma_t^2)    the log-SNR (DPM-Solver's lambda is half of it)
 
-One schedule object serves the discrete samplers (through alpha_bar(t), in float64) and the
-continuous ones (alpha(t), sigma(t) and their derivatives). The network is called with the
+Schedules: "linear" (DDPM's betas) and "cosine" are variance preserving (alpha^2 + sigma^2 =
+1); "rectified" is the straight path alpha = 1 - t, sigma = t of rectified flows and SD3
+(`genlab.schedules.RectifiedSchedule`). Every sampler is written for a general path: DDPM's
+posterior with alpha_{t|s} = alpha_t / alpha_s, sigma_{t|s}^2 = sigma_t^2 - alpha_{t|s}^2
+sigma_s^2, DPM-Solver++ and UniPC in lambda = log(alpha / sigma), EDM's Heun in the VE
+variable y = x / alpha (VP schedules) or in t itself (the rectified path, where
+sigma / alpha = 2e4 at t = 1), the ODE through d alpha / dt and d sigma / dt.
+One schedule object serves the discrete samplers (alpha_bar(t) for VP schedules, (alpha,
+sigma) pairs otherwise, in float64) and the continuous ones (alpha(t), sigma(t) and their
+derivatives). The network is called with the
 continuous time t = i / T and predicts (`prediction`):
 
     "eps": eps        "x0": x_0        "v": v = alpha eps - sigma x_0  (Salimans & Ho 2022)
@@ -25,21 +33,20 @@ Samplers (`sample(method=...)`) on a grid of `steps + 1` times from 1 down (`sam
 `genlab.grids`: "uniform", "quadratic", "logsnr", "karras"; or the caller's `times=`):
 "ddpm" (ancestral, Ho et al. eq. 6-7, on the respaced alpha_bar), "ddim" (Song et al. 2021a
 eq. 12, eta=0 deterministic, eta=1 the DDPM posterior), "dpm++" (DPM-Solver++, Lu et al. 2022,
-multistep, one evaluation per step: by default the SDE variant 2M, eta=1; eta=0 the ODE
-solver, 3M or 2M), "heun" (EDM's Heun sampler with optional churn, Karras et al. 2022 Alg. 2),
+multistep, one evaluation per step: by default the ODE solver 3M, eta=0; eta=1 the SDE
+variant 2M), "heun" (EDM's Heun sampler with optional churn, Karras et al. 2022 Alg. 2),
 "unipc" (UniPC, Zhao et al. 2023, order 1-3; both in `genlab.models.diffusion_samplers`) and
 "ode" (the probability-flow ODE dx/dt = alpha' x0_hat + sigma' eps_hat through
 `genlab.solvers.solve`). Every sampler can start from edited data (`init=`, `strength=`,
 SDEdit) and calls the inpainting hook `_project_step` after each step. `log_prob` integrates
 the same ODE with the instantaneous change of variables; `vlb` is DDPM's discrete bound.
 
-Why dpm++ defaults to its SDE form on the uniform grid (eta=1, 2M; the measurements are in
-benchmarks/diffusion_quality_vs_steps.py's docstring): on rings trained for 4,000 steps the
-probability-flow ODE of the learned denoiser, however finely solved (dpm++ 3M at 100 steps:
-MMD^2 8.0e-4), scored about twice DDPM-1000's 4.4e-4, so no grid or order of the
-deterministic solver could close the gap; the stochastic sampler corrects the denoiser's
-errors as DDPM does (2.8e-4 at 15 NFE). On pinwheel it ties the ODE (4.4e-4 against 4.3e-4,
-DDPM 2.4e-4); the quadratic and logsnr grids were worse there (7.8e-4, 7.6e-4).
+Why dpm++ defaults to its deterministic 3M on the quadratic grid (eta=0): on the 8 toys at
+120 s the ODE form was as good as or better than the SDE 2M on 7 of 8 (BENCHMARKS.md, "The 8
+toys at 120 s"), and it keeps old folders' samples as they were. On rings trained for only
+4,000 steps the SDE form had scored better (2.8e-4 against the ODE's 8.0e-4 at 15 NFE,
+benchmarks/diffusion_quality_vs_steps.py): the stochastic sampler corrects a poor denoiser's
+errors as DDPM does. Pass eta=1 for it.
 """
 
 from __future__ import annotations
@@ -59,9 +66,11 @@ from genlab.models.base import TrajectoryPicture
 from genlab.models.diffusion_maths import (
     EDM_SIGMA_DATA,
     MIN_SNR_GAMMA,
+    Point,
     StandardNormalSkip,
     alpha_sigma,
     clip_x0,
+    coefficients,
     ddim_step,
     ddpm_step,
     discretized_gaussian_log_prob,
@@ -73,10 +82,12 @@ from genlab.models.diffusion_maths import (
     gaussian_log_prob,
     half_log_snr,
     loss_weight,
+    path_point,
     posterior,
     sampling_times,
     standard_normal_prediction,
     to_x0_eps,
+    transition,
 )
 from genlab.models.diffusion_samplers import edm_heun, unipc
 from genlab.nets import MLP, UNet
@@ -108,13 +119,13 @@ __all__ = [  # the maths lives in diffusion_maths; importing it from here keeps 
     "to_x0_eps",
 ]
 
-ScheduleName = Literal["linear", "cosine"]
+ScheduleName = Literal["linear", "cosine", "rectified"]
 PredictionName = Literal["eps", "x0", "v"]
-LossWeightName = Literal["simple", "min_snr", "truncated_snr", "edm"]
+LossWeightName = Literal["simple", "min_snr", "truncated_snr", "edm", "flow"]
 SamplerName = Literal["ddpm", "ddim", "dpm++", "heun", "unipc", "ode"]
 GridName = Literal["uniform", "quadratic", "logsnr", "karras"]
 PREDICTIONS = ("eps", "x0", "v")
-LOSS_WEIGHTS = ("simple", "min_snr", "truncated_snr", "edm")
+LOSS_WEIGHTS = ("simple", "min_snr", "truncated_snr", "edm", "flow")
 SAMPLERS = ("ddpm", "ddim", "dpm++", "heun", "unipc", "ode")
 GRIDS = ("uniform", "quadratic", "logsnr", "karras")  # = genlab.grids.GRIDS
 DEFAULT_STEPS = {"ddim": 50, "dpm++": 20, "heun": 10, "unipc": 20}  # ddpm: T; ode: dopri5
@@ -133,7 +144,9 @@ class DiffusionConfig(continuous.ContinuousConfig):
     the shared ones of `continuous.ContinuousConfig` and `genlab.train.TrainConfig`)."""
 
     schedule: ScheduleName = option(
-        "linear", "Noise schedule: linear (DDPM's betas) or cosine.", Choice(tuple(SCHEDULES))
+        "linear",
+        "Noise schedule: linear (DDPM's betas), cosine, or rectified (alpha = 1 - t, sigma = t).",
+        Choice(tuple(SCHEDULES)),
     )
     prediction: PredictionName = option(
         "eps", "What the net predicts: eps, x0 or v.", Choice(PREDICTIONS)
@@ -144,7 +157,9 @@ class DiffusionConfig(continuous.ContinuousConfig):
     hidden: int = option(256, "MLP width.", Integer(8))
     depth: int = option(3, "MLP residual blocks.", Integer(1, MAX_DEPTH))
     loss_weight: LossWeightName = option(
-        "simple", "Loss weighting: simple, min_snr, truncated_snr or edm.", Choice(LOSS_WEIGHTS)
+        "simple",
+        "Loss weighting: simple, min_snr, truncated_snr, edm or flow.",
+        Choice(LOSS_WEIGHTS),
     )
     clip_denoised: bool = option(
         True, "Clip x0_hat to the image range in ddpm, ddim and dpm++.", Flag()
@@ -155,15 +170,20 @@ class Diffusion(continuous.ContinuousModel, family="diffusion"):
     """A denoising diffusion model; `log_prob` is exact along the probability-flow ODE.
 
     Options (`DiffusionConfig`; schedule, prediction, timesteps and net may be positional):
-        schedule: "linear" (DDPM's betas 1e-4..0.02 as a VP-SDE) or "cosine" (Nichol &
-            Dhariwal), from `genlab.schedules.SCHEDULES`, with their default parameters.
+        schedule: "linear" (DDPM's betas 1e-4..0.02 as a VP-SDE), "cosine" (Nichol &
+            Dhariwal) or "rectified" (alpha = 1 - t, sigma = t: rectified flow's straight
+            path, SD3), from `genlab.schedules.SCHEDULES`, with their default parameters.
+            With "rectified" (and "cosine") predict "v" or "x0": both end at alpha(1) =
+            4.5e-5, where an eps net's x0_hat = (x_t - sigma eps_hat) / alpha multiplies its
+            error by 2e4 (rings, 600 steps: MMD^2 0.55 with eps against 7e-4 with v).
         prediction: what the network predicts: "eps", "x0" or "v".
         timesteps: T, the length of the discrete chain (training draws i in 1..T).
         net: "auto" (`genlab.models.continuous.auto_net`: an MLP for points and small
             images, a UNet for larger square images), "mlp" or "unet".
         hidden, depth: width of the MLP and its number of residual FiLM blocks (3).
         base_channels: width of the UNet's first level (levels (1, 2)).
-        loss_weight: "simple", "min_snr", "truncated_snr" or "edm" (`loss_weight`).
+        loss_weight: "simple", "min_snr", "truncated_snr", "edm" or "flow" (rectified
+            flow's velocity MSE; `loss_weight`).
         time_sampling, time_location, time_scale: the training times (`loss`): "uniform"
             is DDPM's i / T, i ~ U{1..T}; "logit_normal" (SD3) and "lognormal" (EDM) are
             continuous draws (`genlab.timesteps`).
@@ -198,9 +218,16 @@ class Diffusion(continuous.ContinuousModel, family="diffusion"):
     buffer_dtype = torch.float64  # data_loc / data_scale; the net works in float32
     space_dtype = torch.float32
 
-    def __init__(self, *args: Any, device: str | torch.device | None = None, **options: Any):
-        super().__init__(*args, device=device, **options)
-        self.schedule: Schedule = SCHEDULES[self.config.schedule]()
+    @property
+    def schedule(self) -> Schedule:
+        """The noise schedule of config.schedule (`genlab.schedules.SCHEDULES`), built afresh
+        when the config changes (fit resolves the data kind's recipe before the net is built)."""
+        name = self.config.schedule
+        cached = self.__dict__.get("_schedule")
+        if cached is None or cached[0] != name:
+            cached = (name, SCHEDULES[name]())
+            self.__dict__["_schedule"] = cached
+        return cached[1]
 
     def fit_summary(self) -> dict[str, Any]:
         cfg = self.config
@@ -524,9 +551,18 @@ class Diffusion(continuous.ContinuousModel, family="diffusion"):
 
         def denoise(x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
             x0, eps = self._predict(x, t, y, guidance)
-            return clip_x0(x0, x, float(self.schedule.alpha_bar(t.double()))) if clip else (x0, eps)
+            return clip_x0(x0, x, self._points(t.reshape(1))[0]) if clip else (x0, eps)
 
         return denoise
+
+    def _points(self, times: Tensor) -> list[Point]:
+        """The path at `times` as the sampler steps read it (`diffusion_maths.Point`): alpha_bar
+        floats for a VP schedule (the arithmetic of old folders, unchanged), else (alpha,
+        sigma) pairs."""
+        times = times.double()
+        if self.schedule.variance_preserving:
+            return self.schedule.alpha_bar(times).tolist()
+        return [path_point(self.schedule, t) for t in times]
 
     def _sample_grid(
         self, x, method, times, y, guidance, g, keep, monitor: solvers.StepMonitor, options
@@ -549,15 +585,16 @@ class Diffusion(continuous.ContinuousModel, family="diffusion"):
             denoise = self._denoise(y, guidance, clip)
             if method == "heun":
                 churn, s_tmin, s_tmax, s_noise = options["churn"]
+                variable = "r" if self.schedule.variance_preserving else "t"  # HEUN_VARIABLES
                 _, self.nfe_ = edm_heun(denoise, x, times, self.schedule, churn=churn,
                                         s_tmin=s_tmin, s_tmax=s_tmax, s_noise=s_noise,
-                                        generator=g, project=project,
-                                        on_step=on_step)  # fmt: skip
+                                        generator=g, project=project, on_step=on_step,
+                                        variable=variable)  # fmt: skip
             else:
                 _, self.nfe_ = unipc(denoise, x, times, self.schedule, order=options["order"],
                                      project=project, on_step=on_step)  # fmt: skip
             return states, times[: monitor.steps + 1]
-        ab = self.schedule.alpha_bar(times).tolist()
+        ab = self._points(times)
         orders = dpm_solver_pp_orders(len(times) - 1, options["order"])
         history, lams, grid = [], [], times.tolist()
         for k, (t, ab_t, ab_s) in enumerate(zip(grid, ab, ab[1:], strict=False)):
@@ -663,16 +700,21 @@ class Diffusion(continuous.ContinuousModel, family="diffusion"):
             raise ValueError('decoder="discretized" needs a model fitted on quantised images')
         g = self.generator(seed)
         T, d = self.config.timesteps, z[0].numel()
-        ab = self.schedule.discrete_alpha_bars(T).tolist()
+        ab = self._points(torch.arange(T + 1, dtype=torch.float64) / T)
         flat = z.double().reshape(len(z), -1)
-        total = -0.5 * (ab[T] * flat.square() - ab[T] - math.log(1 - ab[T])).sum(1)  # -L_T
+        a_end, s_end = coefficients(ab[T])
+        s2_end = s_end**2 if isinstance(ab[T], tuple) else 1 - ab[T]
+        total = -0.5 * (a_end**2 * flat.square() + s2_end - 1 - math.log(s2_end)).sum(1)  # -L_T
         for i in range(1, T + 1):  # one network pass per step, over all rows
             eps = torch.randn(z.shape, generator=g, device=z.device)
-            x_t = math.sqrt(ab[i]) * z + math.sqrt(1 - ab[i]) * eps
+            a_i, s_i = coefficients(ab[i])
+            if not isinstance(ab[i], tuple):
+                s_i = math.sqrt(1 - ab[i])
+            x_t = a_i * z + s_i * eps
             x0 = torch.cat([self._predict(x_t[s : s + VLB_ROWS], i / T,
                                           None if y is None else y[s : s + VLB_ROWS], 0.0)[0]
                             for s in range(0, len(z), VLB_ROWS)])  # fmt: skip
-            beta = 1 - ab[i] / ab[i - 1]
+            beta = transition(ab[i], ab[i - 1])[1]  # sigma_{t|s}^2; VP: DDPM's beta_t
             if i > 1:
                 c0, _, var = posterior(ab[i], ab[i - 1])
                 sq = (flat - x0.double().reshape(len(z), -1)).square().sum(1)

@@ -1,11 +1,19 @@
 """The maths of denoising diffusion as pure functions: prediction conversions, loss weights,
 sampling grids, the DDPM / DDIM / DPM-Solver++ steps and the Gaussian terms of the bound.
 
-Notation (a `genlab.schedules` VP schedule; t in [0, 1], t = 0 the data, t = 1 the noise):
+Notation (a `genlab.schedules` schedule; t in [0, 1], t = 0 the data, t = 1 the noise):
 
-    x_t = alpha_t x_0 + sigma_t eps,   eps ~ N(0, I),   alpha_t^2 + sigma_t^2 = 1
+    x_t = alpha_t x_0 + sigma_t eps,   eps ~ N(0, I)
     alpha_bar_i = alpha(i / T)^2        the discrete chain, i = 0..T (alpha_bar_0 = 1)
     lambda_t = log(alpha_t^2 / sigma_t^2)    the log-SNR (DPM-Solver's lambda is half of it)
+
+The steps hold for a general path (alpha, sigma), not only a variance-preserving one
+(alpha^2 + sigma^2 = 1): a point of the path is passed as `Point` = (alpha, sigma), or, for
+the VP schedules as before, as the float alpha_bar (alpha = sqrt(ab), sigma = sqrt(1 - ab)).
+From s < t (Kingma et al. 2021, VDM, eq. 2-3 and app. A):
+
+    alpha_{t|s} = alpha_t / alpha_s,   sigma_{t|s}^2 = sigma_t^2 - alpha_{t|s}^2 sigma_s^2
+    q(x_t | x_s) = N(alpha_{t|s} x_s, sigma_{t|s}^2 I)
 
 `genlab.models.diffusion` uses them (and re-exports them); each is tested on its own.
 """
@@ -22,8 +30,26 @@ from genlab.grids import time_grid
 from genlab.schedules import Schedule, broadcast_to
 from genlab.solvers import LOG_2PI
 
+Point = float | tuple[float, float]
+"""A point of the path: (alpha_t, sigma_t), or alpha_bar_t = alpha_t^2 of a VP schedule."""
+
 MIN_SNR_GAMMA = 5.0
 EDM_SIGMA_DATA = 1.0  # our data are standardised (points) or in [-1, 1] (images)
+
+
+def coefficients(point: Point) -> tuple[float, float]:
+    """(alpha, sigma) of a `Point`: itself, or (sqrt(ab), sqrt(1 - ab)) for a VP alpha_bar."""
+    if isinstance(point, tuple):
+        alpha, sigma = point
+        return float(alpha), float(sigma)
+    return math.sqrt(point), math.sqrt(max(1.0 - point, 0.0))
+
+
+def path_point(schedule: Schedule, t: float | Tensor) -> tuple[float, float]:
+    """(alpha(t), sigma(t)) of the schedule as floats (float64), sigma = 0 at t = 0."""
+    td = torch.as_tensor(t, dtype=torch.float64)
+    alpha, sigma = float(schedule.alpha(td)), float(schedule.sigma(td))
+    return alpha, 0.0 if math.isnan(sigma) and float(td) == 0.0 else sigma
 
 
 def alpha_sigma(schedule: Schedule, t: Tensor, like: Tensor) -> tuple[Tensor, Tensor]:
@@ -52,8 +78,15 @@ def from_x0_eps(x0: Tensor, eps: Tensor, alpha: Tensor, sigma: Tensor, predictio
     return {"eps": eps, "x0": x0}.get(prediction, alpha * eps - sigma * x0)
 
 
-def standard_normal_prediction(x_t: Tensor, alpha: Tensor, sigma: Tensor, prediction: str):
-    """The optimal prediction for data ~ N(0, I) (VP): x0 = alpha x_t, eps = sigma x_t, v = 0."""
+def standard_normal_prediction(
+    x_t: Tensor, alpha: Tensor, sigma: Tensor, prediction: str, variance_preserving: bool = True
+):
+    """The optimal prediction for data ~ N(0, I): with n = alpha^2 + sigma^2 (the variance of
+    x_t), x0 = alpha x_t / n, eps = sigma x_t / n, v = 0. variance_preserving: n = 1 is taken
+    as exact (a VP schedule; the old arithmetic, bit for bit)."""
+    if not variance_preserving:
+        n = alpha**2 + sigma**2
+        alpha, sigma = alpha / n, sigma / n
     return {"eps": sigma * x_t, "x0": alpha * x_t}.get(prediction, torch.zeros_like(x_t))
 
 
@@ -68,6 +101,10 @@ def loss_weight(log_snr: Tensor, name: str) -> Tensor:
                          (sigma^2 + sigma_data^2) / (sigma sigma_data)^2 with sigma^2 = 1 / snr
                          and sigma_data = 1 (Karras et al. 2022, Table 1): the v-MSE, i.e. unit
                          weight on EDM's F_theta (`edm_preconditioning`)
+        "flow":          w = (1 + 1 / sqrt(snr))^2   the velocity MSE of rectified flow on the
+                         path alpha = 1 - t, sigma = t (SD3, Esser et al. 2024; flow matching,
+                         Lipman et al. 2023): |u - u_hat|^2 with u = eps - x0 is
+                         |eps - eps_hat|^2 / alpha^2, and 1 / alpha = 1 + sigma / alpha
     """
     snr = torch.exp(log_snr)
     if name == "simple":
@@ -77,6 +114,8 @@ def loss_weight(log_snr: Tensor, name: str) -> Tensor:
     if name == "edm":
         sigma2 = torch.exp(-log_snr)  # EDM's sigma^2 = (sigma_t / alpha_t)^2
         return edm_preconditioning(sigma2.sqrt())[3] * sigma2
+    if name == "flow":
+        return (1.0 + torch.exp(-log_snr / 2)).square()
     return torch.clamp(1.0 / snr, min=1.0)
 
 
@@ -128,46 +167,76 @@ def sampling_times(
     return times
 
 
-def posterior(ab_t: float, ab_s: float) -> tuple[float, float, float]:
-    """q(x_s | x_t, x_0) = N(c0 x_0 + ct x_t, var) for s < t, from alpha_bar at t and s.
+def transition(point_t: Point, point_s: Point) -> tuple[float, float]:
+    """(alpha_{t|s}, sigma_{t|s}^2) of q(x_t | x_s) for s < t (module docstring); for a VP
+    schedule alpha_{t|s}^2 = 1 - beta and sigma_{t|s}^2 = beta, DDPM's step."""
+    (a_t, s_t), (a_s, s_s) = coefficients(point_t), coefficients(point_s)
+    a_ts = a_t / a_s
+    if not isinstance(point_t, tuple) and not isinstance(point_s, tuple):
+        return a_ts, 1.0 - point_t / point_s  # VP: beta, without the cancellation below
+    return a_ts, max(s_t**2 - a_ts**2 * s_s**2, 0.0)
 
-    With beta = 1 - ab_t / ab_s (Ho et al. eq. 7): c0 = sqrt(ab_s) beta / (1 - ab_t),
+
+def posterior(ab_t: Point, ab_s: Point) -> tuple[float, float, float]:
+    """q(x_s | x_t, x_0) = N(c0 x_0 + ct x_t, var) for s < t, from the path's points at t, s.
+
+    With alpha_{t|s}, sigma_{t|s}^2 = `transition` (VDM eq. A.1):
+    c0 = alpha_s sigma_{t|s}^2 / sigma_t^2, ct = alpha_{t|s} sigma_s^2 / sigma_t^2,
+    var = sigma_{t|s}^2 sigma_s^2 / sigma_t^2. For a VP schedule (Ho et al. eq. 7, with
+    beta = 1 - ab_t / ab_s): c0 = sqrt(ab_s) beta / (1 - ab_t),
     ct = sqrt(1 - beta) (1 - ab_s) / (1 - ab_t), var = beta (1 - ab_s) / (1 - ab_t).
     """
-    beta = 1.0 - ab_t / ab_s
-    c0 = math.sqrt(ab_s) * beta / (1.0 - ab_t)
-    ct = math.sqrt(1.0 - beta) * (1.0 - ab_s) / (1.0 - ab_t)
-    return c0, ct, beta * (1.0 - ab_s) / (1.0 - ab_t)
+    s_t, (a_s, s_s) = coefficients(ab_t)[1], coefficients(ab_s)
+    a_ts, var_ts = transition(ab_t, ab_s)
+    if not isinstance(ab_t, tuple) and not isinstance(ab_s, tuple):  # VP: the old arithmetic
+        s_t2, s_s2 = 1.0 - ab_t, 1.0 - ab_s
+    else:
+        s_t2, s_s2 = s_t**2, s_s**2
+    return a_s * var_ts / s_t2, a_ts * s_s2 / s_t2, var_ts * s_s2 / s_t2
 
 
-def ddpm_step(x_t: Tensor, x0_hat: Tensor, ab_t: float, ab_s: float, noise: Tensor) -> Tensor:
-    """Ancestral step x_s ~ q(x_s | x_t, x0 = x0_hat) (posterior variance beta_tilde)."""
+def ddpm_step(x_t: Tensor, x0_hat: Tensor, ab_t: Point, ab_s: Point, noise: Tensor) -> Tensor:
+    """Ancestral step x_s ~ q(x_s | x_t, x0 = x0_hat) (posterior variance, `posterior`)."""
     c0, ct, var = posterior(ab_t, ab_s)
     return c0 * x0_hat + ct * x_t + math.sqrt(var) * noise
 
 
 def ddim_step(
-    x0_hat: Tensor, eps_hat: Tensor, ab_t: float, ab_s: float, eta: float, noise: Tensor
+    x0_hat: Tensor, eps_hat: Tensor, ab_t: Point, ab_s: Point, eta: float, noise: Tensor
 ) -> Tensor:
-    """DDIM (Song et al. 2021a, eq. 12 and 16) from alpha_bar_t to alpha_bar_s > alpha_bar_t:
+    """DDIM (Song et al. 2021a, eq. 12 and 16) from t to s < t on a general path:
 
-    sigma_eta = eta sqrt((1 - ab_s) / (1 - ab_t)) sqrt(1 - ab_t / ab_s)
-    x_s = sqrt(ab_s) x0_hat + sqrt(1 - ab_s - sigma_eta^2) eps_hat + sigma_eta z
+    sigma_eta^2 = eta^2 var,  var the posterior's (`posterior`; VP: (1 - ab_s) / (1 - ab_t)
+    (1 - ab_t / ab_s))
+    x_s = alpha_s x0_hat + sqrt(sigma_s^2 - sigma_eta^2) eps_hat + sigma_eta z
     """
-    sigma_eta = eta * math.sqrt((1.0 - ab_s) / (1.0 - ab_t) * (1.0 - ab_t / ab_s))
-    direction = math.sqrt(max(1.0 - ab_s - sigma_eta**2, 0.0))
-    return math.sqrt(ab_s) * x0_hat + direction * eps_hat + sigma_eta * noise
+    a_s, s_s = coefficients(ab_s)
+    var = posterior(ab_t, ab_s)[2]
+    if not isinstance(ab_t, tuple) and not isinstance(ab_s, tuple):  # VP: the old arithmetic
+        var = (1.0 - ab_s) / (1.0 - ab_t) * (1.0 - ab_t / ab_s)
+        s_s2 = 1.0 - ab_s
+    else:
+        s_s2 = s_s**2
+    sigma_eta = eta * math.sqrt(var)
+    direction = math.sqrt(max(s_s2 - sigma_eta**2, 0.0))
+    return a_s * x0_hat + direction * eps_hat + sigma_eta * noise
 
 
-def clip_x0(x0_hat: Tensor, x_t: Tensor, ab: float) -> tuple[Tensor, Tensor]:
+def clip_x0(x0_hat: Tensor, x_t: Tensor, ab: Point) -> tuple[Tensor, Tensor]:
     """x0_hat clipped to the image range [-1, 1] and eps_hat re-derived from it:
-    eps_hat = (x_t - sqrt(ab) x0_hat) / sqrt(1 - ab)."""
+    eps_hat = (x_t - alpha x0_hat) / sigma (VP: alpha = sqrt(ab), sigma = sqrt(1 - ab))."""
+    alpha, sigma = coefficients(ab)
+    if not isinstance(ab, tuple):
+        sigma = math.sqrt(1.0 - ab)
     x0_hat = x0_hat.clamp(-1.0, 1.0)
-    return x0_hat, (x_t - math.sqrt(ab) * x0_hat) / math.sqrt(1.0 - ab)
+    return x0_hat, (x_t - alpha * x0_hat) / sigma
 
 
-def half_log_snr(ab: float) -> float:
-    """DPM-Solver's lambda = log(alpha / sigma) = log(ab / (1 - ab)) / 2; +inf at ab = 1."""
+def half_log_snr(ab: Point) -> float:
+    """DPM-Solver's lambda = log(alpha / sigma) (VP: log(ab / (1 - ab)) / 2); +inf at sigma = 0."""
+    if isinstance(ab, tuple):
+        alpha, sigma = coefficients(ab)
+        return math.inf if sigma <= 0.0 else math.log(alpha) - math.log(sigma)
     return math.inf if ab >= 1.0 else 0.5 * math.log(ab / (1.0 - ab))
 
 
@@ -180,7 +249,7 @@ def dpm_solver_pp_orders(steps: int, order: int) -> list[int]:
 
 
 def dpm_solver_pp_step(
-    x: Tensor, history: list[Tensor], lams: list[float], ab_t: float, ab_s: float, order: int
+    x: Tensor, history: list[Tensor], lams: list[float], ab_t: Point, ab_s: Point, order: int
 ) -> Tensor:
     """One DPM-Solver++ multistep update (Lu et al. 2022, data prediction) from t to s < t.
 
@@ -198,9 +267,10 @@ def dpm_solver_pp_step(
     3M coefficients (Lu et al.'s code, and diffusers). A Taylor expansion puts twice this
     weight on E_2 (order exactly 3 on Gaussian data); the published weight has the lower error
     at 10-20 steps on trained 2-D models (benchmarks/diffusion_solver_error.py). A step to
-    sigma_s = 0 (h = inf) is taken at first order: x_s = D_0.
+    sigma_s = 0 (h = inf) is taken at first order: x_s = D_0. The update holds on any path
+    (Lu et al. write it for general alpha_t, sigma_t); t and s are `Point`s.
     """
-    a_s, s_s, s_t = math.sqrt(ab_s), math.sqrt(1 - ab_s), math.sqrt(1 - ab_t)
+    (a_s, s_s), s_t = coefficients(ab_s), coefficients(ab_t)[1]
     h = half_log_snr(ab_s) - lams[0]
     if not math.isfinite(h):
         return history[0]
@@ -225,8 +295,8 @@ def dpm_solver_pp_sde_step(
     x: Tensor,
     history: list[Tensor],
     lams: list[float],
-    ab_t: float,
-    ab_s: float,
+    ab_t: Point,
+    ab_s: Point,
     order: int,
     eta: float,
     noise: Tensor,
@@ -242,8 +312,9 @@ def dpm_solver_pp_sde_step(
     with h = lambda_s - lambda_t (half log-SNRs, `half_log_snr`), r_0 as in
     `dpm_solver_pp_step`. eta = 0 is DPM-Solver++ (the ODE); eta = 1 the reverse SDE, whose
     first-order step is DDPM's posterior step (`ddpm_step`). A step to sigma_s = 0 returns D_0.
+    General paths as `dpm_solver_pp_step` (the VE form of k-diffusion is alpha = 1).
     """
-    a_s, s_s, s_t = math.sqrt(ab_s), math.sqrt(1 - ab_s), math.sqrt(1 - ab_t)
+    (a_s, s_s), s_t = coefficients(ab_s), coefficients(ab_t)[1]
     h = half_log_snr(ab_s) - lams[0]
     if not math.isfinite(h):
         return history[0]
@@ -288,5 +359,10 @@ class StandardNormalSkip(nn.Module):
         self.net, self.schedule, self.prediction = net, schedule, prediction
 
     def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
+        """On a path that is not variance preserving the net also sees x_t / sqrt(alpha^2 +
+        sigma^2) (unit variance for N(0, I) data: EDM's c_in), as on a VP path it does."""
         alpha, sigma = alpha_sigma(self.schedule, t, x)
-        return self.net(x, t, y) + standard_normal_prediction(x, alpha, sigma, self.prediction)
+        vp = self.schedule.variance_preserving
+        x_in = x if vp else x * torch.rsqrt(alpha**2 + sigma**2)
+        skip = standard_normal_prediction(x, alpha, sigma, self.prediction, vp)
+        return self.net(x_in, t, y) + skip

@@ -1,8 +1,8 @@
 """Diffusion samplers over a denoiser callable: EDM's Heun sampler (with churn) and UniPC.
 
 Pure functions in model space for any `genlab.schedules.Schedule` x_t = alpha_t x_0 + sigma_t eps
-(t in [0, 1], t = 0 the data; written for VP schedules, alpha^2 + sigma^2 = 1, but neither
-sampler needs it). The model enters only as
+(t in [0, 1], t = 0 the data; VP schedules, alpha^2 + sigma^2 = 1, and general paths such as
+the rectified alpha = 1 - t, sigma = t alike). The model enters only as
 
     denoise(x, t) -> (x0_hat, eps_hat)     x (B, ...) at time t, a 0-d tensor of x's dtype/device
 
@@ -44,6 +44,11 @@ Project = Callable[[Tensor, float], Tensor]
 """project(x, t) -> x: the state after a step at the time t it reached (e.g. inpainting)."""
 OnStep = Callable[[int, float, Tensor], bool | None]
 """on_step(step, t, x): steps taken so far (from 1), the time reached, the state; True stops."""
+
+HEUN_VARIABLES = ("r", "t")
+"""What EDM's Heun steps in: the noise-to-signal ratio r = sigma / alpha (EDM's choice, for
+VP schedules) or the schedule's own time t (for straight paths, where r(1) = 1 / alpha(1) is
+huge: one trapezoidal step from r = 2e4 down to r = 15 misses by O(r) on the rectified path)."""
 
 UNIPC_VARIANTS = ("bh1", "bh2")
 """UniPC's choices of B(h) with hh = -h (data prediction): bh1: B = hh, bh2: B = e^hh - 1."""
@@ -122,6 +127,7 @@ def edm_heun(
     generator: torch.Generator | None = None,
     project: Project | None = None,
     on_step: OnStep | None = None,
+    variable: str = "r",
 ) -> tuple[Tensor, int]:
     """Karras et al. (2022) Algorithm 2 (Heun, 2nd order, optional churn) on the grid `times`.
 
@@ -136,9 +142,18 @@ def edm_heun(
         y_{i+1} = y^ + (r_{i+1} - r^) (d + d') / 2                                    (Heun)
 
     The Heun correction is skipped on a step to r = 0 (t = 0 of a VP schedule), where Euler
-    gives y_{i+1} = D(y^). churn = 0 (default) is deterministic: EDM's Algorithm 1. The churn
-    noise is drawn on the CPU (`generator` must be a CPU generator; None uses torch's global
-    one) and moved to x's device, so a seed gives the same samples on every device.
+    gives y_{i+1} = D(y^). variable="t" (`HEUN_VARIABLES`) takes the same Euler and Heun steps
+    in the schedule's time instead (EDM's Algorithm 1 with the path's own s(t) = alpha,
+    sigma(t)): from x^ = alpha(t^) y^ with the probability-flow field
+    f(x, t) = alpha'(t) x0_hat + sigma'(t) eps_hat,
+
+        x_{i+1} = x^ + (t_{i+1} - t^) f(x^, t^),   then   x^ + (t_{i+1} - t^) (f + f') / 2
+
+    (the churn is added in r as above); on a straight path f is nearly constant along a
+    trajectory, as flow matching's Heun sampler uses it. churn = 0 (default) is
+    deterministic: EDM's Algorithm 1. The churn noise is drawn on the CPU (`generator` must
+    be a CPU generator; None uses torch's global one) and moved to x's device, so a seed
+    gives the same samples on every device.
 
     NFE: 2 per step, 1 for a step to r = 0: 2 S - 1 on a grid ending at t = 0, else 2 S.
     Returns (x at the last time reached, NFE). Needs alpha > 0 on the grid (a flow path with
@@ -149,6 +164,8 @@ def edm_heun(
     s_tmin = _real(s_tmin, "s_tmin", allow_inf=True)
     s_tmax = _real(s_tmax, "s_tmax", allow_inf=True)
     s_noise = _real(s_noise, "s_noise")
+    if variable not in HEUN_VARIABLES:
+        raise ValueError(f"variable must be one of {', '.join(HEUN_VARIABLES)}, got {variable!r}")
     if s_tmax < s_tmin:
         raise ValueError(f"need s_tmin <= s_tmax, got s_tmin={s_tmin!r}, s_tmax={s_tmax!r}")
     cpu = isinstance(generator, torch.Generator) and generator.device.type == "cpu"
@@ -180,6 +197,13 @@ def edm_heun(
             elif s_noise > 0:
                 z = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
                 y = y + math.sqrt(r_hat**2 - r_i**2) * s_noise * z
+        if variable == "t":
+            x, used = _heun_in_t(denoise, a_hat * y, t_hat, t_next, r_next, schedule)
+            nfe += used
+            x, stop = _finish_step(x, t_next, i + 1, project, on_step)
+            if stop:
+                break
+            continue
         x0_hat = _denoised(denoise, a_hat * y, t_hat)
         nfe += 1
         if r_next == 0.0:
@@ -195,6 +219,31 @@ def edm_heun(
         if stop:
             break
     return x, nfe
+
+
+def _heun_in_t(
+    denoise: Denoise, x: Tensor, t: float, t_next: float, r_next: float, schedule: Schedule
+) -> tuple[Tensor, int]:
+    """One Heun step of the probability-flow ODE in t from (x, t) to t_next (`edm_heun` with
+    variable="t"): (x at t_next, NFE). A step to r = 0 (the data) is the Euler step, which
+    there lands on alpha(t_next) x0_hat."""
+
+    def field(x_: Tensor, t_: float) -> tuple[Tensor, Tensor]:
+        tt = torch.tensor(t_, dtype=x_.dtype, device=x_.device)
+        x0_hat, eps_hat = denoise(x_, tt)
+        if not isinstance(x0_hat, Tensor) or x0_hat.shape != x_.shape:
+            _denoised(lambda *_: (x0_hat, eps_hat), x_, t_)  # the shape error
+        t64 = torch.tensor(t_, dtype=torch.float64)
+        d_alpha, d_sigma = float(schedule.d_alpha(t64)), float(schedule.d_sigma(t64))
+        return d_alpha * x0_hat + d_sigma * eps_hat, x0_hat
+
+    f, x0_hat = field(x, t)
+    if r_next == 0.0:
+        t_next_ = torch.tensor(t_next, dtype=torch.float64)
+        return float(schedule.alpha(t_next_)) * x0_hat, 1
+    x_euler = x + (t_next - t) * f
+    f_next, _ = field(x_euler, t_next)
+    return x + (t_next - t) * 0.5 * (f + f_next), 2
 
 
 # -- UniPC -------------------------------------------------------------------------------------

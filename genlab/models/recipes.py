@@ -126,26 +126,52 @@ FLOW_SMALL_IMAGE = Recipe(
 DIFFUSION_POINTS = Recipe(
     "diffusion",
     "points",
-    {"hidden": 128, "batch_size": 256},
-    # A narrower net and a larger batch: the 2026-11-24 run of
-    # benchmarks/diffusion_quality_vs_steps.py (BENCHMARKS.md) trained MLP 128 x 3 for 12,000
-    # steps of batch 256 in 92-106 s of one core and put ddpm 1000 and dpm++ 15 at the data
-    # floor on most toys (rings: 4.9e-05 and 1.1e-05); the 256-wide default reaches ~5,600
-    # steps of batch 128 in 120 s (moons at 120 s: SDE dpm++ 20 3.3e-04, ddpm 1000 1.6e-04, against
-    # the GMM's -6.0e-05). The 120 s table of benchmarks/iterative_toys.py measures it.
-    # Rings at 60 s of one core, as FLOW_POINTS (same reference, kernels and floor), the
-    # default sampler (DPM-Solver++ 20 steps), 2026-12-01:
-    #   hidden 256, batch 128, eps, linear, "simple" (the defaults)     2.95e-04  (6.8 x p95)
-    #   hidden 256, batch 256, lr 2e-3                                  3.07e-04  (7.1 x)
-    #   batch 256, lr 2e-3, prediction "v", loss_weight "edm",
-    #       time_sampling "lognormal" (EDM: Karras et al. 2022)          3.58e-04  (8.3 x)
-    # (R's screen: none of these beat the defaults; hidden 128 with batch 256 was not in it.)
-    f"{_TOYS} --seconds 60 --toys rings (screened at equal CPU seconds)",
+    {
+        "hidden": 128,
+        "batch_size": 256,
+        "schedule": "rectified",
+        "prediction": "v",
+        "loss_weight": "flow",
+        "time_sampling": "logit_normal",
+    },
+    # The straight path, as SD3 trains it (Esser et al. 2024: rectified flow, the velocity
+    # MSE, logit-normal t): on rings at 3,000 steps a flow on the variance-preserving path
+    # scored like diffusion (MMD^2 3.4e-4) and the same flow on the straight path reached the
+    # floor (-7.3e-6, BENCHMARKS.md "Why diffusion lagged flow on points"), so the path, not
+    # the prediction, the weighting or the time draw, held diffusion back.
+    # Screen at equal steps on rings (600 steps of hidden 128 / batch 256, MMD^2 at n = 2,000
+    # against a held-out draw, floor p95 1.6e-4, default sampler dpm++ 3M 20 steps; a 2-core
+    # machine at load 12, so no longer runs fitted in 5 minutes), 2026-12-01:
+    #   linear, eps, "simple", uniform (the old defaults)          7.87e-04  (4.9 x p95)
+    #   rectified, v, "flow", logit_normal                          7.18e-04  (4.5 x)  <- chosen
+    #   rectified, x0, "flow", uniform                              2.17e-03  (13.6 x)
+    #   rectified, eps, "simple" (x0 = (x - sigma eps) / alpha, alpha(1) = 4.5e-5)  0.55
+    # and at 2,000 steps (both side by side, 16:40 UTC):
+    #   linear, eps, "simple", uniform                              7.69e-04  (4.8 x)
+    #   rectified, v, "flow", logit_normal                          6.07e-04  (3.8 x)  <- chosen
+    # `--steps 7000` (a quiet core's 60 s) on a quiet machine is the check at the target.
+    # hidden 128 / batch 256 (before): the 2026-11-24 run of
+    # benchmarks/diffusion_quality_vs_steps.py trained MLP 128 x 3 for 12,000 steps of batch 256
+    # in 92-106 s of one core and put ddpm 1000 and dpm++ 15 at the data floor on most toys.
+    f"{_TOYS} --steps 2000 --n 2000 --toys rings --families diffusion,diffusion:old "
+    "(screened at equal steps)",
 )
 DIFFUSION_SMALL_IMAGE = Recipe(
     "diffusion",
     "small_image",
-    {},
+    {
+        "schedule": "rectified",
+        "prediction": "v",
+        "loss_weight": "flow",
+        "time_sampling": "logit_normal",
+    },
+    # The straight path as for points (SD3's objective), with the default net (hidden 256,
+    # batch 128). Digits at equal steps, 600 steps each (a 2-core machine at load 12),
+    # compare's Fréchet distance (floor 5.19, GMM 23.6), dpm++ 20 steps, 2026-12-01:
+    #                                                   seed 0   seed 1   seed 0 at NFE 5/10/50
+    #   linear, eps, "simple", uniform (the old defaults) 48.5     35.6     54 / 50 / 51
+    #   rectified, v, "flow", logit_normal                38.0     28.4     46 / 43 / 39
+    # (seed 0 test bits/dim on 10 points: 3.50 against 3.28). Earlier, on the linear path:
     # Digits at 20 s of one core, compare's Fréchet distance (GMM 23.6, floor 5.19), DPM-Solver++
     # 20 steps (in brackets: 10 steps), 2026-12-01:
     #   hidden 256, batch 128 (the defaults)  ~1,400 steps   FD 43.9 (39.3)
@@ -154,8 +180,8 @@ DIFFUSION_SMALL_IMAGE = Recipe(
     # and at 5,000 steps of hidden 128 (dpm++ 20 / dpm++ 10 / ddim 50 / ode heun 25 / ddpm 1000):
     #   prediction "v"                                 47.6 / 38.4 / 51.1 / 44.6 / 54.8
     #   "v" + loss_weight "edm" + time_sampling "lognormal"  47.2 / 37.7 / 49.1 / 42.7 / 53.3
-    # None beat the defaults by more than the noise; the recipe keeps them (target not met).
-    f"{_DIGITS} --seconds 20 (screened at equal CPU seconds)",
+    # None beat the linear-path defaults by more than the noise.
+    f"{_DIGITS} --steps 600 --families diffusion,diffusion:rect (screened at equal steps)",
 )
 
 RECIPES: dict[tuple[str, str], Recipe] = {
