@@ -19,6 +19,7 @@ from genlab.models.flow import (
     reflow_budgets,
 )
 from genlab.nets import MLP
+from genlab.nets.embeddings import SinusoidalEmbedding, set_time_scale
 from genlab.schedules import PATHS
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -109,6 +110,46 @@ def test_meanflow_target_against_autograd_and_finite_differences_on_a_net():
         gz, gt = torch.autograd.grad(u(zz, r, tt)[:, i].sum(), (zz, tt))
         rows.append((gz * v).sum(1) + gt)
     torch.testing.assert_close(target, v - (t - r)[:, None] * torch.stack(rows, 1))
+
+
+def test_a_trained_meanflow_learns_the_exact_one_step_map_of_gaussian_data():
+    # data N(M, S^2) is standardised by the model, so in its space data and noise are both
+    # N(0, 1) and the exact one-step map is the identity: sample(noise=eps) = loc + scale eps
+    x = torch.randn(2048, 1, generator=torch.Generator().manual_seed(0)) * S + M
+    model = FlowMatching(objective="meanflow", hidden=32, depth=2, max_steps=300, batch_size=256,
+                         lr=3e-3, seed=0).fit(x)  # fmt: skip
+    assert model.config.meanflow_ratio == 0.75 and model.config.time_embed_scale == 1.0
+    eps = torch.randn(4000, 1, generator=torch.Generator().manual_seed(1))
+    one_step = model.sample(4000, noise=eps)
+    assert model.nfe_ == 1
+    exact = model._to_data_space(eps)
+    # the old defaults (ratio 0.25, features of t * 1000) gave 0.43 here, each fix alone 0.2
+    assert float((one_step - exact).square().mean().sqrt()) < 0.15 * S
+    assert float(one_step.std()) == pytest.approx(S, rel=0.1)
+    assert float(one_step.mean()) == pytest.approx(M, abs=0.1 * S)
+
+
+def test_time_features_scale_and_its_t_derivative():
+    t = torch.tensor([0.1, 0.5, 0.9], dtype=F64)
+    big, small = SinusoidalEmbedding(8).double(), SinusoidalEmbedding(8, scale=1.0).double()
+    k = torch.arange(4, dtype=F64)
+    angle = t[:, None] * 10_000.0 ** (-k / 4)
+    torch.testing.assert_close(small(t), torch.cat([angle.cos(), angle.sin()], 1))
+    torch.testing.assert_close(big(t), small(1000 * t))
+
+    # d emb / dt is bounded by the scale: rough at 1000, smooth at 1
+    def slope(emb):
+        return torch.autograd.functional.jacobian(lambda s: emb(s).sum(0), t).abs().max()
+
+    assert 100 < float(slope(big)) <= 1000 + 1e-9 and float(slope(small)) <= 1 + 1e-12
+    net = MLP(2, 2, hidden=(8,), time_dim=8, time_inputs=2, time_scale=3.0)
+    scales = {m.scale for m in net.modules() if isinstance(m, SinusoidalEmbedding)}
+    assert scales == {3.0}
+    set_time_scale(net, 1.0)
+    assert {m.scale for m in net.modules() if isinstance(m, SinusoidalEmbedding)} == {1.0}
+    for bad in (0.0, -1.0, float("inf"), True):
+        with pytest.raises(ValueError, match="time scale"):
+            SinusoidalEmbedding(8, scale=bad)
 
 
 def test_time_pairs_and_adaptive_weight():
@@ -254,6 +295,15 @@ def test_standard_default_keys_and_defaults_unchanged():
     model, _ = fitted("standard", max_steps=1)
     assert not any("time_embed_extra" in k for k in model.state_dict())
     assert model.config.sample_steps == 50 and model.config.sample_method == "heun"
+    assert model.config.time_embed_scale == 1000.0 and model.config.meanflow_ratio == 0.25
+    # MeanFlow's point defaults are for points only: images keep the measured digits recipe
+    digits = torch.rand(16, 1, 8, 8)
+    image = FlowMatching(objective="meanflow", max_steps=1, hidden=8, depth=1).fit(digits)
+    assert image.config.time_embed_scale == 1000.0 and image.config.meanflow_ratio == 0.25
+    options = {"time_embed_scale": 50.0, "meanflow_ratio": 0.5}
+    given = FlowMatching(objective="meanflow", max_steps=1, hidden=8, depth=1, **options)
+    given.fit(torch.randn(32, 2))
+    assert given.config.time_embed_scale == 50.0 and given.config.meanflow_ratio == 0.5
     meanflow, _ = fitted("meanflow", max_steps=1)
     assert any("time_embed_extra" in k for k in meanflow.state_dict())
 

@@ -1,8 +1,10 @@
 """Embeddings of time and class labels, and the helpers every net in `genlab.nets` shares.
 
-Time t is continuous, in [0, 1]. `SinusoidalEmbedding` multiplies it by `TIME_SCALE` (1000)
-before taking sines and cosines, so that t in [0, 1] spans the same phases as the integer steps
-0..999 of DDPM, and the low frequencies of the bank still turn by a useful angle.
+Time t is continuous, in [0, 1]. `SinusoidalEmbedding` multiplies it by `scale` (default
+`TIME_SCALE`, 1000) before taking sines and cosines, so that t in [0, 1] spans the same phases as
+the integer steps 0..999 of DDPM, and the low frequencies of the bank still turn by a useful
+angle. A net whose output is differentiated in t (MeanFlow's d/dt u) wants a smaller scale: the
+features' t-derivatives grow with it (up to `scale` per unit t).
 
 Labels are integers in [0, n_classes); the extra index n_classes is the *null* label that
 classifier-free guidance trains on (label dropout) and samples with. Which labels to drop, and
@@ -28,19 +30,22 @@ class SinusoidalEmbedding(nn.Module):
         emb(t) = [cos(s omega_0), ..., cos(s omega_{half-1}),
                   sin(s omega_0), ..., sin(s omega_{half-1})]        (+ one zero if dim is odd)
 
-    The periods run geometrically from 2 pi to about 2 pi max_period in units of s. No
+    with s = scale * t instead when `scale` is given. The periods run geometrically from 2 pi
+    to about 2 pi max_period in units of s, so d emb / dt is at most `scale` in size. No
     parameters or buffers: the output follows t's device and dtype (computed in at least
     float32), so the nets cast t to the dtype of x first.
 
     Args:
         dim: output size (>= 2).
-        max_period: the longest period, in units of t * TIME_SCALE.
+        max_period: the longest period, in units of t * scale.
+        scale: the multiplier of t (default TIME_SCALE); a plain attribute, not saved in a
+            state_dict (the family's config stores it).
 
     Shapes:
         t: (B,) float, times in [0, 1]  ->  (B, dim), in the dtype of t.
     """
 
-    def __init__(self, dim: int, max_period: float = 10_000.0):
+    def __init__(self, dim: int, max_period: float = 10_000.0, scale: float = TIME_SCALE):
         super().__init__()
         if isinstance(dim, bool) or not isinstance(dim, int) or dim < 2:
             raise ValueError(f"dim must be an integer >= 2, got {dim!r}")
@@ -48,6 +53,7 @@ class SinusoidalEmbedding(nn.Module):
             raise ValueError(f"max_period must be > 1, got {max_period!r}")
         self.dim = dim
         self.max_period = float(max_period)
+        self.scale = check_time_scale(scale)
 
     def forward(self, t: Tensor) -> Tensor:
         if not isinstance(t, Tensor) or t.ndim != 1:
@@ -59,21 +65,38 @@ class SinusoidalEmbedding(nn.Module):
         work = torch.float64 if t.dtype == torch.float64 else torch.float32  # never fp16 here
         k = torch.arange(half, device=t.device, dtype=torch.float64)
         freqs = torch.exp(-math.log(self.max_period) / half * k).to(work)  # (half,)
-        args = (t.to(work) * TIME_SCALE)[:, None] * freqs[None, :]  # (B, half)
+        args = (t.to(work) * self.scale)[:, None] * freqs[None, :]  # (B, half)
         emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)  # (B, 2 * half)
         if self.dim % 2:
             emb = nn.functional.pad(emb, (0, 1))
         return emb.to(t.dtype)
 
     def extra_repr(self) -> str:
-        return f"dim={self.dim}, max_period={self.max_period:g}"
+        return f"dim={self.dim}, max_period={self.max_period:g}, scale={self.scale:g}"
 
 
-def time_mlp(frequencies: int, out_dim: int) -> nn.Sequential:
-    """t (B,) -> (B, out_dim): a sinusoidal embedding of `frequencies` features, then
-    Linear-SiLU-Linear (the time conditioning shared by the MLP and the UNet)."""
+def check_time_scale(scale: float) -> float:
+    """scale as a float, finite and > 0 (the multiplier of t in the time features)."""
+    if isinstance(scale, bool) or not isinstance(scale, int | float) or not 0 < scale < math.inf:
+        raise ValueError(f"the time scale must be a finite number > 0 (e.g. 1000), got {scale!r}")
+    return float(scale)
+
+
+def set_time_scale(module: nn.Module, scale: float) -> nn.Module:
+    """Give every `SinusoidalEmbedding` inside `module` the multiplier `scale` (for a net
+    built without a time_scale argument, e.g. the UNet); returns module."""
+    scale = check_time_scale(scale)
+    for m in module.modules():
+        if isinstance(m, SinusoidalEmbedding):
+            m.scale = scale
+    return module
+
+
+def time_mlp(frequencies: int, out_dim: int, scale: float = TIME_SCALE) -> nn.Sequential:
+    """t (B,) -> (B, out_dim): a sinusoidal embedding of `frequencies` features (t times
+    `scale`), then Linear-SiLU-Linear (the time conditioning shared by the MLP and the UNet)."""
     return nn.Sequential(
-        SinusoidalEmbedding(frequencies),
+        SinusoidalEmbedding(frequencies, scale=scale),
         nn.Linear(frequencies, out_dim),
         nn.SiLU(),
         nn.Linear(out_dim, out_dim),

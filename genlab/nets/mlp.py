@@ -9,9 +9,11 @@ import torch
 from torch import Tensor, nn
 
 from genlab.nets.embeddings import (
+    TIME_SCALE,
     LabelEmbedding,
     check_labels,
     check_time_inputs,
+    check_time_scale,
     init_weights,
     null_labels,
     time_columns,
@@ -74,6 +76,8 @@ class MLP(nn.Module):
         time_inputs: times per row (1: t is (B,); k: t is (B, k)); needs time_dim. The default
             1 keeps the state_dict keys of a one-time net (the extra embeddings are
             `time_embed_extra.{j}`).
+        time_scale: the multiplier of t in the sinusoidal features (`SinusoidalEmbedding`);
+            the default TIME_SCALE (1000) is every saved net's.
 
     Shapes:
         x: (B, in_dim), t: (B,) float in [0, 1] (or a scalar; (B, k) with time_inputs=k),
@@ -92,10 +96,12 @@ class MLP(nn.Module):
         n_classes: int | None = None,
         dropout: float = 0.0,
         time_inputs: int = 1,
+        time_scale: float = TIME_SCALE,
     ):
         super().__init__()
         hidden = tuple(hidden)
         time_inputs = check_time_inputs(time_inputs)
+        time_scale = check_time_scale(time_scale)
         if time_inputs > 1 and time_dim is None:
             raise ValueError(f"time_inputs={time_inputs} needs a time_dim (e.g. 64)")
         for name, v in [("in_dim", in_dim), ("out_dim", out_dim), *[("hidden", h) for h in hidden]]:
@@ -111,9 +117,9 @@ class MLP(nn.Module):
         cond_dim = hidden[0] if (time_dim is not None or n_classes is not None) else None
         self.time_embed = None
         if time_dim is not None:
-            self.time_embed = time_mlp(time_dim, cond_dim)
+            self.time_embed = time_mlp(time_dim, cond_dim, time_scale)
         self.time_embed_extra = nn.ModuleList(
-            time_mlp(time_dim, cond_dim) for _ in range(time_inputs - 1)
+            time_mlp(time_dim, cond_dim, time_scale) for _ in range(time_inputs - 1)
         )
         self.label_embed = LabelEmbedding(n_classes, cond_dim) if n_classes is not None else None
 
