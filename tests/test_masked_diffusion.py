@@ -183,6 +183,77 @@ def test_sampling_never_leaves_a_mask(text_model, image_model, steps, confidence
     assert (images >= 0).all() and (images <= 1).all()
 
 
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+def test_reveal_steps_follow_the_step_by_step_unmasking_law(schedule):
+    """P(revealed at step j) = alpha(t_{j+1}) - alpha(t_j): the product of the ancestral coin
+    flips unmask_probability(t_i, t_{i+1}) (not revealed before j, revealed at j)."""
+    steps, n = 5, 40_000
+    free = torch.ones(n, 3, dtype=torch.bool)
+    free[:, 1] = False
+    when = mdm.reveal_steps(free, steps, schedule, torch.Generator().manual_seed(0))
+    assert (when[:, 1] == -1).all() and when[:, [0, 2]].min() >= 0
+    grid = mdm.time_grid(steps)
+    expected, still = [], 1.0
+    for t, s in itertools.pairwise(grid):
+        p = mdm.unmask_probability(t, s, schedule)
+        expected.append(still * p)
+        still *= 1 - p
+    freq = torch.bincount(when[:, [0, 2]].flatten(), minlength=steps).double() / (2 * n)
+    torch.testing.assert_close(freq, torch.tensor(expected, dtype=torch.float64), atol=6e-3,
+                               rtol=0)  # fmt: skip
+
+
+def test_ancestral_sampler_draws_the_brute_force_distribution(text_model):
+    """Two free tokens (the rest of the window stays [MASK]) sampled at T steps: both at one
+    step with probability 1/T (linear schedule), else one first, uniformly:
+    p(a, b) = p(a|MM) p(b|MM) / T + (1 - 1/T) / 2 [p(a|MM) p(b|aM) + p(b|MM) p(a|Mb)]."""
+    model, T, n = text_model, 4, 30_000
+    M, V = model.mask_id_, model.n_out_
+    with torch.no_grad():
+
+        def lp(rows):  # (k, 8) -> (k, 2, V) probabilities at the two free positions
+            return torch.softmax(model.net(rows)[:, :2, :V].double(), -1)
+
+        base = torch.full((1, 8), M)
+        p0 = lp(base)[0]  # (2, V): both masked
+        first = base.repeat(V, 1)
+        first[:, 0] = torch.arange(V)
+        p_b_given_a = lp(first)[:, 1]  # (V_a, V_b)
+        second = base.repeat(V, 1)
+        second[:, 1] = torch.arange(V)
+        p_a_given_b = lp(second)[:, 0]  # (V_b, V_a)
+    exact = p0[0][:, None] * p0[1][None, :] / T + (1 - 1 / T) / 2 * (
+        p0[0][:, None] * p_b_given_a + p0[1][None, :] * p_a_given_b.T
+    )
+    assert float(exact.sum()) == pytest.approx(1.0, abs=1e-9)
+    rows = model.unmask(torch.full((n, 8), M), torch.arange(8).expand(n, 8) < 2, T,
+                        torch.Generator().manual_seed(0))  # fmt: skip
+    assert (rows[:, 2:] == M).all()
+    counts = torch.bincount(rows[:, 0] * V + rows[:, 1], minlength=V * V).double() / n
+    tv = 0.5 * float((counts - exact.flatten()).abs().sum())
+    noise = 0.5 * float((2 * exact / (math.pi * n)).sqrt().sum())  # E TV of n exact draws
+    assert tv < 2 * noise + 0.005, (tv, noise)
+
+
+def test_sampler_runs_only_the_rows_that_reveal_and_bfloat16(text_model):
+    """Each forward pass runs the rows that reveal a token at that step: at most one row
+    per revealed token in all, and at most one pass per step."""
+    rows_seen = []
+    hook = text_model.net.register_forward_pre_hook(lambda m, a: rows_seen.append(len(a[0])))
+    try:
+        out = text_model.sample(4, seed=0, steps=64)
+    finally:
+        hook.remove()
+    assert sum(rows_seen) <= 4 * 8 and len(rows_seen) == text_model.nfe_ <= 64
+    assert all(len(s) == 8 and "_" not in s for s in out)
+    for confidence in (False, True):
+        fast = text_model.sample(3, seed=0, steps=4, precision="bfloat16", confidence=confidence,
+                                 infill="t_e _a_.")  # fmt: skip
+        assert all(len(s) == 8 and s[0] == "t" and s[2:4] == "e " for s in fast)
+    with pytest.raises(ValueError, match="precision must be one of"):
+        text_model.sample(1, precision="float16")
+
+
 def test_prompt_and_infill_keep_the_fixed_tokens(text_model):
     out = text_model.sample(6, seed=1, prompt="the ", steps=4)
     assert all(s.startswith("the ") and len(s) == 8 for s in out)

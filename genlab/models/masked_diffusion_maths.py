@@ -133,6 +133,26 @@ def draw_step_masks(
 
 
 # -- the samplers' steps --------------------------------------------------------------------------
+def reveal_steps(
+    free: Tensor, steps: int, schedule: ScheduleName, generator: torch.Generator
+) -> Tensor:
+    """The step at which the ancestral sampler reveals each free position, drawn up front.
+
+    A token masked at t = 1 is still masked at time s with probability 1 - alpha(s), so with
+    one u ~ U[0, 1) per position it is revealed at the first step j (from t_j to t_{j+1} of
+    `time_grid`) with alpha(t_{j+1}) > u: P(step j | masked at t_j) = (alpha(t_{j+1}) -
+    alpha(t_j)) / (1 - alpha(t_j)), the law of `unmask_probability`'s coin flips, step after
+    step. The times do not depend on the tokens drawn, so the sampler knows before each step
+    which rows reveal anything (the others need no forward pass).
+
+    Shapes: free (n, L) bool  ->  (n, L) long in [0, steps), -1 where not free.
+    """
+    a = alpha(torch.tensor(time_grid(steps)[1:], dtype=torch.float64), schedule)  # up to 1
+    u = torch.rand(free.shape, generator=generator, dtype=torch.float64, device=generator.device)
+    step = torch.searchsorted(a, u.cpu().flatten(), right=True).reshape(free.shape)
+    return step.clamp(max=steps - 1).to(free.device).masked_fill(~free, -1)
+
+
 def masked_after(free_count: Tensor, s: float, schedule: ScheduleName) -> Tensor:
     """The number of free tokens left masked at time s by the confidence sampler:
     round(m (1 - alpha(s))), 0 at s = 0. Shapes: (n,) -> (n,) long."""
