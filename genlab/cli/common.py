@@ -50,8 +50,8 @@ EXIT_INTERRUPTED = 130
 """Exit code after Ctrl-C (128 + SIGINT, as shells report it; typer's own code for it)."""
 
 DATA_HELP = (
-    f"Data set: one of {', '.join(BUILTINS)}, a .npy/.csv file, or text:FILE.txt (a UTF-8 "
-    "corpus for text models)."
+    f"Data set: one of {', '.join(BUILTINS)}, a .npy/.csv file, a folder of PNG/JPEG/WebP "
+    "images (labels from its sub-folders), or text:FILE.txt (a UTF-8 corpus for text models)."
 )
 
 console = Console(highlight=False)
@@ -326,6 +326,65 @@ RootOption = Annotated[
     Path | None,
     typer.Option("--root", help="Folder holding the MNIST files (default: $GENLAB_DATA)."),
 ]
+ChannelsOption = Annotated[
+    int | None,
+    typer.Option(
+        "--channels",
+        min=1,
+        max=4,
+        help="Image folders: 1 (grey), 3 (RGB) or 4 (RGBA). Default: as the files are (grey "
+        "files 1, colour files 3).",
+    ),
+]
+SizeOption = Annotated[
+    str | None,
+    typer.Option(
+        "--size",
+        help="Image folders: resize and centre-crop every image to N x N (--size N) or H x W "
+        "(--size HxW). Default: the files' own size, which must be the same for all.",
+    ),
+]
+LabelOption = Annotated[
+    str | None,
+    typer.Option(
+        "--label",
+        help="Class label of every sample (conditional models): its name (an image folder's "
+        "sub-folder) or its number.",
+    ),
+]
+
+
+def parse_size(text: str | None) -> int | tuple[int, int] | None:
+    """--size "32" as 32, "32x24" as (32, 24) (height x width); the loader checks the values.
+
+    Raises:
+        ValueError: anything else, naming the two forms.
+    """
+    if text is None:
+        return None
+    parts = text.lower().replace(" ", "").split("x")
+    if len(parts) in (1, 2) and all(part.isdecimal() for part in parts):
+        values = tuple(int(part) for part in parts)
+        return values[0] if len(values) == 1 else values
+    raise ValueError(f"--size must be N or HxW (e.g. 32 or 32x48), got {text!r}")
+
+
+def image_options(channels: int | None, size: str | None) -> dict[str, Any]:
+    """The keyword arguments of `load_dataset` that --channels and --size give (the ones
+    given only: other data refuses them)."""
+    chosen = {"channels": channels, "size": parse_size(size)}
+    return {k: v for k, v in chosen.items() if v is not None}
+
+
+def parse_label(text: str | None, names: Sequence[str] | None) -> int | str | None:
+    """--label as the model's `sample` takes it: a class name of the model (`label_names_`)
+    as it is, else a number as an int, else the text (which the model refuses, naming its
+    labels)."""
+    if text is None or (names is not None and text in names):
+        return text
+    return int(text) if text.isdecimal() else text
+
+
 ModelDir = Annotated[
     Path,
     typer.Argument(

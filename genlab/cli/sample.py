@@ -1,8 +1,10 @@
-"""`genlab sample`: draw samples from a saved model and write them as .npy or .png (text
-models print theirs, token by token)."""
+"""`genlab sample`: draw samples from a saved model and write them as .npy, as .png (a scatter
+or a grid), or as a folder of PNG files, one per image (text models print theirs, token by
+token)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -12,8 +14,8 @@ import typer
 
 import genlab
 from genlab import plots
-from genlab.cli.common import ModelDir, app, check_suffix
-from genlab.data import shape_kind
+from genlab.cli.common import LabelOption, ModelDir, app, parse_label
+from genlab.data import save_image_folder, shape_kind
 from genlab.models import GenerativeModel
 
 SAMPLER_FLAGS = {
@@ -53,6 +55,45 @@ def sampler_options(model: GenerativeModel, **given: Any) -> dict[str, Any]:
             f"see 'genlab sample --help'"
         )
     return chosen
+
+
+OUT_SUFFIXES = (".npy", ".png", ".csv", ".parquet")
+"""The files --out may name; a name ending in / (or an existing folder) is a folder of PNGs."""
+GRID_FILE = "grid.png"
+
+
+def is_folder_out(text: str) -> bool:
+    """Whether --out names a folder: it ends in a slash, or is an existing folder."""
+    return text.endswith(("/", os.sep)) or Path(text).is_dir()
+
+
+def check_out(text: str | None) -> str | None:
+    """A typer callback refusing an --out that is neither a known file nor a folder."""
+    if text is None or is_folder_out(text) or Path(text).suffix.lower() in OUT_SUFFIXES:
+        return text
+    raise typer.BadParameter(
+        f"{text!r} must end in {' or '.join(OUT_SUFFIXES)} (a file), or in / (a folder of PNGs)"
+    )
+
+
+def write_sample_folder(samples: torch.Tensor, folder: Path, title: str) -> str:
+    """One PNG per image sample (`folder/0000.png`, ...: `save_image_folder`, 8 bits per
+    channel) and a grid of them, `folder/grid.png`; returns what was written, for the message.
+
+    Raises:
+        ValueError: the samples are not images, or the folder is not empty.
+    """
+    shape = tuple(samples.shape[1:])
+    if shape_kind(shape) != "image":
+        raise ValueError(
+            f"--out {folder}/ writes images, one PNG each; this model samples points of shape "
+            f"{shape}: use --out FILE.npy (or FILE.png for a scatter of 2-D points)"
+        )
+    if folder.exists() and any(folder.iterdir()):
+        raise ValueError(f"--out {folder}/ is not empty: choose a new folder or empty it")
+    files = save_image_folder(samples, folder)
+    plots.sample_grid(samples, folder / GRID_FILE, title=title)
+    return f"{folder}/ ({files[0].name} to {files[-1].name}, and {GRID_FILE})"
 
 
 def write_sample_png(samples: torch.Tensor, path: Path, title: str) -> Path:
@@ -97,13 +138,14 @@ def sample(
     ] = None,
     seed: Annotated[int, typer.Option(min=0, help="Seed of the sampler.")] = 0,
     out: Annotated[
-        Path | None,
+        str | None,
         typer.Option(
             "--out",
             "-o",
-            callback=check_suffix((".npy", ".png")),
-            help="FILE.npy (the array) or FILE.png (a scatter of 2-D points or an image grid) "
-            "(default: MODEL_DIR/samples.npy).",
+            callback=check_out,
+            help="FILE.npy (the array), FILE.png (a scatter of 2-D points or an image grid), "
+            "DIR/ (one PNG per image and DIR/grid.png), or FILE.csv / FILE.parquet (rows as a "
+            "table) (default: MODEL_DIR/samples.npy; a model of a table: samples.csv).",
         ),
     ] = None,
     steps: Annotated[
@@ -117,9 +159,7 @@ def sample(
         float | None,
         typer.Option(help="Classifier-free guidance weight w (conditional models; 0: none)."),
     ] = None,
-    label: Annotated[
-        int | None, typer.Option("--label", min=0, help="Class label y of every sample.")
-    ] = None,
+    label: LabelOption = None,
     eta: Annotated[
         float | None, typer.Option(min=0.0, help="DDIM noise (0: deterministic, 1: DDPM).")
     ] = None,
@@ -168,7 +208,7 @@ def sample(
         float | None, typer.Option(help="Token samplers: nucleus mass in (0, 1].")
     ] = None,
 ) -> None:
-    """Draw samples from a saved model and write them as .npy or .png.
+    """Draw samples from a saved model and write them as .npy, .png or a folder of PNGs.
 
     Sampler options (--steps, --method, --guidance, --label, --eta, --order, --grid, --times,
     --churn, --prompt, --max-new-tokens, --temperature, --top-k, --top-p, --infill,
@@ -176,6 +216,7 @@ def sample(
     `sample` does not take one of them reports it.
     """
     model = genlab.load(model_dir)
+    label = parse_label(label, model.label_names_)
     options = sampler_options(model, steps=steps, method=method, guidance=guidance, y=label,
                               eta=eta, order=order, grid=grid, prompt=prompt,
                               max_new_tokens=max_new_tokens,
@@ -183,19 +224,33 @@ def sample(
                               times=parse_times(times), churn=churn, infill=infill,
                               placeholder=placeholder, confidence=confidence)  # fmt: skip
     if model.is_text:
-        sample_text(model, n or 1, seed, out, options)
+        sample_text(model, n or 1, seed, None if out is None else Path(out), options)
         return
     n = 1000 if n is None else n
+    table_out = out is not None and Path(out).suffix.lower() in (".csv", ".parquet")
+    if model.table_transform_ is not None or table_out:  # rows as a table (genlab.data.tables)
+        from genlab.data.tables import write_table
+        from genlab.models.tabular import sample_frame
+
+        frame = sample_frame(model, n, seed, **options)
+        path = write_table(frame, Path(out) if out is not None else model_dir / "samples.csv")
+        typer.echo(f"wrote {path} ({n} rows of {frame.shape[1]} columns)")
+        return
     samples = model.sample(n, seed=seed, **options).detach().cpu()
     if not torch.isfinite(samples).all():
         raise ValueError(
             f"the samples of {model_dir} contain NaN or infinity (nothing written): the model "
             "is broken; re-fit it or restore the folder"
         )
-    out = out or model_dir / "samples.npy"
+    title = f"{n} samples from {model.family}"
+    if out is not None and is_folder_out(out):
+        written = write_sample_folder(samples, Path(out), title)
+        typer.echo(f"wrote {written} ({n} samples of shape {tuple(samples.shape[1:])})")
+        return
+    out = Path(out) if out is not None else model_dir / "samples.npy"
     if out.suffix.lower() == ".npy":
         out.parent.mkdir(parents=True, exist_ok=True)
         np.save(out, samples.numpy())
     else:
-        write_sample_png(samples, out, title=f"{n} samples from {model.family}")
+        write_sample_png(samples, out, title=title)
     typer.echo(f"wrote {out} ({n} samples of shape {tuple(samples.shape[1:])})")

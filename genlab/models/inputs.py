@@ -190,6 +190,36 @@ def as_labels(y: Any, n: int, n_classes: int) -> torch.Tensor:
     return y.long()
 
 
+def labels_from_names(y: Any, names: tuple[str, ...] | None) -> Any:
+    """y with class names replaced by their label values (label k is `names[k]`): a str gives
+    an int, a sequence of str an (n,) int64 tensor; labels of any other kind come back as
+    they are.
+
+    Raises:
+        ValueError: a name not among `names`, or names given to a model without them.
+    """
+    if isinstance(y, str):
+        return int(labels_from_names([y], names)[0])
+    if y is None or isinstance(y, torch.Tensor | int | np.integer):
+        return y
+    values = np.asarray(y, dtype=object)
+    if values.ndim != 1 or not values.size or not all(isinstance(v, str) for v in values):
+        return y
+    if names is None:
+        raise ValueError(
+            f"label {values[0]!r} is a name, but this model's labels have none (it was fitted "
+            "on integer labels): pass y as an integer class 0..K-1"
+        )
+    index = {name: k for k, name in enumerate(names)}
+    unknown = sorted({v for v in values.tolist() if v not in index})
+    if unknown:
+        shown = ", ".join(map(repr, names[:20])) + (", ..." if len(names) > 20 else "")
+        raise ValueError(
+            f"unknown label {', '.join(map(repr, unknown[:5]))}: this model's labels are {shown}"
+        )
+    return torch.tensor([index[v] for v in values.tolist()], dtype=torch.int64)
+
+
 def check_finite(x: torch.Tensor, what: str = "x") -> None:
     if not torch.isfinite(x).all():
         bad = int((~torch.isfinite(x)).any(dim=tuple(range(1, x.ndim))).nonzero()[0, 0])
@@ -213,6 +243,9 @@ class TrainingData(NamedTuple):
         text: the corpus of a text data set, else None.
         name: the data set's name ("" for tensors).
         n_classes: max(y) + 1, or None without labels.
+        label_names: the class name of each label value (label k is `label_names[k]`) when
+            y is given with a Dataset that names its classes (an image folder's
+            `label_names`), else None.
     """
 
     x: ArrayLike | None
@@ -223,6 +256,7 @@ class TrainingData(NamedTuple):
     text: str | None
     name: str
     n_classes: int | None
+    label_names: tuple[str, ...] | None = None
 
     @classmethod
     def from_input(cls, x: Any, y: Any = None) -> TrainingData:
@@ -250,7 +284,10 @@ class TrainingData(NamedTuple):
             kind = "image" if lo >= 0 and hi <= 1 else "points"
         levels = dataset.levels if dataset is not None and kind == "image" else None
         name = dataset.name if dataset is not None else ""
-        return cls(rows, y, event_shape, kind, levels, None, name, check_train_labels(y))
+        n_classes, names = check_train_labels(y), None
+        if n_classes is not None:  # a Dataset that names its classes (an image folder's)
+            names = _dataset_label_names(getattr(dataset, "label_names", None), n_classes)
+        return cls(rows, y, event_shape, kind, levels, None, name, n_classes, names)
 
     @property
     def dim(self) -> int:
@@ -281,3 +318,15 @@ class TrainingData(NamedTuple):
         x = x.float() if x.dtype != torch.float32 else x
         check_finite(x)
         return x
+
+
+def _dataset_label_names(names: Any, n_classes: int) -> tuple[str, ...] | None:
+    """The names of labels 0..n_classes - 1 from a Dataset's `label_names` (None: none)."""
+    if names is None:
+        return None
+    if n_classes > len(names):
+        raise ValueError(
+            f"y has labels up to {n_classes - 1}, but the data set names only {len(names)} "
+            f"classes ({', '.join(map(repr, names[:5]))}...): pass the data set's own labels"
+        )
+    return tuple(names[:n_classes])
