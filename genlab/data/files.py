@@ -10,6 +10,10 @@ range and integers float32 would round (beyond 2**24) are refused, naming the ro
 rounded to float32 when a model reads them. Complex, string, object and structured arrays
 are refused when the file is opened. A CSV file's numbers are float32 after reading (rounded),
 and an empty or non-finite cell is refused, naming its line and column.
+
+Tables with text columns go to `genlab.data.tables` (categories, booleans, missing cells): a
+`.parquet` file always, and a `.csv` file whose first line is a header and which has a text
+column (`is_table_csv`); the Dataset is then a `TableDataset` of encoded rows.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from genlab.data.dataset import (
 )
 from genlab.data.text import decode_utf8
 
-FILE_SUFFIXES = (".npy", ".csv")
+FILE_SUFFIXES = (".npy", ".csv", ".parquet", ".pq")
 _NPY_MAGIC = b"\x93NUMPY"
 
 
@@ -53,7 +57,8 @@ class ChannelNpyArray(NpyArray):
 
 
 def is_data_file(name: str | os.PathLike) -> bool:
-    """Whether `name` names a data file: it ends in .npy or .csv, or is an existing file."""
+    """Whether `name` names a data file: it ends in .npy, .csv or .parquet, or is an existing
+    file."""
     return str(name).lower().endswith(FILE_SUFFIXES) or Path(name).is_file()
 
 
@@ -161,6 +166,51 @@ def _is_number(cell: str) -> bool:
     return True
 
 
+SNIFF_ROWS = 1000
+"""Data rows of a CSV file `is_table_csv` reads to decide whether it is a table."""
+
+
+def is_table_csv(path: str | os.PathLike, rows: int = SNIFF_ROWS) -> bool:
+    """Whether a CSV file is a table with text columns (read by `genlab.data.tables`): its
+    first non-blank line is a header (no cell is a number) and, within the next `rows` data
+    rows, some column holds at least two non-empty cells and none that is a number (nor
+    numbers joined by ';', tab or '|', a file of another separator). Otherwise (and for a
+    file that is not UTF-8 CSV) it is numeric, read by `read_csv`, which names any bad cell.
+    """
+    text: dict[int, int] = {}  # column -> text cells seen, or -1 once a number is seen
+    header = False
+    try:
+        with open(path, "rb") as f:
+            reader = csv.reader(_utf8_lines(f, Path(path)))
+            for cells in reader:
+                if not any(cell.strip() for cell in cells):
+                    continue
+                if not header:
+                    if any(map(_is_number, cells)):
+                        return False
+                    header = True
+                    continue
+                for column, cell in enumerate(cells):
+                    if not cell.strip() or text.get(column) == -1:
+                        continue
+                    numeric = _is_number(cell) or _separated_numbers(cell)
+                    text[column] = -1 if numeric else text.get(column, 0) + 1
+                rows -= 1
+                if rows <= 0:
+                    break
+    except (ValueError, csv.Error):  # not UTF-8 or not CSV: read_csv names the problem
+        return False
+    return any(count >= 2 for count in text.values())
+
+
+def _separated_numbers(cell: str) -> bool:
+    """Whether a cell is numbers joined by ';', tab or '|' (a file of another separator)."""
+    return any(
+        len(parts := cell.split(sep)) > 1 and all(map(_is_number, parts))
+        for sep in (";", "\t", "|")
+    )
+
+
 def _open_array(path: Path) -> NpyArray | torch.Tensor:
     """The whole file: a lazy NpyArray for .npy (3-D gains a channel axis), a tensor for CSV.
 
@@ -184,7 +234,9 @@ def _open_array(path: Path) -> NpyArray | torch.Tensor:
 
 
 def load_file(path: str | os.PathLike, split: str) -> Dataset:
-    """Rows of a `.npy` or `.csv` file as a Dataset (y is None, levels None).
+    """Rows of a `.npy` or `.csv` file as a Dataset (y is None, levels None); a table (a
+    `.parquet` file, or a CSV file with text columns: `is_table_csv`) as a `TableDataset`
+    (`genlab.data.tables.load_table`).
 
     Shapes: (n, d) gives kind "points"; (n, H, W) is read as (n, 1, H, W); the kind of
     (n, C, H, W) is "image" when `image_shape` says so, else "points". A `.npy` file stays
@@ -198,6 +250,12 @@ def load_file(path: str | os.PathLike, split: str) -> Dataset:
             the split has no rows.
     """
     path = Path(path)
+    if path.suffix.lower() in (".parquet", ".pq") or (
+        path.suffix.lower() != ".npy" and is_table_csv(path)
+    ):
+        from genlab.data import tables  # pandas is imported only for tables
+
+        return tables.load_table(path, split)
     x = _open_array(path)
     if not 2 <= len(x.shape) <= 4:
         raise ValueError(

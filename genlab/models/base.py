@@ -10,6 +10,7 @@ before the tensors are loaded. Nothing is pickled.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -31,6 +32,7 @@ from genlab.data.dataset import (
     check_seed,
 )
 from genlab.io import write_folder_atomically
+from genlab.models import tabular
 from genlab.models.inputs import (  # re-exported: the protocol's inputs
     MAX_CLASSES,  # noqa: F401
     TrainingData,
@@ -39,6 +41,7 @@ from genlab.models.inputs import (  # re-exported: the protocol's inputs
     check_finite,
     check_train_labels,  # noqa: F401
     iter_chunks,  # noqa: F401
+    labels_from_names,
 )
 from genlab.solvers import local_generator
 from genlab.train import DivergedError  # defined beside the loop that raises it
@@ -107,6 +110,55 @@ class TrajectoryPicture(NamedTuple):
     animate: bool  # also write a GIF of the samples moving
 
 
+# -- class names of labels ------------------------------------------------------------------------
+LABEL_METHODS: dict[str, int | None] = {"sample": None, "log_prob": 1}
+"""The methods whose y may hold class names, and y's position among their arguments after
+self (None: keyword only)."""
+
+
+def _wrap_label_names(cls: type[GenerativeModel]) -> None:
+    """Wrap the `LABEL_METHODS` a family defines itself so that names in y become label
+    values (`labels_from_names` with `label_names_`), and its `_build` (what `genlab.load`
+    calls) so that it restores `label_names_` from config.json's fitted.label_names."""
+    for name, position in LABEL_METHODS.items():
+        method = cls.__dict__.get(name)
+        if method is not None and not getattr(method, "_names_wrapped", False):
+            setattr(cls, name, _named_labels(method, position))
+    build = cls.__dict__.get("_build")
+    if build is not None and not getattr(build, "_names_wrapped", False):
+        cls._build = _restoring_label_names(build)
+
+
+def _named_labels(method: Any, position: int | None) -> Any:
+    @functools.wraps(method)
+    def wrapper(self: GenerativeModel, *args: Any, **kwargs: Any) -> Any:
+        if "y" in kwargs:
+            kwargs["y"] = labels_from_names(kwargs["y"], self.label_names_)
+        elif position is not None and len(args) > position:
+            y = labels_from_names(args[position], self.label_names_)
+            args = (*args[:position], y, *args[position + 1 :])
+        return method(self, *args, **kwargs)
+
+    wrapper._names_wrapped = True
+    return wrapper
+
+
+def _restoring_label_names(build: Any) -> Any:
+    @functools.wraps(build)
+    def wrapper(self: GenerativeModel, event_shape: tuple[int, ...], fitted: dict[str, Any]):
+        build(self, event_shape, fitted)
+        names = fitted.get("label_names")
+        if names is not None and (
+            not isinstance(names, list) or not all(isinstance(v, str) for v in names)
+            or len(set(names)) != len(names)
+        ):  # fmt: skip
+            raise ValueError(f"fitted.label_names must be a list of distinct strings: {names!r}")
+        self.label_names_ = None if names is None else tuple(names)
+
+    wrapper._names_wrapped = True
+    return wrapper
+
+
 class GenerativeModel(nn.Module):
     """A distribution learned from samples: `fit`, `sample`, `log_prob`, `save`.
 
@@ -152,12 +204,20 @@ class GenerativeModel(nn.Module):
     component_study: ClassVar[bool] = False
     #: the network evaluations of the last `sample` (iterative families), else None
     nfe_: int | None = None
+    #: the `genlab.data.tables.TableTransform` of a model fitted on a table, else None
+    table_transform_: Any = None
+    #: the class name of each label value (label k is `label_names_[k]`) of a model fitted on
+    #: named classes (an image folder's sub-folders), so that
+    #: `sample(y="cat")` and `log_prob(x, y=["cat", ...])` take names; None: integer labels
+    label_names_: tuple[str, ...] | None = None
 
     def __init_subclass__(cls, family: str | None = None, **kwargs: Any):
         super().__init_subclass__(**kwargs)
         if family is not None:
             cls.family = family
             FAMILIES[family] = cls
+        tabular.wrap_family(cls)  # tables in fit / log_prob, out of sample (models/tabular.py)
+        _wrap_label_names(cls)  # y="cat" in sample / log_prob; label_names_ back at load
 
     #: the config fields that may also be passed positionally, in order
     positional: ClassVar[tuple[str, ...]] = ()
@@ -221,7 +281,9 @@ class GenerativeModel(nn.Module):
     def _fitted_meta(self) -> dict[str, Any]:
         """config.json's "fitted": event_shape and the `fitted_facts`."""
         facts = {name: getattr(self, f"{name}_") for name in self.fitted_facts}
-        return {"event_shape": list(self.event_shape or ()), **facts}
+        names = {} if self.label_names_ is None else {"label_names": list(self.label_names_)}
+        return {"event_shape": list(self.event_shape or ()), **facts, **tabular.table_meta(self),
+                **names}  # fmt: skip
 
     # -- helpers for subclasses -------------------------------------------------------------------
     @property
@@ -585,6 +647,7 @@ class NeuralModel(GenerativeModel):
         with torch.random.fork_rng(devices=[]):  # the nets' init follows config.seed alone
             torch.manual_seed(self.config.seed)
             rows, labels = self._setup(data)
+        self.label_names_ = data.label_names  # after _setup, whose _build may reset them
         return rows, labels, None if val_data is None else self._val_rows(val_data)
 
     def _setup(self, data: TrainingData) -> tuple[torch.Tensor, torch.Tensor | None]:
