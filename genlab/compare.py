@@ -23,6 +23,17 @@ that on 2-D data it gets the K it needs) and measured on the test split with
   ("frechet_classifier": in those features, not Inception's), k-NN precision and recall, and
   the entropy of the classes it assigns to samples (class coverage). Image samples are first
   put on the data's grid (`metrics.quantize`), as an image file would.
+- Tables (`genlab.data.tables.TableDataset`: a .csv with text columns, a .parquet file): the
+  NLL and sample metrics of the encoded rows, and `genlab.table_metrics` on the samples
+  decoded to the table's columns (`_table_quality`: per-column KS / total variation, the
+  association-matrix difference, ML efficacy of `Settings.table_target`, the DCR privacy
+  test with the test rows as the holdout); the floor row is real train rows.
+- Text (`text:FILE`; `_measure_text`): bits/char of the test text (exact, or a bound with
+  its Monte-Carlo standard error), sampling seconds per 1,000 characters (and at each of
+  `Settings.text_steps` for a family whose sample takes steps), and sample quality without an
+  outside model: the first exact family's (autoregressive) bits/char of every family's
+  samples, character n-gram distances to the test text and the share of known words; the
+  floor row is excerpts of the train text.
 - Cost: training seconds and steps, sampling seconds per 1,000 samples, the sampler's NFE
   (`model.nfe_` where the family counts it), parameters (`model.n_parameters`); for families
   whose `sample` takes `steps` (`sample_options`), quality against NFE from one step
@@ -53,6 +64,7 @@ import re
 import sys
 import time
 import traceback
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,10 +90,23 @@ from genlab.options import Constraint, Flag, Integer, Real, option, validate
 from genlab.report import FLOOR, QUALITY_LABELS, json_safe, write_report
 
 DEFAULT_FAMILIES: tuple[str, ...] = ("gmm", "vae", "flow", "diffusion", "autoregressive")
+TABLE_KEYS: tuple[str, ...] = (
+    "column_score", "ks_mean", "tv_mean", "association_difference", "ml_efficacy", "dcr_ratio",
+    "share_closer_to_train",
+)  # fmt: skip
+"""The table metrics (`genlab.table_metrics`) a record of a table shows; all of them are in its
+details["table_metrics"]."""
+TEXT_KEYS: tuple[str, ...] = (
+    "bits_per_char", "bits_per_char_stderr", "sample_seconds_per_1000_chars",
+    "reference_bits_per_char", "ngram_tv", "known_words",
+)  # fmt: skip
+"""What a record of text shows (`_measure_text`); the family's scores are in details["text"]."""
 RECORD_KEYS: tuple[str, ...] = (
     "data", "family", "status", "error", "log_prob_kind", "nll_space", "nll_nats",
     "bits_per_dim", "mmd", "sliced_wasserstein", "energy_distance", "frechet_classifier",
-    "precision", "recall", "class_entropy_bits", "train_seconds", "train_steps", "nll_seconds",
+    "precision", "recall", "class_entropy_bits", *TABLE_KEYS, *TEXT_KEYS, "train_seconds",
+    "train_steps",
+    "nll_seconds",
     "sample_seconds_per_1000", "nfe", "n_parameters", "n_samples", "details", "nfe_curve",
     "figures", "errors",
 )  # fmt: skip
@@ -181,10 +206,44 @@ class Settings:
     knn_k: int = option(3, "The neighbour of k-NN precision and recall.", Integer(1))
     classifier_epochs: int = option(15, "Epochs of the feature classifier.", Integer(1))
     classifier_seconds: float = option(120.0, "The classifier trains at most this.", POSITIVE)
+    table_target: str | None = option(None, "The column ML efficacy predicts on a table (None: "
+                                      "not measured).")
+    text_samples: int = option(64, "Text: samples per family and per point of the steps "
+                               "curve.", Integer(1))
+    text_tokens: int = option(64, "Text: tokens per sample (max_new_tokens; at most a masked "
+                              "model's block_size).", Integer(1))
+    text_steps: tuple[int, ...] = option((8, 16, 32, 64), "Text: sampler steps of the speed and "
+                                         "quality curve (families whose sample takes steps).",
+                                         Counts())
+    text_test_chars: int | None = option(20_000, "Text: test characters scored (None: all).",
+                                         Integer(1, **OPTIONAL))
     # fmt: on
 
     def __post_init__(self) -> None:
         validate(self)
+
+
+# -- threads --------------------------------------------------------------------------------------
+SMALL_DATA_DIM = 256
+"""Data of at most this many dimensions (2-D toys, 8 x 8 digits) get small networks (the
+recipes' MLPs of 128-256 units, batches of 128-256), whose steps are too short to share
+between threads: `fit_threads` gives them one."""
+
+
+def fit_threads(datasets: Sequence[Dataset], available: int) -> int:
+    """The torch threads to fit compare's families with, given `available` free cores: one
+    when every data set is small (dim <= SMALL_DATA_DIM), else `available`. The caller (the
+    CLI, the one place genlab sets threads) applies it once, before anything trains; torch
+    cannot raise its thread count again within a process, so there is no per-family switch.
+
+    Why one: a step of these nets takes a millisecond or two, so OpenMP's fork/join and
+    spin-waiting cost more than the second core gives back: the main job's flow took 2,482
+    steps of digits in 20 s with 2 threads, about 8,000 on one quiet core (BENCHMARKS.md,
+    issue 17; `benchmarks/compare_threads.py` measures 1 against 2 threads side by side).
+    """
+    if isinstance(available, bool) or not isinstance(available, int) or available < 1:
+        raise ValueError(f"available must be an integer >= 1, got {available!r}")
+    return 1 if all(d.dim <= SMALL_DATA_DIM for d in datasets) else available
 
 
 # -- small helpers --------------------------------------------------------------------------------
@@ -221,13 +280,37 @@ class _Run:
     classifier: TrainedClassifier | None = None
     test_points: torch.Tensor | None = None  # the reference of the sample metrics
     test_features: torch.Tensor | None = None
+    text_reference: tuple[str, GenerativeModel] | None = None  # (family, model): exact log_prob
+    text_samples: dict[tuple[str, int | None], list[str]] = dataclasses.field(default_factory=dict)
+    train_words: frozenset[str] = frozenset()
 
     @property
     def images(self) -> bool:
         return self.train.kind == "image"
 
     @property
+    def text(self) -> bool:
+        return self.train.kind == "text"
+
+    @property
+    def test_text(self) -> str:
+        """The test characters scored: the first `settings.text_test_chars` (None: all)."""
+        return self.test.text[: self.settings.text_test_chars]
+
+    @property
+    def table(self) -> bool:
+        """A table (`genlab.data.tables.TableDataset`: encoded rows, `frame`, `transform`)."""
+        return getattr(self.train, "frame", None) is not None
+
+    @property
+    def sample_kwargs(self) -> dict[str, Any]:
+        """What `sample` needs beyond (n, seed): the encoded rows of a table model."""
+        return {"as_frame": False} if self.table else {}
+
+    @property
     def quality_metric(self) -> str:
+        if self.text:
+            return "reference_bits_per_char" if self.text_reference else "trigram_tv"
         return "frechet_classifier" if self.classifier is not None else "sliced_wasserstein"
 
     def figure(self, stem: str) -> Path | None:
@@ -268,6 +351,26 @@ def _quality(samples: torch.Tensor, run: _Run) -> dict[str, float]:
     return out
 
 
+def _table_quality(rows: Any, record: dict[str, Any], run: _Run) -> None:
+    """The table metrics (`genlab.table_metrics.table_metrics`) of synthetic rows, at most as
+    many as the floor's (`len(train)`): a DataFrame, or encoded rows decoded by the train
+    split's transform. Fidelity and dependence are against the test rows, ML efficacy predicts
+    `settings.table_target` (None: not measured), the DCR test's holdout is the test rows."""
+    from genlab import table_metrics
+
+    n = min(run.settings.n_samples, len(run.train))
+    if hasattr(rows, "iloc"):
+        frame = rows.iloc[:n]
+    else:
+        frame = run.train.transform.inverse_transform(rows[:n])
+    target = run.settings.table_target
+    scores = table_metrics.table_metrics(run.train.frame, run.test.frame, frame, target=target,
+                                         seed=run.seed)  # fmt: skip
+    details = scores.pop("table_details")
+    record.update({key: scores[key] for key in TABLE_KEYS})
+    record["details"]["table_metrics"] = {**scores, **details}
+
+
 # -- fitting: each family by its own recipe ------------------------------------------------------
 def settings_options(settings: Settings) -> dict[str, dict[str, Any]]:
     """Family options that come from compare's `Settings` (the caller's `options` override
@@ -282,10 +385,28 @@ def settings_options(settings: Settings) -> dict[str, dict[str, Any]]:
 VARIANT_SEPARATOR = ":"
 
 
+def resolve_name(name: str) -> tuple[str, dict[str, Any]]:
+    """(registered family, preset options) of a family name or variant label "name:variant":
+    a registered family gives {}; a preset that a family declares in its `presets` (the
+    latent family's "latent-gmm": {"prior": "gmm"}, ...) gives the family and its options.
+
+    Raises:
+        KeyError: a name that is neither.
+    """
+    base = name.split(VARIANT_SEPARATOR, 1)[0]
+    if base in FAMILIES:
+        return base, {}
+    for family, cls in FAMILIES.items():
+        presets = getattr(cls, "presets", {})
+        if base in presets:
+            return family, dict(presets[base])
+    raise KeyError(base)
+
+
 def family_class(name: str) -> type[GenerativeModel]:
-    """The registered class of a family name or of a variant label "family:variant" (e.g.
-    "flow:meanflow", run with the options given for that label)."""
-    return FAMILIES[name.split(VARIANT_SEPARATOR, 1)[0]]
+    """The registered class of a family name, a preset ("latent-gmm") or a variant label
+    "family:variant" (e.g. "flow:meanflow", run with the options given for that label)."""
+    return FAMILIES[resolve_name(name)[0]]
 
 
 def not_applicable(family: str, train: Dataset) -> str | None:
@@ -300,7 +421,7 @@ def _fit(family: str, run: _Run) -> tuple[GenerativeModel, dict[str, Any]]:
     budget, and returns the model and details ("steps", the options it chose, ...)."""
     cls = family_class(family)
     options = {**settings_options(run.settings).get(cls.family, {}),
-               **run.options.get(family, {})}  # fmt: skip
+               **resolve_name(family)[1], **run.options.get(family, {})}  # fmt: skip
     budget = FitBudget(run.budget.seconds, run.budget.steps, run.seed, run.device,
                        run.progress, options)  # fmt: skip
     return cls.fit_for_budget(run.train, budget)
@@ -341,12 +462,18 @@ def _run_family(family: str, run: _Run) -> dict[str, Any]:
     record["log_prob_kind"] = model.log_prob_kind
     record["n_parameters"] = _measure(record, "n_parameters", lambda: int(model.n_parameters))
     run.say(f"{family}: fitted in {record['train_seconds']:.1f} s; measuring")
+    if run.text:
+        return _measure_text(model, record, run)
     _measure(record, "nll", lambda: _measure_nll(model, record, run))
     samples = _measure(record, "samples", lambda: _measure_samples(model, record, run))
     if samples is not None:
         quality = _measure(record, "quality", lambda: _quality(samples, run))
         record.update(quality or {})
+        if run.table:
+            _measure(record, "table_metrics", lambda: _table_quality(samples, record, run))
         _measure(record, "figures", lambda: _family_figures(model, samples, record, run))
+    if model.has_encoder and run.images:
+        _measure(record, "reconstructions", lambda: _reconstructions(model, record, run))
     if "steps" in model.sample_options:
         _measure(record, "nfe_curve", lambda: _nfe_curve(model, record, run))
     if record["status"] == "partial":
@@ -358,7 +485,8 @@ def _measure_nll(model: GenerativeModel, record: dict[str, Any], run: _Run) -> N
     test = run.test
     limit = run.settings.max_nll_points
     if limit is not None and limit < len(test):
-        test = dataclasses.replace(test, x=_rows(test)[:limit], y=None)
+        rows = {"frame": test.frame.iloc[:limit]} if run.table else {}  # a TableDataset's
+        test = dataclasses.replace(test, x=_rows(test)[:limit], y=None, **rows)
     start = time.perf_counter()
     tol = run.settings.ode_tolerance
     result = held_out_nll(model, test, run.seed, rtol=tol, atol=tol)
@@ -369,7 +497,7 @@ def _measure_nll(model: GenerativeModel, record: dict[str, Any], run: _Run) -> N
 def _measure_samples(model: GenerativeModel, record: dict[str, Any], run: _Run) -> torch.Tensor:
     n = run.settings.n_samples
     start = time.perf_counter()
-    samples = model.sample(n, seed=run.seed)
+    samples = model.sample(n, seed=run.seed, **run.sample_kwargs)
     seconds = time.perf_counter() - start
     record.update(sample_seconds_per_1000=seconds * 1000 / n, n_samples=n, nfe=model.nfe_)
     if tuple(samples.shape) != (n, *run.train.event_shape):
@@ -386,7 +514,7 @@ def _nfe_curve(model: GenerativeModel, record: dict[str, Any], run: _Run) -> Non
     for steps in run.settings.nfe_steps:
         start = time.perf_counter()
         try:
-            drawn = model.sample(n, seed=run.seed, steps=steps)
+            drawn = model.sample(n, seed=run.seed, steps=steps, **run.sample_kwargs)
         except (ValueError, NotImplementedError) as e:
             skipped.append({"steps": steps, "reason": _error_text(e)})
             continue
@@ -433,6 +561,168 @@ def _family_figures(
             record["figures"]["density"] = run.relative(path)
 
 
+RECONSTRUCTION_ROWS = 256  # test images of the reconstruction error (16 are drawn)
+
+
+def _reconstructions(model: GenerativeModel, record: dict[str, Any], run: _Run) -> None:
+    """A family with an encoder (`has_encoder`: vae, latent): the mean squared error of its
+    reconstructions of the first test images (put on the data's grid, as samples are) in
+    details["reconstruction_mse"], and the figure of 16 of them under the originals."""
+    x = run.test_points[:RECONSTRUCTION_ROWS]
+    recon = _as_samples(model.reconstruct(x), run)
+    record["details"]["reconstruction_mse"] = float(((recon - x) ** 2).mean())
+    path = run.figure(f"{record['family']}-reconstructions")
+    if path is not None:
+        k = min(16, len(x))
+        plots.sample_grid(torch.cat([x[:k], recon[:k]]), path, nrow=k,
+                          title=f"{record['family']}: test images and reconstructions")  # fmt: skip
+        record["figures"]["reconstructions"] = run.relative(path)
+
+
+# -- text: bits/char, sampling speed and sample quality without an outside model ----------------
+NGRAM_ORDERS: tuple[int, ...] = (1, 2, 3, 4)
+_WORD = re.compile(r"\w+")
+
+
+def words(text: str) -> list[str]:
+    """The words of a text: maximal runs of letters, digits and underscores, lower-cased."""
+    return _WORD.findall(text.lower())
+
+
+def ngram_distance(texts: Sequence[str], reference: str, n: int) -> float:
+    """Total variation 1/2 sum_g |p(g) - q(g)| between the frequencies p of the character
+    n-grams inside each of `texts` and q of those of `reference`: 0 for the same frequencies,
+    1 for disjoint n-grams (a finite sample of the reference's own source scores above 0: the
+    floor row measures that).
+
+    Raises:
+        ValueError: texts or a reference without an n-gram (all shorter than n characters).
+    """
+    p = Counter(t[i : i + n] for t in texts for i in range(len(t) - n + 1))
+    q = Counter(reference[i : i + n] for i in range(len(reference) - n + 1))
+    total_p, total_q = sum(p.values()), sum(q.values())
+    if not total_p or not total_q:
+        raise ValueError(f"no {n}-grams to compare: the texts are shorter than {n} characters")
+    return 0.5 * sum(abs(p[g] / total_p - q[g] / total_q) for g in p.keys() | q.keys())
+
+
+def text_quality(texts: Sequence[str], reference: str, vocabulary: frozenset[str]) -> dict:
+    """Sample quality of texts without a model: "ngram_tv" {n: `ngram_distance`} against the
+    reference (held-out) text for n in NGRAM_ORDERS, and "known_words", the fraction of the
+    texts' words (`words`) that occur in `vocabulary` (the training text's words)."""
+    found = [w for t in texts for w in words(t)]
+    known = sum(w in vocabulary for w in found) / len(found) if found else math.nan
+    tv = {str(n): ngram_distance(texts, reference, n) for n in NGRAM_ORDERS}
+    return {"ngram_tv": tv, "known_words": known}
+
+
+def _draw_text(model: GenerativeModel, run: _Run, steps: int | None) -> tuple[list[str], float]:
+    """`settings.text_samples` texts of `settings.text_tokens` tokens (max_new_tokens where
+    the family takes it; `steps` sampler steps) and the seconds per 1,000 characters."""
+    options: dict[str, Any] = {"seed": run.seed}
+    if "max_new_tokens" in model.sample_options:
+        options["max_new_tokens"] = run.settings.text_tokens
+    if steps is not None:
+        options["steps"] = steps
+    start = time.perf_counter()
+    texts = model.sample(run.settings.text_samples, **options)
+    seconds = time.perf_counter() - start
+    if not (isinstance(texts, list) and all(isinstance(t, str) for t in texts)):
+        raise ValueError(f"a text model's sample returned {type(texts).__name__}, not strings")
+    return texts, 1000 * seconds / max(1, sum(len(t) for t in texts))
+
+
+def _measure_text(model: GenerativeModel, record: dict[str, Any], run: _Run) -> dict[str, Any]:
+    """A text family: bits/char of the test text (`evaluate_text`: exact, or a bound with its
+    Monte-Carlo standard error), sampling seconds per 1,000 characters (at each of
+    `settings.text_steps` for a family whose sample takes steps: the curve), and the samples'
+    `text_quality`; the samples are kept for the reference model's scores (`_score_text`)."""
+    family = record["family"]
+
+    def nll() -> None:
+        start = time.perf_counter()
+        scores = model.evaluate_text(run.test_text)
+        record.update(bits_per_char=scores["bits_per_char"], nll_seconds=time.perf_counter() -
+                      start, bits_per_char_stderr=scores.get("bits_per_char_stderr"))  # fmt: skip
+        record["details"]["text"] = scores
+
+    _measure(record, "nll", nll)
+    if run.text_reference is None and model.log_prob_kind == "exact":
+        run.text_reference = (family, model)
+
+    def samples() -> None:
+        texts, per_1000 = _draw_text(model, run, None)
+        run.text_samples[(family, None)] = texts
+        quality = text_quality(texts, run.test_text, run.train_words)
+        record.update(sample_seconds_per_1000_chars=per_1000, n_samples=len(texts),
+                      nfe=model.nfe_, **quality)  # fmt: skip
+        record["details"]["sample_examples"] = texts[:3]
+
+    _measure(record, "samples", samples)
+
+    def curve() -> None:
+        points = []
+        for steps in run.settings.text_steps:
+            texts, per_1000 = _draw_text(model, run, steps)
+            run.text_samples[(family, steps)] = texts
+            points.append({"steps": steps, "nfe": model.nfe_, "seconds_per_1000_chars": per_1000,
+                           "trigram_tv": ngram_distance(texts, run.test_text, 3)})  # fmt: skip
+        record["nfe_curve"] = {"metric": "trigram_tv", "n_samples": run.settings.text_samples,
+                               "points": points}  # fmt: skip
+
+    if "steps" in model.sample_options:
+        _measure(record, "nfe_curve", curve)
+    if record["status"] == "partial":
+        record["error"] = "; ".join(f"{k}: {v}" for k, v in record["errors"].items())
+    return record
+
+
+def _text_floor(run: _Run) -> dict[str, Any]:
+    """Excerpts of the train text (as many as a family's samples, of text_tokens characters)
+    measured like samples: the floor of the n-gram distances and of the reference's bits."""
+    record = _new_record(run.name, FLOOR)
+    n, length, text = run.settings.text_samples, run.settings.text_tokens, run.train.text
+    g = torch.Generator().manual_seed(run.seed)
+    starts = torch.randint(0, max(1, len(text) - length), (n,), generator=g).tolist()
+    texts = [text[s : s + length] for s in starts]
+    run.text_samples[(FLOOR, None)] = texts
+    record["n_samples"] = n
+    record.update(_measure(record, "quality", lambda: text_quality(
+        texts, run.test_text, run.train_words)) or {})  # fmt: skip
+    record["details"] = {"n_train": len(text), "n_test": len(run.test.text),
+                         "test_chars_scored": len(run.test_text), "event_shape": [],
+                         "kind": "text", "levels": None, "budget": str(run.budget),
+                         "seed": run.seed}  # fmt: skip
+    return record
+
+
+def _score_text(records: list[dict[str, Any]], floor: dict[str, Any], run: _Run) -> None:
+    """The reference model's bits/char of every family's samples, of each curve point's and of
+    the floor's excerpts ("reference_bits_per_char"; the reference: the first family whose
+    log_prob is exact, e.g. the autoregressive one; its own samples score about its entropy)."""
+    if run.text_reference is None:
+        raise ValueError("no family with an exact log_prob (e.g. autoregressive) to score samples")
+    family, reference = run.text_reference
+    floor["details"]["reference"] = family
+
+    def bits(texts: list[str]) -> float | None:
+        texts = [t for t in texts if t]
+        if not texts:
+            return None
+        nats = -float(reference.log_prob(texts).double().sum())
+        return nats / sum(len(t) for t in texts) / math.log(2)
+
+    for r in [*records, floor]:
+        texts = run.text_samples.get((r["family"], None))
+        if texts is not None:
+            r["reference_bits_per_char"] = _measure(r, "reference_bits_per_char",
+                                                    lambda t=texts: bits(t))  # fmt: skip
+        for point in (r.get("nfe_curve") or {}).get("points", []):
+            point["reference_bits_per_char"] = bits(run.text_samples[(r["family"], point["steps"])])
+        if r.get("nfe_curve"):
+            r["nfe_curve"]["metric"] = "reference_bits_per_char"
+
+
 # -- the floor row and the components study ------------------------------------------------------
 def _floor_record(run: _Run) -> dict[str, Any]:
     """Real train samples (as many as a model's) against the test split: the metrics' floor."""
@@ -447,6 +737,9 @@ def _floor_record(run: _Run) -> dict[str, Any]:
                          "event_shape": list(run.train.event_shape), "kind": run.train.kind,
                          "levels": run.train.levels, "budget": str(run.budget),
                          "seed": run.seed}  # fmt: skip
+    if run.table:
+        rows = run.train.frame.iloc[idx.numpy()]
+        _measure(record, "table_metrics", lambda: _table_quality(rows, record, run))
     c = run.classifier
     if c is not None:
         record["details"]["classifier"] = {"test_accuracy": c.accuracy, "cached": c.cached,
@@ -500,13 +793,23 @@ def check_families(families: str | Sequence[str]) -> list[str]:
     if not families or not all(families):
         raise ValueError("families must name at least one family, e.g. ['gmm', 'vae']")
 
-    unknown = [f for f in families if f.split(VARIANT_SEPARATOR, 1)[0] not in FAMILIES]
+    unknown = [f for f in families if not _known(f)]
     if unknown:
+        presets = sorted(p for cls in FAMILIES.values() for p in getattr(cls, "presets", {}))
         raise ValueError(
             f"unknown famil{'ies' if len(unknown) > 1 else 'y'} {', '.join(map(repr, unknown))}: "
             f"the families are {', '.join(sorted(FAMILIES))}"
+            + (f" (and the presets {', '.join(presets)})" if presets else "")
         )
     return families
+
+
+def _known(name: str) -> bool:
+    try:
+        resolve_name(name)
+    except KeyError:
+        return False
+    return True
 
 
 def load_pair(
@@ -519,13 +822,13 @@ def load_pair(
     root: str | os.PathLike | None = None,
 ) -> tuple[Dataset, Dataset]:
     """The (train, test) pair compare measures on: a data set's two splits (`load_dataset`),
-    or a train Dataset and its `test`; checked to be points or images of one shape with at
-    least 2 samples each. `genlab compare` loads every data set first, so that a bad name
-    fails before anything trains.
+    or a train Dataset and its `test`; checked to be points, images of one shape or text, with
+    at least 2 samples (characters) each. `genlab compare` loads every data set first, so
+    that a bad name fails before anything trains.
 
     Raises:
         ValueError, FileNotFoundError: a data set that does not load (the message names it),
-            text data, splits of different shapes or with fewer than 2 samples.
+            splits of different kinds or shapes or with fewer than 2 samples.
     """
     if isinstance(data, Dataset):
         if test is None:
@@ -536,9 +839,10 @@ def load_pair(
     else:
         train = load_dataset(data, split="train", n=n_train, seed=seed, root=root)
         test = load_dataset(data, split="test", n=n_test, seed=seed, root=root)
-    if train.kind not in ("points", "image"):
+    if train.kind not in ("points", "image", "text") or test.kind != train.kind:
         raise ValueError(
-            f"compare measures points and images; {train.name!r} holds {train.kind} data"
+            f"compare measures points, images and text; {train.name!r} holds {train.kind} data"
+            f" and its test split {test.kind}"
         )
     if tuple(train.event_shape) != tuple(test.event_shape):
         raise ValueError(
@@ -612,6 +916,14 @@ def compare(
                None if out is None else Path(out), device, progress)  # fmt: skip
     test_points = _rows(test).float()
     run.test_points = _as_samples(test_points, run) if run.images else test_points
+    if run.text:
+        run.train_words = frozenset(words(train.text))
+    target = settings.table_target
+    if run.table and target is not None and target not in run.train.frame.columns:
+        raise ValueError(
+            f"table_target {target!r} is not a column of {run.name!r}; its columns are "
+            f"{list(run.train.frame.columns)}"
+        )
     floor_errors = {}
     if run.images and train.y is not None and test.y is not None:
         run.say(f"{run.name}: feature classifier (cache: {cache_root() / 'classifiers'})")
@@ -630,8 +942,10 @@ def compare(
         if cls.component_study and r["status"] in ("ok", "partial"):
             run.say(f"{run.name}: {r['family']} test NLL vs components as the dimension grows")
             _measure(r, "nll_vs_components", lambda r=r: _component_study(r, run))
-    floor = _floor_record(run)
+    floor = _text_floor(run) if run.text else _floor_record(run)
     floor["errors"].update(floor_errors)
+    if run.text:
+        _measure(floor, "reference_bits_per_char", lambda: _score_text(records, floor, run))
     curves = {r["family"]: r["nfe_curve"] for r in records if r.get("nfe_curve")}
     path = run.figure("quality-vs-nfe")
     if curves and path is not None:
@@ -649,4 +963,5 @@ def compare(
 
 def _data_label(data: str | Dataset, train: Dataset) -> str:
     name = train.name if isinstance(data, Dataset) else str(data)
-    return Path(name).stem if Path(name).suffix in (".npy", ".csv") else (name or "data")
+    suffixes = (".npy", ".csv", ".parquet", ".pq")
+    return Path(name).stem if Path(name).suffix in suffixes else (name or "data")

@@ -115,7 +115,52 @@ def _evaluate_text(model: GenerativeModel, test: Dataset) -> dict[str, Any]:
             "log_prob_kind": model.log_prob_kind, **scores}  # fmt: skip
 
 
-def evaluate_model(model: GenerativeModel, test: Dataset, seed: int) -> dict[str, Any]:
+def _table_test(model: GenerativeModel, test: Dataset) -> Dataset:
+    """A table's test split encoded as the model encodes its rows: re-encoded by the model's
+    `table_transform_` when it differs from the one the split was encoded with (a model
+    fitted on another table file); any other data set as it is."""
+    transform = getattr(model, "table_transform_", None)
+    if getattr(test, "frame", None) is None or transform is None:
+        return test
+    if test.transform is not None and test.transform.to_json() == transform.to_json():
+        return test
+    from genlab.data.tables import table_dataset
+
+    return table_dataset(test.frame, transform, name=test.name)
+
+
+def evaluate_table(
+    model: GenerativeModel,
+    samples: torch.Tensor,
+    train: Dataset,
+    test: Dataset,
+    *,
+    target: str | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """The table metrics (`genlab.table_metrics.table_metrics`) of a table model's encoded
+    samples, decoded by its transform (else the test split's): fidelity and dependence against
+    `test.frame`, ML efficacy of `target` (None: not measured) trained on the samples vs on
+    `train.frame`, and the DCR test of the samples against `train.frame` with `test.frame` as
+    the holdout.
+
+    Returns:
+        The flat `table_metrics.SUMMARY_KEYS` and "table_details".
+    """
+    from genlab import table_metrics
+
+    transform = getattr(model, "table_transform_", None) or test.transform
+    frame = transform.inverse_transform(samples)
+    return table_metrics.table_metrics(train.frame, test.frame, frame, target=target, seed=seed)
+
+
+def evaluate_model(
+    model: GenerativeModel,
+    test: Dataset,
+    seed: int,
+    train: Dataset | None = None,
+    target: str | None = None,
+) -> dict[str, Any]:
     """`genlab eval`'s record: test NLL (nats/sample), bits/dim and sample metrics.
 
     For quantised data (`test.levels` set) a density is evaluated at dequantised test points
@@ -124,21 +169,34 @@ def evaluate_model(model: GenerativeModel, test: Dataset, seed: int) -> dict[str
     otherwise bits_per_dim is the continuous density's (`held_out_nll`). The sample metrics
     (`metrics.sample_metrics`: MMD², sliced W2, energy distance) compare `len(test)` model
     samples, drawn with `seed`, with the points the NLL was evaluated at. A text model (or
-    text data) reports the model's `evaluate_text(test)` instead.
+    text data) reports the model's `evaluate_text(test)` instead. On a table (a
+    `genlab.data.tables.TableDataset`) the NLL and sample metrics are those of the encoded
+    rows (encoded as the model encodes them), and with the `train` split the table metrics
+    are added (`evaluate_table`; ML efficacy predicts `target`, None: not measured).
 
     Returns:
         {"family", "data", "n_test", "log_prob_kind", "nll", "bits_per_dim", "mmd",
         "sliced_wasserstein", "energy_distance"} (a text model: its scores instead of the
-        last five).
+        last five), and for a table with `train` the `table_metrics.SUMMARY_KEYS` and
+        "table_details".
 
     Raises:
-        ValueError: a text model on numbers, or a model of numbers on text.
+        ValueError: a text model on numbers, or a model of numbers on text; a `target` that
+            is not a column.
     """
     if test.kind == "text" or model.is_text:
         return _evaluate_text(model, test)
+    test = _table_test(model, test)
+    table = getattr(test, "frame", None) is not None
+    if table and target is not None and target not in test.frame.columns:
+        raise ValueError(
+            f"--target {target!r} is not a column of the table; its columns are "
+            f"{list(test.frame.columns)}"
+        )
     held_out = held_out_nll(model, test, seed)
-    samples = model.sample(len(test), seed=seed).detach().cpu()
-    return {
+    options = {"as_frame": False} if table else {}
+    samples = model.sample(len(test), seed=seed, **options).detach().cpu()
+    record = {
         "family": model.family,
         "data": test.name,
         "n_test": len(test),
@@ -147,6 +205,9 @@ def evaluate_model(model: GenerativeModel, test: Dataset, seed: int) -> dict[str
         "bits_per_dim": held_out.bits_per_dim,
         **metrics.sample_metrics(samples, held_out.points.cpu(), seed=seed),
     }
+    if table and train is not None:
+        record.update(evaluate_table(model, samples, train, test, target=target, seed=seed))
+    return record
 
 
 # -- the feature classifier -----------------------------------------------------------------------

@@ -58,6 +58,19 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("precision", "precision"),
     ("recall", "recall"),
     ("class_entropy_bits", "class entropy (bits)"),
+    ("column_score", "column score"),
+    ("ks_mean", "KS (numbers)"),
+    ("tv_mean", "TV (categories)"),
+    ("association_difference", "association diff."),
+    ("ml_efficacy", "ML efficacy"),
+    ("dcr_ratio", "DCR ratio"),
+    ("share_closer_to_train", "closer to train"),
+    ("bits_per_char", "bits/char"),
+    ("bits_per_char_stderr", "± stderr"),
+    ("reference_bits_per_char", "ref. bits/char of samples"),
+    ("ngram_tv", "n-gram TV (1/2/3/4)"),
+    ("known_words", "known words"),
+    ("sample_seconds_per_1000_chars", "sample s / 1k chars"),
     ("train_seconds", "train s"),
     ("sample_seconds_per_1000", "sample s / 1k"),
     ("nfe", "NFE"),
@@ -78,12 +91,47 @@ NOTES = (
     "one pass and does not count them). Times are wall-clock seconds on this machine.",
 )
 
+TABLE_NOTE = (
+    "Tables (genlab.table_metrics), samples decoded to the table's columns against the test "
+    "rows: KS (numbers) and TV (categories) are the mean per-column Kolmogorov-Smirnov and "
+    "total variation distances (0: identical marginals), column score 1 - their mean; "
+    "association diff. the mean |difference| of the association matrices (Pearson's r, "
+    "Cramér's V, correlation ratio); ML efficacy the macro F1 (R² for a number) on the test "
+    "rows of a random forest trained on samples over one trained on the train rows (the "
+    "target: compare's table_target); DCR ratio the median distance (Gower) of samples to "
+    "their closest train row over the test rows' (≈ 1 or more: no copying); closer to train "
+    "the share of samples whose closest real row is a train row (fresh data: n_train / "
+    "(n_train + n_test); copies: 1). The 'data' row are train rows: copies by construction."
+)
+
+
+TEXT_NOTE = (
+    "Text (genlab.compare._measure_text): bits/char of the test text, exact for an exact "
+    "log_prob, else a bound (masked diffusion's ELBO: an upper bound on the bits, ± its "
+    "Monte-Carlo standard error); ref. bits/char of samples: the first exact family's "
+    "(autoregressive) bits/char of each family's samples and of real train excerpts (the "
+    "'data' row); n-gram TV: total variation between the character n-gram frequencies of "
+    "the samples and of the test text (the 'data' row: the floor at this sample size); known "
+    "words: the share of the samples' words found in the train text; sampling seconds per "
+    "1,000 characters at the default steps (the curve: at each of compare's text_steps)."
+)
+
+
+def _notes(rows: Sequence[Mapping[str, Any]]) -> tuple[str, ...]:
+    """The notes under one data set's table (with `TABLE_NOTE` when it is a table,
+    `TEXT_NOTE` for text)."""
+    table = (TABLE_NOTE,) if any(r.get("column_score") is not None for r in rows) else ()
+    text = (TEXT_NOTE,) if any(r.get("ngram_tv") is not None for r in rows) else ()
+    return NOTES + table + text
+
 
 def _cell(key: str, value: Any) -> str:
     if value is None:
         return "–"
     if key == "n_parameters":
         return f"{int(value):,}"
+    if isinstance(value, Mapping):  # e.g. n-gram distances by n
+        return "/".join(_cell(key, v) for v in value.values())
     if isinstance(value, float):
         return f"{value:.3g}" if abs(value) >= 1e-3 or value == 0 else f"{value:.2e}"
     return str(value)
@@ -128,7 +176,11 @@ def _figures(rows: Sequence[Mapping[str, Any]]) -> list[tuple[str, list[tuple[st
         [("real test data", floor["figures"]["samples"])] if floor["figures"].get("samples") else []
     )
     for r in families:
-        for key, caption in (("samples", "samples"), ("density", "density and samples")):
+        for key, caption in (
+            ("samples", "samples"),
+            ("density", "density and samples"),
+            ("reconstructions", "test images and reconstructions"),
+        ):
             if r["figures"].get(key):
                 samples.append((f"{r['family']}: {caption}", r["figures"][key]))
     groups = [("Samples next to real data", samples)]
@@ -155,6 +207,8 @@ def _data_summary(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     if floor is None:
         return []
     d = floor["details"]
+    if d.get("kind") == "text":
+        return _text_summary(rows, d)
     lines = [
         f"{d.get('n_train')} train / {d.get('n_test')} test samples of shape "
         f"{tuple(d.get('event_shape') or ())}"
@@ -171,6 +225,7 @@ def _data_summary(rows: Sequence[Mapping[str, Any]]) -> list[str]:
         recipe = (r.get("details") or {}).get("recipe")
         if recipe:
             lines.append(f"{r['family']} defaults: {recipe} (genlab.models.recipes).")
+        lines += _encoder_lines(r)
         curve = r.get("nfe_curve")
         if curve:
             pts = ", ".join(
@@ -192,6 +247,52 @@ def _data_summary(rows: Sequence[Mapping[str, Any]]) -> list[str]:
                 lines.append(f"Without BIC, a Dirichlet-process mixture ({free['family']}, "
                              f"K={free['n_components']}) keeps components of weight > 0.01 at "
                              + ", ".join(kept) + ".")  # fmt: skip
+    return lines
+
+
+def _encoder_lines(r: Mapping[str, Any]) -> list[str]:
+    """A latent family's budget split between its two stages, and the reconstruction error of
+    a family with an encoder."""
+    d = r.get("details") or {}
+    lines = []
+    split = d.get("split")
+    if split:
+
+        def stage(name: str) -> str:
+            seconds, steps = split.get(f"{name}_seconds"), split.get(f"{name}_steps")
+            text = "–" if seconds is None else f"{seconds:.1f} s"
+            return text + (f" ({steps} steps)" if steps else "")
+
+        how = split.get("autoencoder", "")
+        lines.append(
+            f"{r['family']} budget split: autoencoder {stage('autoencoder')} ({how}), encoding "
+            f"{split.get('encode_seconds') or 0:.1f} s, prior {stage('prior')}; latent "
+            f"{split.get('latent_kind')} {tuple(split.get('latent_shape') or ())}."
+        )
+    if d.get("reconstruction_mse") is not None:
+        lines.append(f"{r['family']} reconstruction error (MSE, test images): "
+                     f"{_cell('x', d['reconstruction_mse'])}.")  # fmt: skip
+    return lines
+
+
+def _text_summary(rows: Sequence[Mapping[str, Any]], d: Mapping[str, Any]) -> list[str]:
+    """The lines above a text table: the split, the reference, each family's steps curve."""
+    lines = [
+        f"{d.get('n_train'):,} train / {d.get('n_test'):,} test characters "
+        f"({d.get('test_chars_scored'):,} scored); budget per family: {d.get('budget')}; seed "
+        f"{d.get('seed')}; samples scored by the {d.get('reference') or '(no exact family)'} "
+        "model."
+    ]
+    for r in rows:
+        curve = r.get("nfe_curve")
+        if curve:
+            pts = "; ".join(
+                f"{p['steps']} steps (NFE {p['nfe']}): {_cell('x', p['seconds_per_1000_chars'])} "
+                f"s, {_cell('x', p.get('reference_bits_per_char'))} bits/char, 3-gram TV "
+                f"{_cell('x', p.get('trigram_tv'))}"
+                for p in curve["points"]
+            )
+            lines.append(f"{r['family']} sampling per 1,000 characters: {pts}.")
     return lines
 
 
@@ -238,7 +339,8 @@ def _html(records: Sequence[Mapping[str, Any]], out: Path, title: str) -> str:
             for r, cells in zip(rows, summary_rows(rows, columns), strict=True)
         )
         parts.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
-        parts.append('<ul class="notes">' + "".join(f"<li>{e(n)}</li>" for n in NOTES) + "</ul>")
+        notes = "".join(f"<li>{e(n)}</li>" for n in _notes(rows))
+        parts.append(f'<ul class="notes">{notes}</ul>')
         for heading, items in _figures(rows):
             parts.append(f'<h3>{e(heading)}</h3><div class="figs">')
             for caption, rel in items:
@@ -267,7 +369,7 @@ def _markdown(records: Sequence[Mapping[str, Any]], title: str) -> str:
     for name, rows in _by_data(records).items():
         lines += [f"## {name}", ""] + [f"{line}\n" for line in _data_summary(rows)]
         lines.append(markdown_table(rows))
-        lines += [""] + [f"- {n}" for n in NOTES] + [""]
+        lines += [""] + [f"- {n}" for n in _notes(rows)] + [""]
         for heading, items in _figures(rows):
             lines += [f"### {heading}", ""] + [f"![{c}]({rel})" for c, rel in items] + [""]
         problems = _problems(rows)

@@ -52,6 +52,11 @@ TINY: dict[str, dict[str, Any]] = {
     "autoregressive": {"n_layer": 1, "n_head": 1, "n_embd": 8, "max_steps": 2, "batch_size": 8},
     "masked_diffusion": {"n_layer": 1, "n_head": 1, "n_embd": 8, "max_steps": 2, "batch_size": 8,
                          "sample_steps": 4},
+    "autoencoder": {"hidden": 8, "max_steps": 2, "batch_size": 16},
+    "latent": {"prior": "vae",
+               "prior_options": {"hidden": 8, "latent_dim": 2, "max_steps": 2, "batch_size": 16},
+               "autoencoder_options": {"latent_shape": "2", "hidden": 8, "depth": 1,
+                                       "max_steps": 2, "batch_size": 16}},
 }  # fmt: skip
 FAMILY_NAMES = sorted(FAMILIES)
 # families of quantised images; others: points

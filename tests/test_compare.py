@@ -458,8 +458,9 @@ def test_compare_rejects_bad_arguments():
         Settings(n_samples=1)
     with pytest.raises(ValueError, match="unknown data set 'moonz'"):
         compare("moonz", ["gmm"], budget_steps=1)
-    with pytest.raises(ValueError, match="compare measures points and images"):
-        compare(f"text:{Path(__file__)}", ["gmm"], budget_steps=1)
+    with pytest.raises(ValueError, match="compare measures points, images and text"):
+        compare(load_dataset(f"text:{Path(__file__)}"), ["gmm"], test=load_dataset("moons", n=10),
+                budget_steps=1)  # fmt: skip
 
 
 # -- the report -----------------------------------------------------------------------------------

@@ -12,11 +12,13 @@ from genlab.data import load_dataset
 from genlab.models import (
     FAMILIES,
     VAE,
+    Autoencoder,
     Autoregressive,
     BayesianGaussianMixture,
     Diffusion,
     FlowMatching,
     GaussianMixture,
+    Latent,
     MaskedDiffusion,
     NotFittedError,
 )
@@ -41,6 +43,21 @@ FACTORIES = {
     "masked_diffusion": (  # like autoregressive: digits as pixel sequences
         lambda: MaskedDiffusion(n_layer=1, n_head=2, n_embd=16, max_steps=20, sample_steps=8),
         "digits",
+    ),
+    "autoencoder": (lambda: Autoencoder(hidden=32, max_steps=30, warmup_steps=5), "moons"),
+    "latent": (
+        lambda: Latent(
+            prior="gmm",
+            prior_options={"n_components": 2, "max_iter": 20},
+            autoencoder_options={
+                "latent_shape": "2",
+                "hidden": 16,
+                "depth": 1,
+                "max_steps": 30,
+                "warmup_steps": 5,
+            },
+        ),
+        "moons",
     ),
 }
 
@@ -196,8 +213,8 @@ def test_trainer_and_data_imports_leave_the_families_unimported():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     imported, loaded, families = out.stdout.splitlines()
     heavy = {f"genlab.models.{f}" for f in ("flow", "diffusion", "vae", "autoregressive", "gmm",
-                                         "masked_diffusion")}  # fmt: skip
+                                         "masked_diffusion", "autoencoder", "latent")}  # fmt: skip
     assert not heavy & set(json.loads(imported)), imported
     assert loaded == "GaussianMixture"
-    assert json.loads(families) == ["autoregressive", "bgmm", "diffusion", "flow", "gmm",
-                                   "masked_diffusion", "vae"]  # fmt: skip
+    assert json.loads(families) == ["autoencoder", "autoregressive", "bgmm", "diffusion", "flow",
+                                   "gmm", "latent", "masked_diffusion", "vae"]  # fmt: skip

@@ -26,6 +26,7 @@ from genlab.cli.common import (
     data_name,
     torch_threads,
 )
+from genlab.cli.fit import split_items
 from genlab.data import BUILTINS
 
 
@@ -46,7 +47,7 @@ def parse_options(items: list[str] | None, families: list[str]) -> dict[str, dic
             that is not an option of the family.
     """
     parsed: dict[str, dict[str, Any]] = {}
-    for item in [part for text in items or [] for part in text.split(",") if part.strip()]:
+    for item in [part for text in items or [] for part in split_items(text) if part.strip()]:
         match = re.fullmatch(r"\s*([^.=\s]+)\.([A-Za-z_][A-Za-z0-9_-]*)\s*=\s*(.*?)\s*", item)
         if match is None:
             raise typer.BadParameter(
@@ -139,6 +140,14 @@ def compare_families(
     root: RootOption = None,
     progress: Annotated[bool, typer.Option(help="Show progress and training bars.")] = True,
     threads: ThreadsOption = None,
+    target: Annotated[
+        str | None,
+        typer.Option(
+            "--target",
+            help="On a table: the column ML efficacy predicts (a random forest trained on "
+            "samples vs on the train split, scored on the test split); default: not measured.",
+        ),
+    ] = None,
 ) -> None:
     """Fit families on the same data with the same budget; compare NLL, samples and cost.
 
@@ -147,7 +156,10 @@ def compare_families(
     scale (labelled exact, bound or estimate), MMD and sliced W2 of samples, and for labelled
     images the Fréchet distance, precision/recall and class entropy in the features of a small
     classifier (cached in $GENLAB_CACHE or ~/.cache/genlab); training and sampling time, NFE
-    and parameters. A family that cannot model the data is reported as not applicable, one
+    and parameters. On a table (a .csv with text columns, a .parquet file) also the table
+    metrics of the decoded samples: per-column KS / total variation, the association-matrix
+    difference, ML efficacy of --target and the DCR privacy test (genlab.table_metrics).
+    A family that cannot model the data is reported as not applicable, one
     that fails with its error. Every family name and data set is checked before anything
     trains. Writes OUT/report.html (self-contained), OUT/report.md and the figures.
     """
@@ -166,9 +178,13 @@ def compare_families(
     out = Path(out)
     pairs = {name: comparison.load_pair(name, n_train=n, n_test=n_test, seed=seed, root=root)
              for name in dict.fromkeys(names)}  # fmt: skip
-    settings = comparison.Settings(n_samples=samples)
+    settings = comparison.Settings(n_samples=samples, table_target=target)
     records: list[dict[str, Any]] = []
-    with torch_threads(choose_threads(threads)) as chosen:
+    choice = choose_threads(threads)
+    if threads is None:  # small nets train faster on one thread (compare.fit_threads)
+        trains = [train for train, _ in pairs.values()]
+        choice = dataclasses.replace(choice, threads=comparison.fit_threads(trains, choice.threads))
+    with torch_threads(choice) as chosen:
         typer.echo(f"comparing {', '.join(wanted)} with {chosen.describe()}")
         for name in names:
             train, test = pairs[name]

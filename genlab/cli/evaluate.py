@@ -10,7 +10,18 @@ import typer
 
 import genlab
 from genlab import evaluation
-from genlab.cli.common import DATA_HELP, ModelDir, NOption, RootOption, SeedOption, app, print_table
+from genlab.cli.common import (
+    DATA_HELP,
+    ChannelsOption,
+    ModelDir,
+    NOption,
+    RootOption,
+    SeedOption,
+    SizeOption,
+    app,
+    image_options,
+    print_table,
+)
 from genlab.data import load_dataset
 from genlab.report import json_safe
 
@@ -22,6 +33,16 @@ def evaluate(
     n: NOption = None,
     seed: SeedOption = 0,
     root: RootOption = None,
+    channels: ChannelsOption = None,
+    size: SizeOption = None,
+    target: Annotated[
+        str | None,
+        typer.Option(
+            "--target",
+            help="On a table: the column ML efficacy predicts (a random forest trained on "
+            "samples vs on the train split, scored on the test split); default: not measured.",
+        ),
+    ] = None,
     as_json: Annotated[
         bool,
         typer.Option(
@@ -38,11 +59,20 @@ def evaluate(
     A text model on text (--data text:FILE.txt, whose test split is the last 10% of the
     characters) reports loss (nats/char, exact), bits_per_char, nats_per_token, window_loss
     (nanoGPT's validation loss: nats/token over consecutive block_size windows) and counts.
+    A table (.csv with text columns, .parquet) adds the table metrics of as many samples as
+    test rows: per-column KS / total variation, the association-matrix difference, ML
+    efficacy of --target, and the DCR privacy test against the train split (the JSON has
+    every detail in table_details).
     """
     model = genlab.load(model_dir)
-    test = load_dataset(data, split="test", n=n, seed=seed, root=root)
-    result = evaluation.evaluate_model(model, test, seed)
+    images = image_options(channels, size)  # an image folder's --channels / --size
+    test = load_dataset(data, split="test", n=n, seed=seed, root=root, **images)
+    table = {}
+    if getattr(test, "frame", None) is not None:  # a table: train rows for ML efficacy and DCR
+        table = {"train": load_dataset(data, split="train", seed=seed, root=root), "target": target}
+    result = evaluation.evaluate_model(model, test, seed, **table)
     if as_json:
         typer.echo(json.dumps(json_safe(result), allow_nan=False))
     else:
+        result.pop("table_details", None)
         print_table(f"{model_dir} on {data} (test split)", result)

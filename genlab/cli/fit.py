@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import json
 import math
 import time
 import types
@@ -40,15 +41,18 @@ from rich.markup import escape
 from genlab import evaluation, loggers, runs
 from genlab.cli.common import (
     DATA_HELP,
+    ChannelsOption,
     ConfigFileOption,
     NOption,
     RootOption,
+    SizeOption,
     ThreadsOption,
     app,
     choose_threads,
     data_name,
     echo_err,
     error_message,
+    image_options,
     print_table,
     torch_threads,
 )
@@ -79,6 +83,40 @@ def unwrap_optional(annotation: Any) -> tuple[Any, bool]:
     return annotation, False
 
 
+def split_items(text: str) -> list[str]:
+    """text split at its commas, except those inside brackets or double quotes (a JSON list
+    or object is one item): "a=1,b=[2,3]" -> ["a=1", "b=[2,3]"]."""
+    items, depth, quoted, start = [], 0, False, 0
+    for i, ch in enumerate(text):
+        quoted = not quoted if ch == '"' else quoted
+        depth += 0 if quoted else (ch in "[{") - (ch in "]}")
+        if ch == "," and depth == 0 and not quoted:
+            items.append(text[start:i])
+            start = i + 1
+    items.append(text[start:])
+    return items
+
+
+def parse_pairs(text: str) -> dict[str, Any]:
+    """{"hidden": 256, "levels": [8, 5]} from "hidden=256,levels=[8,5]": comma-separated
+    KEY=VALUE pairs (commas inside brackets or quotes belong to the value), each VALUE read
+    as JSON (numbers, true/false, null, lists) or else as text; "" is {}.
+
+    Raises:
+        ValueError: an item without "=" or with an empty key.
+    """
+    pairs: dict[str, Any] = {}
+    for item in (i.strip() for i in split_items(text) if i.strip()):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"{item!r} is not KEY=VALUE")
+        try:
+            pairs[key.strip().replace("-", "_")] = json.loads(value.strip())
+        except json.JSONDecodeError:
+            pairs[key.strip().replace("-", "_")] = value.strip()
+    return pairs
+
+
 def value_parser(opt: Option, config_name: str) -> tuple[Callable[[Any], Any], str]:
     """(parse, metavar) of a non-flag field: parse reads the command line's text as the
     field's type ("none" is None for `X | None` fields) and checks the field's constraint,
@@ -90,6 +128,8 @@ def value_parser(opt: Option, config_name: str) -> tuple[Callable[[Any], Any], s
         convert: Callable[[str], Any] = values.__getitem__
     elif inner in SCALARS:
         (metavar, word), convert = SCALARS[inner], inner
+    elif typing.get_origin(inner) is dict:  # another family's options (the latent's prior)
+        metavar, word, convert = "KEY=VALUE,...", "KEY=VALUE pairs", parse_pairs
     else:
         raise TypeError(
             f"{config_name}.{opt.name}: the command line cannot read a {opt.annotation}; "
@@ -266,6 +306,8 @@ def run_parameters(cls: type[GenerativeModel]) -> list[inspect.Parameter]:
         keyword("data_", cls.example_data, DataOption),
         keyword("n_", None, NOption),
         keyword("root_", None, RootOption),
+        keyword("channels_", None, ChannelsOption),
+        keyword("size_", None, SizeOption),
         keyword("out_", None, out_option(cls.family)),
         keyword("device_", None, DeviceOption),
         keyword("progress_", True, ProgressOption),
@@ -349,6 +391,8 @@ def fit_and_report(
     resume: bool = False,
     val: str | None = None,
     loggers: tuple[str, ...] | None = None,
+    channels: int | None = None,
+    size: str | None = None,
 ) -> None:
     """Construct `cls(**config)`, fit it on the train split in the --out folder (checked,
     and locked for the run) with `threads` torch threads (None: `default_threads`) and,
@@ -362,7 +406,8 @@ def fit_and_report(
     seed = 0 if seed is None else seed
     folder = Path("runs") / f"{data_name(data)}-{cls.family}" if out is None else out
     folder = runs.check_out_folder(folder)
-    train = load_dataset(data, split="train", n=n, seed=seed, root=root)
+    images = image_options(channels, size)  # an image folder's --channels / --size
+    train = load_dataset(data, split="train", n=n, seed=seed, root=root, **images)
     if conditional and train.y is None:
         raise ValueError(f"--conditional needs labels, and {data!r} has none")
     labels = train.y if conditional else None
@@ -371,7 +416,8 @@ def fit_and_report(
     validation = None
     if trains_networks(cls):
         kwargs |= {"out": folder, "checkpoint_every": checkpoint_every, "resume": resume}
-        val_data, validation = validation_data(val, config, data, root, seed, conditional)
+        val_data, validation = validation_data(val, config, data, root, seed, conditional,
+                                               images)  # fmt: skip
         if val_data is not None:
             kwargs["val"] = val_data
         if loggers:
@@ -428,7 +474,7 @@ def dtype_for_precision(
 
 def validation_data(
     val: str | None, config: dict[str, Any], data: str, root: Path | None, seed: int,
-    conditional: bool,
+    conditional: bool, images: dict[str, Any] | None = None,
 ) -> tuple[Dataset | None, str]:  # fmt: skip
     """(the `val=` of fit, a description) for --val: the data set's test split ("test", and
     by default unless the config's val_fraction holds out train rows instead), or none.
@@ -446,7 +492,7 @@ def validation_data(
         return None, f"{fraction:g} of the train split, held out"
     if val == "none":
         return None, "none"
-    test = load_dataset(data, split="test", seed=seed, root=root)
+    test = load_dataset(data, split="test", seed=seed, root=root, **(images or {}))
     if not conditional:
         test = dataclasses.replace(test, y=None)
     unit = "characters" if test.kind == "text" else "samples"

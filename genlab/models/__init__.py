@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from genlab import _submodule
 
 if TYPE_CHECKING:
+    from genlab.models.autoencoder import Autoencoder
     from genlab.models.autoregressive import Autoregressive
     from genlab.models.base import (
         FAMILIES,
@@ -27,12 +28,14 @@ if TYPE_CHECKING:
     from genlab.models.flow import FlowMatching
     from genlab.models.folder import load
     from genlab.models.gmm import GaussianMixture
+    from genlab.models.latent import Latent
     from genlab.models.masked_diffusion import MaskedDiffusion
     from genlab.models.vae import VAE
 
 __all__ = [
     "FAMILIES",
     "VAE",
+    "Autoencoder",
     "Autoregressive",
     "BayesianGaussianMixture",
     "ConvergenceWarning",
@@ -41,6 +44,7 @@ __all__ = [
     "FlowMatching",
     "GaussianMixture",
     "GenerativeModel",
+    "Latent",
     "MaskedDiffusion",
     "NotFittedError",
     "load",
@@ -53,17 +57,22 @@ _HOMES = {
     "DivergedError": "base",
     "GenerativeModel": "base",
     "NotFittedError": "base",
+    "Autoencoder": "autoencoder",
     "Autoregressive": "autoregressive",
     "BayesianGaussianMixture": "bgmm",
     "Diffusion": "diffusion",
     "FlowMatching": "flow",
     "GaussianMixture": "gmm",
+    "Latent": "latent",
     "MaskedDiffusion": "masked_diffusion",
     "VAE": "vae",
     "load": "folder",
 }
 #: the built-in families' names, in their order in FAMILIES (each one's module is its name)
-BUILTIN_FAMILIES = ("autoregressive", "bgmm", "diffusion", "flow", "gmm", "masked_diffusion", "vae")
+BUILTIN_FAMILIES = (
+    "autoencoder", "autoregressive", "bgmm", "diffusion", "flow", "gmm", "latent",
+    "masked_diffusion", "vae",
+)  # fmt: skip
 
 
 def import_families() -> dict[str, type[GenerativeModel]]:
