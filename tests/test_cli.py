@@ -638,7 +638,8 @@ def test_a_new_family_needs_no_cli_edit(monkeypatch):
     result = runner.invoke(toy_cli(), ["toy"])
     assert result.exit_code == 0, result.output
     assert seen["config"] == {}  # only options really given are handed on (`recipes`)
-    assert seen["run"] == {"data": "circles", "n": None, "root": None, "out": None,
+    assert seen["run"] == {"data": "circles", "n": None, "root": None, "channels": None,
+                           "size": None, "out": None,
                            "device": None, "progress": True, "config_file": None,
                            "threads": None}  # fmt: skip
     argv = ["toy", "-w", "4", "--mode", "none", "--scale", "None", "--order", "2", "--fast"]

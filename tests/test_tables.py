@@ -387,3 +387,19 @@ def test_cli_fits_a_csv_table_and_writes_samples_as_csv_and_parquet(tmp_path, ca
     assert cli(["sample", str(out), "--out", str(tmp_path / "s.npy")]) != 0
     err = capsys.readouterr().err
     assert "genlab: error: a table is written as FILE.csv or FILE.parquet" in err
+
+
+def test_a_gap_only_in_the_test_rows_loads_both_splits(tmp_path):
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"a": rng.normal(size=50).round(3), "c": rng.choice(["x", "y"], 50)})
+    frame.loc[48, "a"] = np.nan  # row 48 is in the last 10%: the test split
+    path = tmp_path / "late.csv"
+    frame.to_csv(path, index=False)
+    train, test = load_dataset(path, split="train"), load_dataset(path, split="test")
+    assert not train.frame["a"].isna().any() and test.frame["a"].isna().sum() == 1
+    spec = {c.name: c for c in train.transform.columns}["a"]
+    assert spec.missing  # an indicator for the file's gap, though train has none
+    decoded = train.transform.inverse_transform(train.x.numpy())
+    assert not decoded["a"].isna().any()  # train rows decode without a gap
+    back = test.transform.inverse_transform(test.x.numpy())
+    assert back["a"].isna().tolist() == test.frame["a"].isna().tolist()

@@ -482,6 +482,8 @@ def _fit_scaling(series: pd.Series, spec: ColumnSpec, raw: np.ndarray, what: str
         knots = [cell_knots(c) for c in counts]
     if spec.kind in ("boolean", "category") and not QUANTILE_CATEGORIES:
         knots[: spec.value_width] = [None] * spec.value_width
+    if spec.missing and present.all():  # an indicator for gaps the train rows lack: no CDF
+        knots[-1] = None  # to invert there; standardised, a gap encodes beyond every train row
     return dataclasses.replace(spec, knots=knots)
 
 
@@ -562,8 +564,12 @@ class TableTransform:
         return [n for c in self._fitted() for n in c.names]
 
     # -- fit --
-    def fit(self, df: pd.DataFrame, what: str = "the table") -> TableTransform:
-        """Learn each column's encoding from the (train) rows of df; returns self.
+    def fit(
+        self, df: pd.DataFrame, what: str = "the table", may_miss: tuple[str, ...] = ()
+    ) -> TableTransform:
+        """Learn each column's encoding from the (train) rows of df; returns self. Columns in
+        `may_miss` get a missing-cell indicator even when these rows have no missing cell (a
+        file's test rows may: `load_table`); it is 0 on every train row, so samples keep them.
 
         Raises:
             TypeError, ValueError: a bad table (`check_table`).
@@ -573,7 +579,7 @@ class TableTransform:
         for name, kind in kinds.items():
             series = df[name]
             spec = dict(name=name, kind=kind, dtype=str(series.dtype), scaling=self.numbers,
-                        missing=bool(series.isna().any()))  # fmt: skip
+                        missing=bool(series.isna().any()) or name in may_miss)  # fmt: skip
             if isinstance(series.dtype, pd.CategoricalDtype):
                 spec["dtype_categories"] = [_plain(c) for c in series.dtype.categories]
                 spec["ordered"] = bool(series.dtype.ordered)
@@ -822,8 +828,9 @@ def load_table(
             "test the last 10%); use more rows, or split='all'"
         )
     transform = transform or TableTransform()
-    if not transform.is_fitted:
-        transform.fit(frame.iloc[:cut], what)
+    if not transform.is_fitted:  # an indicator for every column with a gap anywhere in the file
+        gaps = tuple(str(c) for c in frame.columns if frame[c].isna().any())
+        transform.fit(frame.iloc[:cut], what, may_miss=gaps)
     check_table(frame, what)  # the test rows too: a bad column anywhere is named
     x = transform.transform(frame.iloc[:stop], what=what)[start:stop]  # noise by position
     import torch
