@@ -282,3 +282,20 @@ def test_compare_reports_the_split_and_reconstructions(tmp_path):
     report = (tmp_path / "report.md").read_text()
     assert "latent-gmm budget split: autoencoder" in report
     assert "reconstruction error" in report
+
+
+def test_labels_and_guidance_go_through_the_prior():
+    data = load_dataset("moons", n=1000)
+    model = Latent(
+        prior="flow",
+        prior_options={"hidden": 64, "max_steps": 200, "batch_size": 256},
+        autoencoder_options={"latent_shape": "2", "hidden": 32, "depth": 1, "max_steps": 200},
+    ).fit(data.x, data.y)
+    assert model.conditional
+    means = [data.x[data.y == c].mean(0) for c in (0, 1)]
+    for c in (0, 1):
+        drawn = model.sample(400, seed=0, y=c).mean(0)
+        # each class's samples lie nearer their own moon's mean than the other's
+        assert (drawn - means[c]).norm() < (drawn - means[1 - c]).norm()
+    guided = model.sample(400, seed=0, y=0, guidance=2.0)
+    assert torch.isfinite(guided).all() and not torch.equal(guided, model.sample(400, seed=0, y=0))
