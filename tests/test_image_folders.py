@@ -346,3 +346,20 @@ def test_cli_fit_and_eval_resize_a_folder_of_mixed_sizes(tmp_path, capsys):
                          "--channels", 3, "--json")  # fmt: skip
     assert code == 0, err
     assert np.isfinite(json.loads(out)["bits_per_dim"])
+
+
+def test_a_latent_model_takes_the_folder_label_names(tmp_path):
+    from genlab.models import Latent
+
+    folder, _ = labelled_folder(tmp_path, n=30)
+    data = load_dataset(folder)
+    model = Latent(
+        prior="vae",
+        prior_options={"hidden": 8, "latent_dim": 2, "max_steps": 2},
+        autoencoder_options={"latent_shape": "4", "hidden": 8, "max_steps": 2},
+    )
+    model.fit(data, data.y)
+    assert model.label_names_ == NAMES
+    assert torch.equal(model.sample(3, seed=0, y="dog"), model.sample(3, seed=0, y=1))
+    model.save(tmp_path / "run")
+    assert genlab.load(tmp_path / "run").label_names_ == NAMES

@@ -403,6 +403,7 @@ class Latent(GenerativeModel, family="latent"):
             "latent_shape": list(ae.latent_shape), "code_dim": int(codes.dim),
         }, default=str))  # fmt: skip
         self.event_shape = data.event_shape
+        self.label_names_ = data.label_names  # an image folder's classes: sample(y="cat")
         self._adopt_prior()
         return self
 
