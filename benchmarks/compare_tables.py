@@ -41,20 +41,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from genlab.compare import Settings, compare, parse_budget, resolve_name
+from genlab.compare import Settings, compare, known_family, parse_budget
 from genlab.data.tables import TableTransform, table_dataset
 from genlab.models import FAMILIES  # noqa: F401  (imports every family: registers them)
 from genlab.report import markdown_table
-
-
-def registered(name: str) -> bool:
-    """Whether compare knows the family name, variant or preset (such as latent-gmm)."""
-    try:
-        resolve_name(name)
-    except KeyError:
-        return False
-    return True
-
 
 FAMILY_ORDER = ("gmm", "bgmm", "vae", "flow", "diffusion", "autoregressive", "masked_diffusion")
 """The families tried (those registered; the others are reported not applicable)."""
@@ -173,7 +163,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="20 steps per family (< 1 min)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    families = [f for f in args.families.split(",") if registered(f)]
+    families = [f for f in args.families.split(",") if known_family(f)]
     skipped = [f for f in args.families.split(",") if f not in families]
     if skipped:
         print(f"not registered here, skipped: {', '.join(skipped)}", file=sys.stderr)

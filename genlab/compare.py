@@ -793,7 +793,7 @@ def check_families(families: str | Sequence[str]) -> list[str]:
     if not families or not all(families):
         raise ValueError("families must name at least one family, e.g. ['gmm', 'vae']")
 
-    unknown = [f for f in families if not _known(f)]
+    unknown = [f for f in families if not known_family(f)]
     if unknown:
         presets = sorted(p for cls in FAMILIES.values() for p in getattr(cls, "presets", {}))
         raise ValueError(
@@ -804,7 +804,8 @@ def check_families(families: str | Sequence[str]) -> list[str]:
     return families
 
 
-def _known(name: str) -> bool:
+def known_family(name: str) -> bool:
+    """Whether `name` is a registered family, a variant label or a preset (`resolve_name`)."""
     try:
         resolve_name(name)
     except KeyError:

@@ -219,6 +219,15 @@ def torch_threads(choice: ThreadChoice) -> Iterator[ThreadChoice]:
     yield choice
 
 
+TargetOption = Annotated[
+    str | None,
+    typer.Option(
+        "--target",
+        help="On a table: the column ML efficacy predicts (a random forest trained on "
+        "samples vs on the train split, scored on the test split); default: not measured.",
+    ),
+]
+
 ThreadsOption = Annotated[
     int | None,
     typer.Option(

@@ -19,6 +19,7 @@ from genlab.cli.common import (
     NOption,
     RootOption,
     SeedOption,
+    TargetOption,
     ThreadsOption,
     app,
     choose_threads,
@@ -140,14 +141,7 @@ def compare_families(
     root: RootOption = None,
     progress: Annotated[bool, typer.Option(help="Show progress and training bars.")] = True,
     threads: ThreadsOption = None,
-    target: Annotated[
-        str | None,
-        typer.Option(
-            "--target",
-            help="On a table: the column ML efficacy predicts (a random forest trained on "
-            "samples vs on the train split, scored on the test split); default: not measured.",
-        ),
-    ] = None,
+    target: TargetOption = None,
 ) -> None:
     """Fit families on the same data with the same budget; compare NLL, samples and cost.
 

@@ -18,6 +18,7 @@ from genlab.cli.common import (
     RootOption,
     SeedOption,
     SizeOption,
+    TargetOption,
     app,
     image_options,
     print_table,
@@ -35,14 +36,7 @@ def evaluate(
     root: RootOption = None,
     channels: ChannelsOption = None,
     size: SizeOption = None,
-    target: Annotated[
-        str | None,
-        typer.Option(
-            "--target",
-            help="On a table: the column ML efficacy predicts (a random forest trained on "
-            "samples vs on the train split, scored on the test split); default: not measured.",
-        ),
-    ] = None,
+    target: TargetOption = None,
     as_json: Annotated[
         bool,
         typer.Option(
