@@ -205,3 +205,30 @@ def test_bad_input_raises():
         Transformer(10, 8, positions="alibi")
     with pytest.raises(ValueError, match="dropout"):
         Transformer(10, 8, dropout=1.0)
+
+
+@pytest.mark.parametrize("positions", ["rope", "learned"])
+def test_logits_at_some_positions_equal_the_full_pass_there(positions):
+    torch.manual_seed(0)
+    net = Transformer(40, 16, n_layer=2, n_head=2, n_embd=16, positions=positions, causal=False)
+    net.eval()
+    idx = torch.randint(0, 40, (3, 16))
+    at = torch.rand(3, 16) < 0.4
+    at[1] = False  # a row without positions
+    at[2, :] = True  # a row with every position
+    with torch.no_grad():
+        full = net(idx)[at]
+        some = net(idx, at=at)
+    assert some.shape == (int(at.sum()), 40)
+    torch.testing.assert_close(some, full, atol=1e-5, rtol=1e-5)
+    assert net(idx, at=torch.zeros(3, 16, dtype=torch.bool)).shape == (0, 40)
+
+
+def test_logits_at_positions_are_refused_by_a_causal_net_or_a_bad_mask():
+    causal = Transformer(40, 16, n_layer=1, n_head=2, n_embd=16)
+    bidirectional = Transformer(40, 16, n_layer=1, n_head=2, n_embd=16, causal=False)
+    idx = torch.randint(0, 40, (2, 8))
+    with pytest.raises(ValueError, match="bidirectional"):
+        causal(idx, at=torch.ones(2, 8, dtype=torch.bool))
+    with pytest.raises(ValueError, match="bool"):
+        bidirectional(idx, at=torch.ones(2, 8))

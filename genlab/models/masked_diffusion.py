@@ -321,7 +321,7 @@ class MaskedDiffusion(NeuralModel, family="masked_diffusion"):
         if self.conditional and cfg.class_dropout > 0:
             drop = torch.rand(b, device=device) < cfg.class_dropout
             x_t[:, 0] = torch.where(drop, self.mask_id_, x_t[:, 0])
-        logits = self.net(x_t)[masked][:, : self.n_out_].float()  # (number masked, V)
+        logits = self.net(x_t, at=masked)[:, : self.n_out_].float()  # (number masked, V)
         ce = torch.zeros(rows.shape, device=device)
         ce[masked] = F.cross_entropy(logits, rows[masked], reduction="none")
         per_row = mdm.elbo_weight(t, cfg.schedule) * ce.sum(-1) / free.sum(-1)
@@ -364,12 +364,12 @@ class MaskedDiffusion(NeuralModel, family="masked_diffusion"):
                                                    self.config.schedule, generator)  # fmt: skip
             masked, coef = masked.to(self.device), coef.to(self.device)
             x_t = rows.masked_fill(masked, self.mask_id_)
-            logits = self.net(x_t)[..., : self.n_out_].float()
+            logits = self.net(x_t, at=masked)[:, : self.n_out_].float()  # (number masked, V)
             limits.check_outputs(logits, "the transformer's logits")
-            lp = torch.log_softmax(logits, -1).gather(
-                -1, rows.clamp(max=self.n_out_ - 1)[..., None]
-            )
-            ce = -(lp[..., 0].double() * masked).sum(-1)
+            lp = torch.log_softmax(logits, -1).gather(-1, rows[masked][:, None])[:, 0]
+            ce = torch.zeros(masked.shape, dtype=torch.float64, device=self.device)
+            ce[masked] = -lp.double()
+            ce = ce.sum(-1)
             draws[j] = -coef * ce
         stderr = draws.std(0) / math.sqrt(samples) if samples > 1 else torch.zeros_like(m)
         exact = (m <= 1) if steps is None else (m == 0)
@@ -620,9 +620,9 @@ class MaskedDiffusion(NeuralModel, family="masked_diffusion"):
     def _position_log_probs(self, rows: Tensor, at: Tensor, precision: Precision) -> Tensor:
         bf16 = precision == "bfloat16"
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
-            logits = self.net(rows)
+            logits = self.net(rows, at=at)
         self.nfe_ += 1
-        return torch.log_softmax(logits[at][:, : self.n_out_].float(), -1)
+        return torch.log_softmax(logits[:, : self.n_out_].float(), -1)
 
     def sample(
         self,

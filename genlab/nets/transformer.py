@@ -23,6 +23,10 @@ slide the window). Nets know nothing of losses: the family computes cross-entrop
 `causal=False` drops the mask: every position attends to every other (a bidirectional encoder,
 as masked-token models need). It has no cache (the keys of earlier positions would change with
 later tokens), and the same parameters, so its state_dict keys are the causal network's.
+`forward(idx, at=mask)` (bidirectional only) returns the logits at the True positions of the
+(B, T) bool `mask` only, (number of True, vocab) in row-major order: the last block computes
+queries, its MLP and the output layer only there (keys and values still come from every
+position), which a masked-token model needs at its masked positions only.
 """
 
 from __future__ import annotations
@@ -185,6 +189,28 @@ class Block(nn.Module):
         x = x + self.attn(self.ln_1(x), rope, cache, layer)
         return x + self.mlp(self.ln_2(x))
 
+    def forward_at(self, x: Tensor, rope: Tensor | None, at: Tensor) -> Tensor:
+        """The block's output at the positions `at` only (bidirectional, no cache): keys and
+        values from every position, queries, projection and MLP at `at`.
+
+        Shapes: x (B, T, C), at (B, T) bool  ->  (number of True in at, C), row-major.
+        """
+        a, (B, T, C) = self.attn, x.shape
+        qkv = a.qkv(self.ln_1(x)).view(B, T, 3, a.n_head, a.head_dim).permute(2, 0, 3, 1, 4)
+        qk = qkv[:2] if rope is None else apply_rope(qkv[:2], rope[:T])
+        q, k, v = qk[0], qk[1], qkv[2]  # (B, nh, T, d)
+        width = int(at.sum(-1).max()) if at.numel() else 0  # queries per row, padded
+        if width == 0:
+            return x.new_zeros((0, C))
+        pos = torch.where(at, torch.arange(T, device=x.device), T).sort(-1).values[:, :width]
+        keep, pos = pos < T, pos.clamp(max=T - 1)  # (B, width)
+        q = q.gather(2, pos[:, None, :, None].expand(B, a.n_head, width, a.head_dim))
+        p = a.dropout if self.training else 0.0
+        y = F.scaled_dot_product_attention(q, k, v, dropout_p=p)
+        y = y.transpose(1, 2).reshape(B, width, C)
+        h = x.gather(1, pos[..., None].expand(B, width, C)) + a.resid_dropout(a.proj(y))
+        return (h + self.mlp(self.ln_2(h)))[keep]
+
 
 # -- the network ---------------------------------------------------------------------------------
 def _check_int(name: str, value: object, minimum: int) -> None:
@@ -276,7 +302,9 @@ class Transformer(nn.Module):
         return KVCache(torch.zeros(shape, dtype=dtype, device=w.device),
                        torch.zeros(shape, dtype=dtype, device=w.device))  # fmt: skip
 
-    def forward(self, idx: Tensor, cache: KVCache | None = None) -> Tensor:
+    def forward(
+        self, idx: Tensor, cache: KVCache | None = None, at: Tensor | None = None
+    ) -> Tensor:
         if not isinstance(idx, Tensor) or idx.ndim != 2:
             shape = tuple(idx.shape) if isinstance(idx, Tensor) else type(idx).__name__
             raise ValueError(f"idx must be a (B, T) tensor of token ids, got {shape}")
@@ -296,6 +324,12 @@ class Transformer(nn.Module):
             h = h + self.wpe(torch.arange(past, past + T, device=idx.device))
         h = self.drop(h)
         rope = self.rope if self.positions == "rope" else None
+        if at is not None:  # logits at some positions only: the last block computes just them
+            if self.causal or tuple(at.shape) != tuple(idx.shape) or at.dtype != torch.bool:
+                raise ValueError("at= takes a (B, T) bool tensor, bidirectional nets only")
+            for block in self.blocks[:-1]:
+                h = block(h, rope, None, 0)
+            return F.linear(self.ln_f(self.blocks[-1].forward_at(h, rope, at)), self.wte.weight)
         for layer, block in enumerate(self.blocks):
             h = block(h, rope, cache, layer)
         if cache is not None:
