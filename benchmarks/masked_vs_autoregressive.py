@@ -1,7 +1,7 @@
 """Masked discrete diffusion against the autoregressive transformer on tiny Shakespeare.
 
     python benchmarks/masked_vs_autoregressive.py [--quick] [--steps 2000] [--contexts 64 256]
-        [--save DIR | --load DIR]
+        [--save DIR | --load DIR] [--curve-every 500]
 
 --save DIR keeps the trained models (DIR/{family}_context{n}); --load DIR scores and times them
 again without training (e.g. timings on a quiet machine after training beside other work).
@@ -37,6 +37,11 @@ validation: the last 10%, of which the first --val-chars are scored). Reported p
 4. Sample quality without an outside model: the autoregressive model's bits/char of each
    family's samples (its own samples as the reference; lower is more like its training text).
 
+5. The training curve (--curve-every N steps; not with --load): both families' validation
+   bits/char on the first --curve-chars validation characters (the exact bits; the bound
+   with --curve-samples mask draws per chunk) against optimiser steps, and the gap. Their
+   seconds are not counted in the training seconds.
+
 Writes OUT.json (default benchmarks/results/masked_vs_autoregressive.json) and prints the
 tables as Markdown. --quick (< 1 min): 10 steps of batch 8, context 64 and 256, 2,000
 validation characters, 2 bound draws, steps 8 and 64, batches of one sample, one repeat: it
@@ -63,13 +68,16 @@ DATA = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
 TARGET_GAP = 0.15  # the masked bound within 15% of the exact bits/char (issue 19)
 
 
-def train_both(args: argparse.Namespace, context: int, text: str) -> dict:
-    """The two models of one context, trained with the same options; their train seconds."""
+def train_both(args: argparse.Namespace, context: int, text: str, val: str) -> tuple[dict, dict]:
+    """The two models of one context, trained with the same options; their train seconds
+    (without the curve's evaluations); the validation curves (--curve-every: bits/char on
+    the first --curve-chars validation characters, exact / the bound, every so many steps)."""
     common = {"n_layer": 4, "n_head": 4, "n_embd": 128, "block_size": context, "dropout": 0.0,
               "max_steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
               "warmup_steps": args.warmup, "min_lr_ratio": 0.1, "weight_decay": 0.1,
               "grad_clip": 1.0, "seed": args.seed}  # fmt: skip
-    out = {}
+    out, curves = {}, {}
+    curve_text = val[: args.curve_chars]
     for name, cls in (("autoregressive", Autoregressive), ("masked_diffusion", MaskedDiffusion)):
         folder = f"{name}_context{context}"
         if args.load is not None:  # trained by an earlier run with --save: only score and time
@@ -80,14 +88,39 @@ def train_both(args: argparse.Namespace, context: int, text: str) -> dict:
             print(f"  {name}: loaded {args.load / folder}", flush=True)
             continue
         model = cls("char", **common)
+        curve, spent = [], [0.0]  # the validation curve, and the seconds it took
+
+        def score(step: int, m, name=name, curve=curve, spent=spent) -> dict:
+            began = time.perf_counter()
+            kw = {"samples": args.curve_samples} if name == "masked_diffusion" else {}
+            bits = m.evaluate_text(curve_text, **kw)["bits_per_char"]
+            curve.append({"step": step, "bits_per_char": bits})
+            spent[0] += time.perf_counter() - began
+            return {"curve_bits_per_char": bits}
+
+        every = args.curve_every or None
         start = time.perf_counter()
-        model.fit(text, progress=False)
-        out[name] = (model, time.perf_counter() - start)
+        model.fit(text, progress=False, callback=score if every else None, callback_every=every)
+        out[name] = (model, time.perf_counter() - start - spent[0])
+        curves[name] = curve
         print(f"  {name}: {args.steps} steps in {out[name][1]:.1f} s", flush=True)
         if args.save is not None:
             model.save(args.save / folder)
             (args.save / f"{folder}.seconds").write_text(f"{out[name][1]}\n")
-    return out
+    return out, curves
+
+
+def curve_rows(curves: dict) -> list[dict]:
+    """The two families' curves side by side: step, exact bits, bound bits, the gap."""
+    by_step: dict[int, dict] = {}
+    for name, points in curves.items():
+        for p in points:
+            by_step.setdefault(p["step"], {"step": p["step"]})[name] = p["bits_per_char"]
+    rows = [r for _, r in sorted(by_step.items())]
+    for r in rows:
+        if "autoregressive" in r and "masked_diffusion" in r:
+            r["gap"] = r["masked_diffusion"] / r["autoregressive"] - 1
+    return rows
 
 
 def timed(fn, repeats: int) -> tuple[float, object]:
@@ -108,10 +141,10 @@ def ar_bits(ar: Autoregressive, texts: list[str]) -> float:
 
 def one_context(args: argparse.Namespace, context: int, train: str, val: str) -> dict:
     print(f"context {context}:", flush=True)
-    models = train_both(args, context, train)
+    models, curves = train_both(args, context, train, val)
     (ar, ar_seconds), (md, md_seconds) = models["autoregressive"], models["masked_diffusion"]
     seconds = {"autoregressive": ar_seconds, "masked_diffusion": md_seconds}
-    record: dict = {"context": context, "train_seconds": seconds}
+    record: dict = {"context": context, "train_seconds": seconds, "curve": curve_rows(curves)}
     # 1. validation bits/char
     ar_scores = ar.evaluate_text(val)
     exact, window = ar_scores["bits_per_char"], ar_scores["window_loss"] / math.log(2)
@@ -203,6 +236,15 @@ def markdown(results: dict) -> str:
                      f"{100 * v['gap']:+.1f}% | {100 * v['gap_to_window']:+.1f}% | "
                      f"{t['autoregressive']:.0f} / "
                      f"{t['masked_diffusion']:.0f} |")  # fmt: skip
+    if any(r["curve"] for r in results["contexts"]):
+        lines += ["", "| context | optimiser step | AR exact bits/char | masked bound | gap |",
+                  "| ---: | ---: | ---: | ---: | ---: |"]  # fmt: skip
+        for r in results["contexts"]:
+            for c in r["curve"]:
+                lines.append(f"| {r['context']} | {c['step']} | "
+                             f"{c.get('autoregressive', math.nan):.4f} | "
+                             f"{c.get('masked_diffusion', math.nan):.4f} | "
+                             f"{100 * c.get('gap', math.nan):+.1f}% |")  # fmt: skip
     lines += ["", "| context | n | sampler | precision | steps | NFE | s / 1,000 chars (wall) "
               "| CPU s / 1,000 chars | AR bits/char of samples |",
               "| ---: | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: |"]  # fmt: skip
@@ -257,6 +299,21 @@ def main() -> None:
         help="the masked sampler's",
     )
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--curve-every",
+        type=int,
+        default=500,
+        help="optimiser steps between points of the validation curve (0: none)",
+    )
+    parser.add_argument(
+        "--curve-chars",
+        type=int,
+        default=10_000,
+        help="validation characters each curve point scores",
+    )
+    parser.add_argument(
+        "--curve-samples", type=int, default=4, help="mask draws per chunk for the curve's bound"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--save", type=Path, help="save the trained models in this folder")
@@ -267,6 +324,7 @@ def main() -> None:
     if args.quick:
         args.steps, args.warmup, args.batch_size, args.val_chars = min(args.steps, 10), 2, 8, 2000
         args.bound_samples, args.sample_steps, args.n, args.repeats = 2, [8, 64], [1], 1
+        args.curve_every, args.curve_chars, args.curve_samples = 5, 500, 1
     torch.set_num_threads(args.threads)
     train = load_dataset(f"text:{args.data}", split="train").text
     val = load_dataset(f"text:{args.data}", split="test").text[: args.val_chars]
