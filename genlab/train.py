@@ -320,25 +320,19 @@ def out_of_patience(run: RunState, config: TrainConfig) -> bool:
     return config.patience is not None and run.bad_evals >= config.patience
 
 
-FUSED_DEVICES = ("cpu", "cuda")  # where torch's fused AdamW kernel runs
-
-
 def make_optimizer(params: list[nn.Parameter], config: TrainConfig) -> torch.optim.AdamW:
     """AdamW with weight decay on matrices and kernels (ndim >= 2), none on biases and norms.
 
-    The fused kernel (one pass over all parameters) where every parameter is a float tensor on
-    the CPU or a CUDA device: the same update as the per-tensor loop up to rounding, and on
-    small networks the loop's per-tensor overhead is most of the optimiser's time (the
-    digits flow, hidden 128, one thread: 1.59x the loop's steps/s, foreach 1.37x;
+    With the multi-tensor ("foreach") kernels: bit for bit the per-tensor loop's update, whose
+    per-tensor overhead was most of the optimiser's time on small networks (the digits flow,
+    hidden 128, one thread: 1.37x the loop's steps/s; the fused kernel 1.59x, but it rounds
+    differently, so runs would no longer repeat those of earlier versions;
     `benchmarks/adamw_kernels.py`)."""
     groups = [
         {"params": [p for p in params if p.ndim >= 2], "weight_decay": config.weight_decay},
         {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
     ]
-    fused = bool(params) and all(
-        p.device.type in FUSED_DEVICES and p.is_floating_point() for p in params
-    )
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=config.lr, fused=fused or None)
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=config.lr, foreach=True)
 
 
 def micro_batches(rows: torch.Tensor, total: int, k: int) -> list[tuple[torch.Tensor, float]]:

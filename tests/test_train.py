@@ -539,3 +539,32 @@ def test_batch_size_must_divide_among_processes(monkeypatch):
     with pytest.raises(ValueError, match="1 rows cannot be shared by 2"):
         x, y = make_data(1)
         fit(linear_model(), x, y, tiny(batch_size=32))
+
+
+def test_the_optimizer_steps_bit_for_bit_as_the_per_tensor_adamw_loop():
+    # foreach kernels for speed, the same numbers as torch's reference loop (foreach=False)
+    def run(make) -> list[torch.Tensor]:
+        torch.manual_seed(0)
+        net = torch.nn.Sequential(torch.nn.Linear(3, 16), torch.nn.GELU(), torch.nn.Linear(16, 3))
+        opt = make(list(net.parameters()))
+        g = torch.Generator().manual_seed(1)
+        for i in range(20):
+            for group in opt.param_groups:
+                group["lr"] = 1e-2 * (1 + i % 3)
+            x = torch.randn(32, 3, generator=g)
+            (net(x) - x).square().mean().backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        return [p.detach().clone() for p in net.parameters()]
+
+    config = TrainConfig(lr=1e-2, weight_decay=0.1)
+
+    def loop(params):
+        groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": 0.1},
+                  {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]  # fmt: skip
+        return torch.optim.AdamW(groups, lr=1e-2, foreach=False)
+
+    ours, reference = run(lambda p: train.make_optimizer(p, config)), run(loop)
+    for a, b in zip(ours, reference, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert not torch.equal(ours[0], run(lambda p: torch.optim.SGD(p, lr=1e-2))[0])
