@@ -5,9 +5,9 @@
 Flow matching on the 8x8 digits with its small-image recipe (MLP hidden 128, batch 128; the
 main job's flow), `FlowMatching.fit` for --steps steps, one thread, the optimiser built by
 `genlab.train.make_optimizer` with each kernel in turn (`foreach=False`, `foreach=True`,
-`fused=True`; the trainer uses foreach: bit for bit the loop, fused rounds differently). The three alternate within each round
-(the machine is noisy, PERF.md); printed: seconds per run, and each kernel's median ratio of
-steps/s to the per-tensor loop's.
+`fused=True`; the trainer uses foreach: bit for bit the loop, while fused rounds
+differently). The three alternate within each round (the machine is noisy, PERF.md);
+printed: seconds per run, and each kernel's median ratio of steps/s to the per-tensor loop's.
 """
 
 from __future__ import annotations
