@@ -136,6 +136,16 @@ class CausalSelfAttention(nn.Module):
         self.dropout = dropout
         self.resid_dropout = dropout_layer(dropout)
 
+    def heads(self, x: Tensor, rope: Tensor | None, past: int = 0) -> tuple[Tensor, ...]:
+        """q, k, v (B, nh, T, d) each of x (B, T, C) at positions past..past+T-1, q and k
+        rotated when given rope tables."""
+        B, T, _ = x.shape
+        qkv = self.qkv(x).view(B, T, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)
+        if rope is None:
+            return qkv.unbind(0)
+        q, k = apply_rope(qkv[:2], rope[past : past + T]).unbind(0)  # rotated together
+        return q, k, qkv[2]
+
     def forward(
         self,
         x: Tensor,
@@ -145,12 +155,7 @@ class CausalSelfAttention(nn.Module):
     ) -> Tensor:
         B, T, C = x.shape
         past = 0 if cache is None else cache.length
-        qkv = self.qkv(x).view(B, T, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)
-        if rope is not None:  # rotate q and k together: (2, B, nh, T, d)
-            q, k = apply_rope(qkv[:2], rope[past : past + T]).unbind(0)
-            v = qkv[2]
-        else:
-            q, k, v = qkv.unbind(0)  # (B, nh, T, d) each
+        q, k, v = self.heads(x, rope, past)
         if cache is not None:
             cache.keys[layer, :, :, past : past + T] = k
             cache.values[layer, :, :, past : past + T] = v
@@ -196,9 +201,7 @@ class Block(nn.Module):
         Shapes: x (B, T, C), at (B, T) bool  ->  (number of True in at, C), row-major.
         """
         a, (B, T, C) = self.attn, x.shape
-        qkv = a.qkv(self.ln_1(x)).view(B, T, 3, a.n_head, a.head_dim).permute(2, 0, 3, 1, 4)
-        qk = qkv[:2] if rope is None else apply_rope(qkv[:2], rope[:T])
-        q, k, v = qk[0], qk[1], qkv[2]  # (B, nh, T, d)
+        q, k, v = a.heads(self.ln_1(x), rope)  # (B, nh, T, d)
         width = int(at.sum(-1).max()) if at.numel() else 0  # queries per row, padded
         if width == 0:
             return x.new_zeros((0, C))
