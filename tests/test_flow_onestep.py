@@ -276,7 +276,7 @@ def test_reflow_resumes_each_phase(tmp_path):
     # a larger budget on resume trains the teacher further: the student restarts on new pairs
     longer = FlowMatching(max_steps=10, **opts).fit(x, out=tmp_path / "a", resume=True)
     assert longer.reflow_["teacher_steps"] == 8 and longer.reflow_["student_steps"] == 2
-    # validation serves the teacher: its best weights draw the pairs
+    # validation serves the teacher only (its last weights draw the pairs): no best weights
     held = FlowMatching(max_steps=4, val_fraction=0.25, eval_every=1, **opts).fit(x)
     assert held.train_result_.best_state is None and held.reflow_["pairs"] == 128
 

@@ -18,7 +18,9 @@ from genlab import train
 from genlab.data import NpyArray, load_dataset
 from genlab.models.autoregressive import Autoregressive
 from genlab.models.base import Budget
+from genlab.models.diffusion import Diffusion
 from genlab.models.flow import FlowMatching
+from genlab.models.vae import VAE
 from genlab.train import TrainConfig, fit
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -167,13 +169,31 @@ def test_text_holds_out_its_end_and_compare_uses_the_best_weights():
     rows, _ = model._val_rows(model._holdout(
         genlab.models.base.TrainingData.from_input(text), 0.1)[1])  # fmt: skip
     assert len(rows) == held - 16  # every window of block_size + 1 tokens of the held-out end
-    model, details = FlowMatching.fit_for_budget(
-        moons(), Budget(steps=25, options={"hidden": 16, "depth": 2, "eval_every": 10})
-    )
+    options = {"hidden": 16, "latent_dim": 2, "eval_every": 5}
+    model, details = VAE.fit_for_budget(moons(), Budget(steps=25, options=options))
     best = model.train_result_.best_state
     assert details["best_step"] == model.train_result_.best_step is not None
+    assert details["weights"] == "best validation"
     for name, value in best.items():
         assert torch.equal(model.state_dict()[name], value)
+
+
+def test_compare_keeps_the_last_weights_of_flow_and_diffusion():
+    """Their validation loss regresses a noisy target: compare ends on the run's last
+    weights, not on the best evaluation's (which is still reported)."""
+    options = {"hidden": 16, "depth": 2, "eval_every": 2, "lr": 0.3, "warmup_steps": 0,
+               "ema_decay": None}  # fmt: skip
+    for cls in (FlowMatching, Diffusion):
+        model, details = cls.fit_for_budget(moons(), Budget(steps=30, options=options))
+        assert details["weights"] == "last" and details["best_step"] is not None
+        alone = cls(max_steps=30, val_fraction=0.05, seed=0, **options)
+        alone.fit(dataclasses.replace(moons(), y=None))
+        for name, value in alone.state_dict().items():
+            assert torch.equal(model.state_dict()[name], value), name
+    # this run's best evaluation is not its last, so its best weights are other weights
+    assert details["best_step"] < 30
+    best = model.train_result_.best_state
+    assert any(not torch.equal(model.state_dict()[k], v) for k, v in best.items())
 
 
 # -- resume -------------------------------------------------------------------------------------

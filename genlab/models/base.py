@@ -478,6 +478,10 @@ class NeuralModel(GenerativeModel):
     recipe_: Any = None
     takes_labels: ClassVar[bool] = True
     resumable: ClassVar[bool] = True
+    #: whether `fit_for_budget` (compare) ends on the best validation evaluation's weights
+    #: (True) or on the last (EMA) weights (False: a family whose validation loss is too noisy
+    #: to rank late checkpoints; the loss is still evaluated and reported)
+    selects_by_validation: ClassVar[bool] = True
 
     def fit(
         self,
@@ -689,7 +693,8 @@ class NeuralModel(GenerativeModel):
         """Construct with max_time=seconds / max_steps=steps (and `options`) and fit on the
         data as `genlab fit` gives it, without its labels, holding out COMPARE_VAL_FRACTION
         of it for validation (unless `options` set val_fraction) and ending with the best
-        evaluation's weights (`load_best`)."""
+        evaluation's weights (`load_best`) where the family `selects_by_validation`, else
+        with the last (EMA) weights ("weights" in the details says which)."""
         b = budget
         kwargs = {"seed": b.seed, "max_time": b.seconds, "max_steps": b.steps,
                   "val_fraction": COMPARE_VAL_FRACTION, **b.options}  # fmt: skip
@@ -698,9 +703,11 @@ class NeuralModel(GenerativeModel):
         model = cls(**kwargs)
         model.fit(dataclasses.replace(data, y=None), progress=b.progress)
         result = model.train_result_
-        if result.best_state is not None:
+        chosen = result.best_state is not None and cls.selects_by_validation
+        if chosen:
             model.load_best()
-        details = {"steps": result.steps, "options": dict(b.options)}
+        details = {"steps": result.steps, "options": dict(b.options),
+                   "weights": "best validation" if chosen else "last"}  # fmt: skip
         if model.recipe_ is not None:
             details["recipe"] = model.recipe_.describe(model.given_options)
         if result.best_step is not None:

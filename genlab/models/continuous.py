@@ -191,6 +191,14 @@ class ContinuousModel(NeuralModel):
     log_prob_far_rows_: int = 0
     #: `invert`, `inpaint` and `sample(init=, strength=)` exist (`genlab edit`, `genlab plot`)
     editable: ClassVar[bool] = True
+    #: compare keeps the last EMA weights, not the lowest validation loss: the loss regresses
+    #: a noisy target (the conditional velocity / noise), whose variance swamps the gains of
+    #: late steps, so its minimum falls on a random checkpoint. On the 8 toys at 120 s the
+    #: best-validation weights were worse than the last in 9 of the 10 runs where they
+    #: differed (swissroll flow: step 1,750 of 4,237, MMD² 8.9e-4 against 2.8e-4; BENCHMARKS.md
+    #: "Best validation weights against the last"); Karras et al. (2024) and the diffusion
+    #: codebases sample with the final EMA weights too.
+    selects_by_validation: ClassVar[bool] = False
 
     @property
     def dim(self) -> int:

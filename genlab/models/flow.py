@@ -539,9 +539,10 @@ class FlowMatching(ContinuousModel, family="flow"):
         included). Under max_time the pairs' seconds (and any overrun of the first phase) come
         out of the second phase's share, so the whole fit keeps to max_time (max_time may
         change on resume, so a resumed second phase still matches its checkpoint).
-        Validation data (val= or val_fraction) serves the first phase only: the teacher's
-        best evaluation draws the pairs (a validation loss means nothing on the pairs), so
-        the final model has no best weights of its own.
+        Validation data (val= or val_fraction) serves the first phase only (a validation
+        loss means nothing on the pairs): the teacher's last EMA weights draw the pairs (its
+        best evaluation's where the family `selects_by_validation`), and the final model has
+        no best weights of its own.
         """
         if self.config.objective != "reflow":
             return super().fit(x, y, **options)
@@ -563,8 +564,8 @@ class FlowMatching(ContinuousModel, family="flow"):
         one = train.fit(self, rows, labels, teacher, val=val_rows, out=first, **common)
         if folder is not None and one.steps != resumed_at:  # a new or further-trained teacher:
             (folder / train.CHECKPOINT_FILE).unlink(missing_ok=True)  # other pairs, a new student
-        if one.best_state is not None:  # the teacher's best validation weights draw the pairs
-            self.train_result_ = one
+        if one.best_state is not None and self.selects_by_validation:
+            self.train_result_ = one  # the teacher's best validation weights draw the pairs
             self.load_best()
         clock = time.perf_counter()
         pairs = self._reflow_pairs(len(rows), labels)
