@@ -17,9 +17,9 @@ the MMD² between independent draws of the data, as the BIC-chosen GMM is.
 
 Each family is fitted exactly as `genlab compare` fits it, through its `fit_for_budget` with
 `--seconds` (the neural families: max_time, 5% of the 10,000 training points held out, the
-last EMA weights (the best validation step is only reported); their defaults, i.e. the per-data-kind recipe of
-`genlab.models.recipes`, plus `--<family>-options`; the GMM: K by BIC, the sweep extended as far
-as the budget affords, `genlab.models.gmm_selection.by_bic`).
+last EMA weights (the best validation step is only reported); their defaults, i.e. the
+per-data-kind recipe of `genlab.models.recipes`, plus `--<family>-options`; the GMM: K by
+BIC, the sweep extended as far as the budget affords, `genlab.models.gmm_selection.by_bic`).
 
 Measures, per toy, all against ONE reference: a fresh draw of n = --n (4,000) points (the
 toy's test split, seed 3000), with Gaussian kernels at (0.25, 0.5, 1, 2, 4) x the median

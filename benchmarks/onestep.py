@@ -9,8 +9,8 @@ Issue 17's target (item 3): the 1-NFE MMD² of a one-step objective within 1.5x 
 flow's 100-NFE sampler on every toy, and a 1-2 NFE digit Fréchet distance within 1.5x of 50 NFE.
 
 Each model is fitted exactly as `genlab compare` fits it (`fit_for_budget`: max_time =
---seconds, or max_steps = --steps; 5% of the 10,000 training points held out, the best
-validation weights; the flow's recipe, plus `--<objective>-options`), on one thread. The
+--seconds, or max_steps = --steps; 5% of the 10,000 training points held out, the last
+EMA weights; the flow's recipe, plus `--<objective>-options`), on one thread. The
 standard flow is loaded from `--reference DIR` (DIR/{toy}_flow_{seconds}s, saved by
 `benchmarks/iterative_toys.py --save DIR`) when that folder exists, else trained here with the
 same budget. Reflow spends half its budget on its standard flow, draws its 10,000 pairs (heun,
