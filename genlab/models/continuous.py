@@ -196,8 +196,8 @@ class ContinuousModel(NeuralModel):
     #: late steps, so its minimum falls on a random checkpoint. On the 8 toys at 120 s the
     #: best-validation weights were worse than the last in 9 of the 10 runs where they
     #: differed (swissroll flow: step 1,750 of 4,237, MMD² 8.9e-4 against 2.8e-4; BENCHMARKS.md
-    #: "Best validation weights against the last"); Karras et al. (2024) and the diffusion
-    #: codebases sample with the final EMA weights too.
+    #: "Best validation weights against the last"). Reflow's teacher draws its pairs with
+    #: its last weights likewise.
     selects_by_validation: ClassVar[bool] = False
 
     @property

@@ -540,9 +540,8 @@ class FlowMatching(ContinuousModel, family="flow"):
         out of the second phase's share, so the whole fit keeps to max_time (max_time may
         change on resume, so a resumed second phase still matches its checkpoint).
         Validation data (val= or val_fraction) serves the first phase only (a validation
-        loss means nothing on the pairs): the teacher's last EMA weights draw the pairs (its
-        best evaluation's where the family `selects_by_validation`), and the final model has
-        no best weights of its own.
+        loss means nothing on the pairs): the teacher's last EMA weights draw the pairs
+        (`ContinuousModel.selects_by_validation`), and the final model has no best weights.
         """
         if self.config.objective != "reflow":
             return super().fit(x, y, **options)
@@ -564,9 +563,6 @@ class FlowMatching(ContinuousModel, family="flow"):
         one = train.fit(self, rows, labels, teacher, val=val_rows, out=first, **common)
         if folder is not None and one.steps != resumed_at:  # a new or further-trained teacher:
             (folder / train.CHECKPOINT_FILE).unlink(missing_ok=True)  # other pairs, a new student
-        if one.best_state is not None and self.selects_by_validation:
-            self.train_result_ = one  # the teacher's best validation weights draw the pairs
-            self.load_best()
         clock = time.perf_counter()
         pairs = self._reflow_pairs(len(rows), labels)
         pair_seconds = time.perf_counter() - clock
