@@ -696,6 +696,7 @@ SAMPLER_VALUES = {"--steps": "3", "--method": "heun", "--guidance": "1.5", "--la
                   "--eta": "0.5", "--order": "2", "--grid": "uniform", "--prompt": "hi",
                   "--max-new-tokens": "4", "--temperature": "0.9", "--top-k": "2",
                   "--top-p": "0.9", "--times": "1,0.5,0", "--churn": "1.0",
+                  "--s-tmin": "0.1", "--s-tmax": "3",
                   "--infill": "a__b", "--placeholder": "_", "--confidence": None}  # fmt: skip
 
 

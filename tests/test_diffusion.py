@@ -399,6 +399,36 @@ def test_fit_sample_save_load(tmp_path):
                                model.log_prob(x, method="rk4", steps=4))  # fmt: skip
 
 
+def test_the_points_default_sampler_is_the_churned_heun_of_the_config(tmp_path):
+    """The points recipe sets config.sample_method "heun", 25 steps and churn 40 in
+    CHURN_WINDOW: sample() without a method is exactly that call (49 NFE), saved and loaded;
+    a given method or churn option wins; given config options win over the recipe's."""
+    from genlab.models.diffusion import CHURN_WINDOW
+
+    model = Diffusion(hidden=16, max_steps=5, warmup_steps=1, batch_size=32)
+    model.fit(load_dataset("moons", n=100))
+    cfg = model.config
+    assert (cfg.sample_method, cfg.sample_method_steps, cfg.sample_churn) == ("heun", 25, 40.0)
+    s = model.sample(64, seed=0)
+    assert model.nfe_ == 49
+    low, high = CHURN_WINDOW
+    explicit = model.sample(64, seed=0, method="heun", steps=25, churn=40.0, s_tmin=low,
+                            s_tmax=high)  # fmt: skip
+    torch.testing.assert_close(s, explicit, rtol=0, atol=0)
+    ode = model.sample(64, seed=0, method="heun", steps=25)  # no churn: the ODE
+    assert float((ode - s).abs().max()) > 1e-3
+    wide = model.sample(64, seed=0, churn=40.0)  # the caller's churn, over every level
+    assert float((wide - s).abs().max()) > 1e-3
+    assert model.sample(8, seed=0, steps=5) is not None and model.nfe_ == 9
+    model.save(tmp_path / "m")
+    torch.testing.assert_close(genlab.load(tmp_path / "m").sample(64, seed=0), s)
+    plain = Diffusion("rectified", "v", hidden=16, max_steps=2, warmup_steps=1, batch_size=32,
+                      sample_method="dpm++", sample_method_steps=0)  # fmt: skip
+    plain.fit(load_dataset("moons", n=100))
+    plain.sample(8, seed=0)
+    assert plain.nfe_ == 20
+
+
 def test_conditional_images_with_guidance():
     digits = load_dataset("digits", n=64)
     model = Diffusion(timesteps=50, net="unet", base_channels=8, max_steps=2, warmup_steps=0,

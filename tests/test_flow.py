@@ -184,6 +184,49 @@ def test_solvers_carry_noise_to_the_gaussian_target(path, method):
     assert model.nfe_ == expected_nfe.get(method, model.nfe_) > 0
 
 
+@pytest.mark.parametrize("path", ["linear", "vp"])
+def test_churned_heun_carries_noise_to_the_gaussian_target(path):
+    """EDM's stochastic Heun on the denoiser the exact velocity implies: the same target as
+    the ODE (the churn keeps every marginal), other samples than the ODE's, reproducible by
+    the seed; the step from t = 1 (alpha = 0) is unraised, the last one an Euler step."""
+    model = gaussian_flow(path)
+    n = 10_000
+    options = {"method": "heun", "steps": 40, "churn": 40.0, "s_tmin": 0.1, "s_tmax": 3.0}
+    run_ = model.sample(n, seed=1, return_trajectory=True, **options)
+    s = run_.samples.numpy()
+    assert model.nfe_ == 79 and run_.trajectory.shape == (41, n, 2)
+    assert float(run_.times[0]) == 1.0 and float(run_.times[-1]) == 0.0
+    se_mean = np.sqrt(np.diag(COV) / n)
+    np.testing.assert_array_less(np.abs(s.mean(0) - MEAN), 5 * se_mean)
+    se_cov = np.sqrt((COV**2 + np.outer(np.diag(COV), np.diag(COV))) / n)
+    np.testing.assert_array_less(np.abs(np.cov(s.T) - COV), 5 * se_cov + 5e-3)
+    ode = model.sample(n, seed=1, method="heun", steps=40)
+    assert float((run_.samples - ode).abs().mean()) > 0.05  # the churn moved the samples
+    torch.testing.assert_close(model.sample(n, seed=1, **options), run_.samples, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="apply to method='heun' only"):
+        model.sample(4, method="euler", steps=4, churn=1.0)
+    with pytest.raises(ValueError, match="churn must be a number >= 0"):
+        model.sample(4, method="heun", steps=4, churn=-1.0)
+
+
+def test_flow_denoiser_inverts_the_velocity_on_every_path():
+    """x0_hat and eps_hat of `flow_denoiser` rebuild x = a x0_hat + s eps_hat and
+    v = a' x0_hat + s' eps_hat exactly (linear with sigma_min, and vp)."""
+    from genlab.models.flow import flow_denoiser
+
+    x = torch.randn(16, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    v = torch.randn(16, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    for path, sigma_min in (("linear", 0.0), ("linear", 0.1), ("vp", 0.0)):
+        schedule = gaussian_flow(path, sigma_min).schedule
+        for t in (1.0, 0.7, 0.2):
+            tt = torch.tensor(t, dtype=torch.float64)
+            x0, eps = flow_denoiser(lambda *_: v, schedule)(x, tt)
+            a, s = float(schedule.alpha(tt)), float(schedule.sigma(tt))
+            da, ds = float(schedule.d_alpha(tt)), float(schedule.d_sigma(tt))
+            torch.testing.assert_close(a * x0 + s * eps, x)
+            torch.testing.assert_close(da * x0 + ds * eps, v)
+
+
 @pytest.mark.parametrize("path, sigma_min", [("linear", 0.0), ("vp", 0.0), ("linear", 0.1)])
 def test_log_prob_is_the_exact_gaussian_density(path, sigma_min):
     """With sigma_min > 0 the model's t = 0 marginal is the target blurred by N(0, sigma_min^2 I)
@@ -380,7 +423,8 @@ def test_the_flow_picks_the_mlp_for_digits():
 def test_declared_capabilities():
     assert FlowMatching.sample_options == {"steps", "method", "y", "guidance",
                                            "return_trajectory", "rtol", "atol", "init",
-                                           "strength", "times", "grid"}  # fmt: skip
+                                           "strength", "times", "grid", "churn", "s_tmin",
+                                           "s_tmax", "s_noise"}  # fmt: skip
     assert FlowMatching.log_prob_options == {"steps", "method", "rtol", "atol", "seed"}
     assert FlowMatching.quick_log_prob == {"method": "rk4", "steps": 4}
     assert FlowMatching.density_grid == 50 and FlowMatching.takes_labels

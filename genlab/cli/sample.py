@@ -23,7 +23,8 @@ SAMPLER_FLAGS = {
     "eta": "--eta", "order": "--order", "grid": "--grid", "prompt": "--prompt",
     "max_new_tokens": "--max-new-tokens",
     "temperature": "--temperature", "top_k": "--top-k", "top_p": "--top-p",
-    "churn": "--churn", "times": "--times", "infill": "--infill",
+    "churn": "--churn", "s_tmin": "--s-tmin", "s_tmax": "--s-tmax", "times": "--times",
+    "infill": "--infill",
     "placeholder": "--placeholder", "confidence": "--confidence",
 }  # fmt: skip
 """The keywords of a family's `sample` that `genlab sample` can pass, and their options."""
@@ -175,7 +176,16 @@ def sample(
         typer.Option(help="Flow and diffusion: your own decreasing time grid, e.g. 1,0.5,0.1,0."),
     ] = None,
     churn: Annotated[
-        float | None, typer.Option(min=0.0, help="Diffusion heun sampler: EDM's S_churn.")
+        float | None,
+        typer.Option(min=0.0, help="Flow and diffusion heun sampler: EDM's S_churn."),
+    ] = None,
+    s_tmin: Annotated[
+        float | None,
+        typer.Option(min=0.0, help="With --churn: churn only where sigma/alpha >= this."),
+    ] = None,
+    s_tmax: Annotated[
+        float | None,
+        typer.Option(min=0.0, help="With --churn: churn only where sigma/alpha <= this."),
     ] = None,
     infill: Annotated[
         str | None,
@@ -211,9 +221,9 @@ def sample(
     """Draw samples from a saved model and write them as .npy, .png or a folder of PNGs.
 
     Sampler options (--steps, --method, --guidance, --label, --eta, --order, --grid, --times,
-    --churn, --prompt, --max-new-tokens, --temperature, --top-k, --top-p, --infill,
-    --placeholder, --confidence) are passed to the model's `sample` when given; a model whose
-    `sample` does not take one of them reports it.
+    --churn, --s-tmin, --s-tmax, --prompt, --max-new-tokens, --temperature, --top-k, --top-p,
+    --infill, --placeholder, --confidence) are passed to the model's `sample` when given; a
+    model whose `sample` does not take one of them reports it.
     """
     model = genlab.load(model_dir)
     label = parse_label(label, model.label_names_)
@@ -221,7 +231,8 @@ def sample(
                               eta=eta, order=order, grid=grid, prompt=prompt,
                               max_new_tokens=max_new_tokens,
                               temperature=temperature, top_k=top_k, top_p=top_p,
-                              times=parse_times(times), churn=churn, infill=infill,
+                              times=parse_times(times), churn=churn, s_tmin=s_tmin,
+                              s_tmax=s_tmax, infill=infill,
                               placeholder=placeholder, confidence=confidence)  # fmt: skip
     if model.is_text:
         sample_text(model, n or 1, seed, None if out is None else Path(out), options)

@@ -47,6 +47,12 @@ toys at 120 s"), and it keeps old folders' samples as they were. On rings traine
 4,000 steps the SDE form had scored better (2.8e-4 against the ODE's 8.0e-4 at 15 NFE,
 benchmarks/diffusion_quality_vs_steps.py): the stochastic sampler corrects a poor denoiser's
 errors as DDPM does. Pass eta=1 for it.
+
+The default sampler (`sample()` without method) is config.sample_method: dpm++ above, except
+on points, whose recipe (`genlab.models.recipes`) makes it EDM's Heun with churn 40 in
+CHURN_WINDOW, 25 steps: scored over three noise seeds, that was below the data floor on 7 of
+the 8 toys at 120 s against 5 for dpm++ 20 (BENCHMARKS.md, "The 8 toys at 120 s, three noise
+seeds a sampler").
 """
 
 from __future__ import annotations
@@ -91,7 +97,7 @@ from genlab.models.diffusion_maths import (
 )
 from genlab.models.diffusion_samplers import edm_heun, unipc
 from genlab.nets import MLP, UNet
-from genlab.options import Choice, Flag, Integer, option
+from genlab.options import Choice, Flag, Integer, Real, option
 from genlab.schedules import SCHEDULES, Schedule
 
 __all__ = [  # the maths lives in diffusion_maths; importing it from here keeps working
@@ -133,6 +139,12 @@ DEFAULT_GRID = {"ddpm": "uniform", "ddim": "quadratic", "dpm++": "quadratic", "h
                 "unipc": "quadratic", "ode": "uniform"}  # fmt: skip
 SDE_GRID = "uniform"  # dpm++ with eta > 0 (SDE-DPM-Solver++ 2M): its best grid at 15 NFE
 DEFAULT_ETA = {"ddim": 0.0, "dpm++": 0.0}  # dpm++: the deterministic 3M (old folders sample alike)
+CHURN_WINDOW = (0.1, 3.0)
+"""(s_tmin, s_tmax) of the default sampler's churn (config.sample_churn > 0): noise is added
+only where sigma / alpha lies in [0.1, 3] (t in [0.09, 0.75] on the rectified path). On the
+8 toys at 120 s (BENCHMARKS.md, "Stochastic Heun on the 8 toys") churning at every level was
+worse than the ODE on 8gaussians (2.6e-4 against 1.7e-4) and churning in this window better
+(-1.5e-5): the low-noise steps, where the denoiser blurs fine structure, stay deterministic."""
 VLB_ROWS = 8192  # network rows per forward pass in vlb
 MAX_DEPTH = 1000  # MLP residual blocks (more is an error of units, not a network)
 
@@ -163,6 +175,19 @@ class DiffusionConfig(continuous.ContinuousConfig):
     )
     clip_denoised: bool = option(
         True, "Clip x0_hat to the image range in ddpm, ddim and dpm++.", Flag()
+    )
+    sample_method: SamplerName = option(
+        "dpm++", "Default sampler of sample, eval and plot.", Choice(SAMPLERS)
+    )
+    sample_method_steps: int = option(
+        0,
+        "Steps of the default sampler (0: that method's own default).",
+        Integer(0, limits.MAX_STEPS),
+    )
+    sample_churn: float = option(
+        0.0,
+        "EDM's S_churn of a default heun sampler, in sigma/alpha of [0.1, 3] (0: the ODE).",
+        Real(0, 1000),
     )
 
 
@@ -309,7 +334,7 @@ class Diffusion(continuous.ContinuousModel, family="diffusion"):
         self,
         n: int,
         *,
-        method: SamplerName = "dpm++",
+        method: SamplerName | None = None,
         steps: int | None = None,
         seed: int | None = None,
         generator: torch.Generator | None = None,
@@ -338,6 +363,9 @@ class Diffusion(continuous.ContinuousModel, family="diffusion"):
         Args:
             n: number of samples.
             method: "ddpm", "ddim", "dpm++", "heun", "unipc" or "ode" (module docstring).
+                None: config.sample_method ("dpm++"; the points recipe: "heun"), with
+                config.sample_method_steps when steps is not given, and for heun
+                config.sample_churn in CHURN_WINDOW unless churn options are given.
             steps: sampler steps: ddpm T (default) or fewer, on the respaced chain; ddim 50;
                 dpm++ 20; heun 10; unipc 20; ode: fixed solver steps (default: dopri5,
                 adaptive). Not with `times` (its length sets the steps).
@@ -412,6 +440,9 @@ class Diffusion(continuous.ContinuousModel, family="diffusion"):
         n = self.check_sample_size(n)
         labels = self._labels(y, n)
         guidance = continuous.check_guidance(guidance, labels)
+        if method is None:
+            method, steps, churn, s_tmin, s_tmax = self._default_sampler(
+                steps, times, (churn, s_tmin, s_tmax, s_noise))  # fmt: skip
         eta = DEFAULT_ETA.get(method, 0.0) if eta is None else eta
         given_steps = steps is not None
         plan = self._check_sampler(method, steps, eta, grid, solver, times,
@@ -459,6 +490,20 @@ class Diffusion(continuous.ContinuousModel, family="diffusion"):
             return samples
         trajectory = [self._to_data_space(s).cpu() for s in states[:-1]] + [samples.cpu()]
         return continuous.SampleTrajectory(samples, torch.stack(trajectory), path.float().cpu())
+
+    def _default_sampler(self, steps, times, churn) -> tuple[str, int | None, float, float, float]:
+        """(method, steps, churn, s_tmin, s_tmax) of a call without method: config.sample_method
+        with config.sample_method_steps (when > 0 and neither steps nor times is given; at most
+        the chain's timesteps, which bound the uniform grid's steps) and,
+        for heun without churn options of the caller's, config.sample_churn in CHURN_WINDOW."""
+        cfg = self.config
+        method = cfg.sample_method
+        if steps is None and times is None and cfg.sample_method_steps > 0:
+            steps = min(cfg.sample_method_steps, cfg.timesteps)  # a short chain has fewer
+        amount, s_tmin, s_tmax, _ = churn
+        if method == "heun" and cfg.sample_churn > 0 and churn == (0.0, 0.0, math.inf, 1.0):
+            amount, (s_tmin, s_tmax) = cfg.sample_churn, CHURN_WINDOW
+        return method, steps, amount, s_tmin, s_tmax
 
     def _samples(self, x: Tensor, check: bool = False) -> Tensor:
         """Model-space states (B, *net_shape) as samples: data space, images clipped to

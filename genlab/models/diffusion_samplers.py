@@ -156,9 +156,9 @@ def edm_heun(
     gives the same samples on every device.
 
     NFE: 2 per step, 1 for a step to r = 0: 2 S - 1 on a grid ending at t = 0, else 2 S.
-    Returns (x at the last time reached, NFE). Needs alpha > 0 on the grid (a flow path with
-    alpha(1) = 0 must start below t = 1).
-    """
+    Returns (x at the last time reached, NFE). Needs alpha > 0 on the grid, except, with
+    variable="t", at its first time (a flow path's t = 1, alpha = 0, r infinite: that step is
+    taken unraised)."""
     grid = _check_common(denoise, x, times, schedule, project, on_step)
     churn = _real(churn, "churn")
     s_tmin = _real(s_tmin, "s_tmin", allow_inf=True)
@@ -172,19 +172,28 @@ def edm_heun(
     if generator is not None and not cpu:
         raise TypeError(f"generator must be a CPU torch.Generator or None, got {generator!r}")
     alphas, sigmas = _coefficients(schedule, grid)
-    if not bool((alphas > 0).all()):
+    pure_noise = alphas <= 0
+    if bool(pure_noise[1:].any()) or (variable == "r" and bool(pure_noise[0])):
         raise ValueError(
-            f"edm_heun needs alpha(t) > 0 on the grid (it works in y = x / alpha), but alpha = 0 "
-            f"at t = {grid[alphas <= 0].tolist()}: start the grid below t = 1"
+            f"edm_heun needs alpha(t) > 0 on the grid (it works in y = x / alpha; "
+            f'variable="t" allows alpha = 0 at the first time only), but alpha = 0 at t = '
+            f"{grid[pure_noise].tolist()}: start the grid below t = 1"
         )
-    ratios = sigmas / alphas
+    ratios = torch.where(pure_noise, math.inf, sigmas / torch.where(pure_noise, 1.0, alphas))
     gammas = edm_gammas(ratios, churn, s_tmin, s_tmax)
     nfe = 0
     for i in range(len(grid) - 1):
         t_i, t_next = float(grid[i]), float(grid[i + 1])
         r_i, r_next = float(ratios[i]), float(ratios[i + 1])
-        y = x / float(alphas[i])
         t_hat, r_hat, a_hat = t_i, r_i, float(alphas[i])
+        if a_hat == 0.0:  # pure noise (a flow path at t = 1): no room to raise, no y
+            x, used = _heun_in_t(denoise, x, t_i, t_next, r_next, schedule)
+            nfe += used
+            x, stop = _finish_step(x, t_next, i + 1, project, on_step)
+            if stop:
+                break
+            continue
+        y = x / a_hat
         if gammas[i] > 0:
             lam_hat = -2.0 * math.log((1.0 + float(gammas[i])) * r_i)
             t_hat = float(schedule.t_of_log_snr(torch.tensor(lam_hat, dtype=torch.float64)))

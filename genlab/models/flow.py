@@ -95,6 +95,7 @@ from genlab.models.continuous import (
     drop_labels,
     guided_call,
 )
+from genlab.models.diffusion_samplers import edm_heun
 from genlab.nets import MLP, UNet
 from genlab.nets.embeddings import TIME_SCALE, set_time_scale
 from genlab.options import Choice, Integer, Real, option
@@ -296,6 +297,26 @@ def flow_grid(schedule: Schedule, name: str, steps: int, t_start: float = 1.0) -
     return [t_start, *rest.tolist()]
 
 
+def flow_denoiser(
+    velocity: Callable[[Tensor, Tensor], Tensor], schedule: Schedule
+) -> Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]:
+    """The denoiser (x, t) -> (x0_hat, eps_hat) that a velocity implies on the path
+    x_t = a x0 + s eps (`diffusion_samplers.Denoise`): solving v = a' x0 + s' eps with it,
+
+        x0_hat = (s' x - s v) / (a s' - s a'),    eps_hat = (a v - a' x) / (a s' - s a')
+
+    (the linear path: x0_hat = x - t v, eps_hat = x + (1 - t) v; a s' - s a' = 1)."""
+
+    def denoise(x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        t64 = t.double()
+        a, s = float(schedule.alpha(t64)), float(schedule.sigma(t64))
+        da, ds = float(schedule.d_alpha(t64)), float(schedule.d_sigma(t64))
+        v, det = velocity(x, t), a * ds - s * da
+        return (ds * x - s * v) / det, (a * v - da * x) / det
+
+    return denoise
+
+
 def reflow_budgets(config: Any) -> tuple[Any, Any]:
     """(teacher, student) configs of reflow's two phases: the budget (max_steps, max_time;
     DEFAULT_MAX_STEPS when neither is set) split reflow_share : 1 - reflow_share, the teacher
@@ -420,7 +441,7 @@ class FlowMatching(ContinuousModel, family="flow"):
     size_options: ClassVar[tuple[str, ...]] = ("hidden", "depth", "base_channels")
     sample_options: ClassVar[frozenset[str]] = frozenset(
         {"steps", "method", "y", "guidance", "return_trajectory", "rtol", "atol", "init",
-         "strength", "times", "grid"}
+         "strength", "times", "grid", "churn", "s_tmin", "s_tmax", "s_noise"}
     )  # fmt: skip
     trajectory_picture = TrajectoryPicture("trajectories", {}, paths=500, images=64, animate=True)
 
@@ -686,6 +707,10 @@ class FlowMatching(ContinuousModel, family="flow"):
         strength: float = 1.0,
         times: Sequence[float] | Tensor | None = None,
         grid: GridName = "uniform",
+        churn: float = 0.0,
+        s_tmin: float = 0.0,
+        s_tmax: float = math.inf,
+        s_noise: float = 1.0,
     ) -> Tensor | SampleTrajectory:
         """n draws: integrate dx/dt = v(x, t) from t = 1 (x ~ N(0, I)) to t = 0 (a MeanFlow
         model: z_r = z_t - (t - r) u(z_t, r, t) along the grid, one net call per step).
@@ -725,6 +750,14 @@ class FlowMatching(ContinuousModel, family="flow"):
                 in t, today's numbers), "quadratic", "logsnr" or "karras" (EDM's range
                 sigma/alpha in [0.002, 80], then a last step to t = 0: a flow path's log-SNR
                 is infinite at both ends).
+            churn, s_tmin, s_tmax, s_noise: EDM's stochastic Heun (method="heun" only; Karras
+                et al. 2022, Alg. 2, through `diffusion_samplers.edm_heun` in t): before each
+                step whose noise-to-signal ratio sigma_t / alpha_t (t / (1 - t) on the linear
+                path) lies in [s_tmin, s_tmax], fresh noise (from the generator, scaled by
+                s_noise) raises it by the factor 1 + min(churn / steps, sqrt(2) - 1); the
+                field's denoiser is the one the velocity implies (`flow_denoiser`). The step
+                from t = 1 is never raised and the last step, to t = 0, is an Euler step:
+                2 steps - 1 NFE. churn = 0 (default): the deterministic ODE.
 
         Every sampler calls `_project_step` on its state at its start time and after each
         step (the editing hook, e.g. inpainting); dopri5 cannot (ValueError while a
@@ -748,11 +781,17 @@ class FlowMatching(ContinuousModel, family="flow"):
                 f'Euler step with the average velocity): pass method="euler" or None, not '
                 f"{method!r}"
             )
+        churned = (churn, s_tmin, s_tmax, s_noise) != (0.0, 0.0, math.inf, 1.0)
+        if churned and method != "heun":
+            raise ValueError(
+                f"churn, s_tmin, s_tmax and s_noise apply to method='heun' only (EDM's "
+                f"stochastic sampler), not {method!r}: use method='heun' or drop them"
+            )
         limits.check_tolerances(rtol, atol)
         if grid not in grids.GRIDS:
             raise ValueError(f"grid must be one of {grids.GRIDS}, got {grid!r}")
         check_callback(callback)
-        eps, _ = self._start(n, seed, generator, noise)
+        eps, g = self._start(n, seed, generator, noise)
         z, t_start = self._edit_start(init, strength, eps)
         done = n == 0 or t_start == 0  # nothing to integrate
         plan = None if done else self._time_plan(method, steps, times, grid, t_start)
@@ -791,6 +830,11 @@ class FlowMatching(ContinuousModel, family="flow"):
                 )  # fmt: skip
             self.nfe_ = len(reached) - 1
             final, traj, kept = z, (torch.stack(states) if states else None), reached
+        elif churned:
+            grid_ = plan if plan is not None else torch.linspace(t_start, 0.0, steps + 1).tolist()
+            final, traj, kept = self._churned_heun(
+                z, grid_, lambda v, t: batched(self.velocity, v, t), (churn, s_tmin, s_tmax,
+                s_noise), g, callback, progress, return_trajectory)  # fmt: skip
         else:
             fixed = method != "dopri5"
             projecting = fixed or getattr(self, "_projection", None) is not None
@@ -813,6 +857,39 @@ class FlowMatching(ContinuousModel, family="flow"):
         states = self._to_data_space(traj.reshape(-1, *self.net_shape_))
         trajectory = states.reshape(len(traj), n, *self.event_shape).cpu()
         return SampleTrajectory(samples, trajectory, torch.tensor(kept, dtype=samples.dtype))
+
+    def _churned_heun(
+        self,
+        z: Tensor,
+        times: list[float],
+        velocity: Callable[[Tensor, Tensor], Tensor],
+        churn: tuple[float, float, float, float],
+        generator: torch.Generator,
+        callback: StepCallback | None,
+        progress: bool | None,
+        keep: bool,
+    ) -> tuple[Tensor, Tensor | None, list[float]]:
+        """EDM's stochastic Heun along `times` (`edm_heun` in t, the denoiser of
+        `flow_denoiser`): (the final state, the states at every time reached when `keep`, those
+        times). Sets nfe_."""
+        grid = torch.tensor(times, dtype=torch.float64)
+        states = [z]
+
+        def on_step(step: int, t: float, x: Tensor) -> bool:
+            if keep:
+                states.append(x)
+            return monitor(t, x)
+
+        amount, s_tmin, s_tmax, s_noise = churn
+        with StepMonitor(callback, progress, len(grid) - 1, "heun sampling (churn)",
+                         view=self._to_data_space) as monitor:  # fmt: skip
+            x, self.nfe_ = edm_heun(
+                flow_denoiser(velocity, self.schedule), z, grid, self.schedule, churn=amount,
+                s_tmin=s_tmin, s_tmax=s_tmax, s_noise=s_noise, generator=generator,
+                project=lambda x_, t: self._project_step(x_, float(t)), on_step=on_step,
+                variable="t",
+            )  # fmt: skip
+        return x, (torch.stack(states) if keep else None), grid[: monitor.steps + 1].tolist()
 
     def _time_plan(
         self, method: str, steps: int | None, times: Any, grid: str, t_start: float
