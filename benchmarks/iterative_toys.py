@@ -46,10 +46,11 @@ scores those folders instead of training (no steps are reported then). `--jobs 2
 scores, and computes the floors) two at a time in separate processes (one thread each): on an
 idle 2-core machine the budget of each is then its own core's.
 
-Cost: per toy 2 x --seconds of training (gmm: at most --seconds) plus about 40 s of sampling
-and scoring (ddpm 1,000 steps on 4,000 points is most of it); all 8 toys at 120 s: about 45 min
-with --jobs 1, 25 min with --jobs 2 on an idle machine. --quick: moons and rings at 10 s,
-1,000 points, 6 floor draws (< 1 min of training).
+Cost: per toy 2 x --seconds of training (gmm: at most --seconds) plus, a noise seed, about
+40 s of sampling and scoring (ddpm 1,000 steps on 4,000 points is most of it), and 2.5 s a
+floor draw; all 8 toys at 120 s with --jobs 2, --seeds 3 and 48 floor draws: about 20 min of
+training and 17 min of scoring on an idle machine (`--load`: the 17 min). --quick: moons and
+rings at 10 s, 1,000 points, 6 floor draws (< 1 min of training).
 """
 
 from __future__ import annotations

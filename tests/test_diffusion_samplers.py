@@ -322,3 +322,29 @@ def test_samplers_reject_a_bad_denoiser_and_alpha_zero():
         edm_heun(gaussian_denoiser(path), start(4), [1.0, 0.0], path)
     with pytest.raises(ValueError, match="start the grid below t = 1"):
         unipc(gaussian_denoiser(path), start(4), [1.0, 0.5], path)
+
+
+def test_heun_in_t_starts_at_pure_noise_and_churns_below_it():
+    """variable="t" takes a flow path's t = 1 (alpha = 0) as its first time: that step is
+    unraised (the denoiser sees t = 1 first), later steps inside [s_tmin, s_tmax] are raised,
+    and the churned chain still lands on N(m, s^2); variable="r" refuses alpha = 0."""
+    from genlab.schedules import PATHS
+
+    path = PATHS["linear"]()
+    n = 20_000
+    x = torch.randn(n, 1, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    grid = torch.linspace(1.0, 0.0, 41, dtype=torch.float64)
+    calls = []
+    gen = torch.Generator().manual_seed(4)
+    out, nfe = edm_heun(gaussian_denoiser(path, calls), x, grid, path, churn=40.0, s_tmin=0.1,
+                        s_tmax=3.0, generator=gen, variable="t")  # fmt: skip
+    assert nfe == 79 and calls[0][0] == 1.0
+    off_grid = sorted(t for t, _ in calls if min(abs(t - float(g)) for g in grid) > 1e-9)
+    r = grid[1:-1] / (1 - grid[1:-1])  # the starts below t = 1; gamma = min(40 / 40, sqrt 2 - 1)
+    r_hat = (1 + math.sqrt(2) - 1) * r[(r >= 0.1) & (r <= 3.0)]
+    expected = sorted((r_hat / (1 + r_hat)).tolist())  # t of r^ on the straight path
+    assert len(expected) > 10
+    np.testing.assert_allclose(off_grid, expected, rtol=1e-7)  # t_of_log_snr in float64
+    assert abs(out.mean().item() - M) < 0.015 and abs(out.std().item() - S) < 0.015
+    with pytest.raises(ValueError, match="start the grid below t = 1"):
+        edm_heun(gaussian_denoiser(path), x[:4], grid, path, variable="r")
