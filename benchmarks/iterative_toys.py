@@ -36,7 +36,7 @@ pairwise distance of the reference (fixed per toy, the same for every sample set
   noise seeds is below the p95 of the same statistic on data: the mean MMD² of k floor draws
   (`floor_of_means`: every k-subset of the floor draws). One draw is a noisy verdict: the
   MMD² of one sample set swings by about the floor's own spread from seed to seed (pinwheel's
-  flow: 4.5e-4, 0.8e-4, -0.4e-4 at seeds 0, 1, 2, against a one-draw p95 of 2.6e-4), and
+  flow: 4.5e-4, 0.8e-4, -0.4e-4 at seeds 0, 1, 2, against a one-draw p95 of 2.2e-4), and
   draws of the data itself fail the one-draw test 12% of the time on some toys (BENCHMARKS.md,
   "How often real data fails the single-draw check"). --seeds 1 is the old one-draw verdict.
 
