@@ -50,9 +50,10 @@ errors as DDPM does. Pass eta=1 for it.
 
 The default sampler (`sample()` without method) is config.sample_method: dpm++ above, except
 on points, whose recipe (`genlab.models.recipes`) makes it EDM's Heun with churn 40 in
-CHURN_WINDOW, 25 steps: scored over three noise seeds, that was below the data floor on 7 of
-the 8 toys at 120 s against 5 for dpm++ 20 (BENCHMARKS.md, "The 8 toys at 120 s, three noise
-seeds a sampler").
+CHURN_WINDOW, 25 steps: scored over three noise seeds on two trainings of the 8 toys at 120 s,
+it was below the data floor in 12 of the 16 runs against 9 for the heun ODE and 5 for dpm++
+15 (dpm++ 20: 5 of the first 8; BENCHMARKS.md, "The 8 toys at 120 s, three noise seeds a
+sampler" and the fresh run after it).
 """
 
 from __future__ import annotations
@@ -142,9 +143,10 @@ DEFAULT_ETA = {"ddim": 0.0, "dpm++": 0.0}  # dpm++: the deterministic 3M (old fo
 CHURN_WINDOW = (0.1, 3.0)
 """(s_tmin, s_tmax) of the default sampler's churn (config.sample_churn > 0): noise is added
 only where sigma / alpha lies in [0.1, 3] (t in [0.09, 0.75] on the rectified path). On the
-8 toys at 120 s (BENCHMARKS.md, "Stochastic Heun on the 8 toys") churning at every level was
-worse than the ODE on 8gaussians (2.6e-4 against 1.7e-4) and churning in this window better
-(-1.5e-5): the low-noise steps, where the denoiser blurs fine structure, stay deterministic."""
+8 toys at 120 s (BENCHMARKS.md, "The 8 toys at 120 s, three noise seeds a sampler", the
+screens at noise seed 0) diffusion's 8gaussians scored 1.9e-4 churned at every level, 1.1e-4
+by the ODE and -5.2e-5 churned in this window: the low-noise steps, where the denoiser blurs
+fine structure, stay deterministic."""
 VLB_ROWS = 8192  # network rows per forward pass in vlb
 MAX_DEPTH = 1000  # MLP residual blocks (more is an error of units, not a network)
 

@@ -148,10 +148,11 @@ DIFFUSION_POINTS = Recipe(
     # The default sampler: EDM's stochastic Heun, 25 steps (49 NFE), churn 40 where sigma / alpha
     # is in [0.1, 3] (`diffusion.CHURN_WINDOW`). The 8 toys' 120 s models scored at noise seeds
     # 0, 1, 2 (the mean MMD^2 at n = 4,000 against the p95 of the mean of 3 of 48 data draws,
-    # BENCHMARKS.md "Stochastic Heun on the 8 toys", 2026-12-02): below that floor on 7 of 8
-    # toys (all but checkerboard, 1.26 x) against 5 of 8 for DPM-Solver++ 3M 20 steps (the
-    # default before: swissroll 1.07, checkerboard 1.09, rings 2.72 x); the flow family's ODE
-    # stayed ahead of the same churn (6 of 8 against 4), so the flow keeps its Heun ODE.
+    # BENCHMARKS.md "The 8 toys at 120 s, three noise seeds a sampler", 2026-12-02): below that
+    # floor on 7 of 8 toys (all but checkerboard, 1.26 x) against 5 of 8 for DPM-Solver++ 3M 20
+    # steps (the default before: swissroll 1.07, checkerboard 1.09, rings 2.72 x); trained
+    # afresh, 5 of 8 (its heun ODE 5, dpm++ 15 2): 12 of 16 runs against 9 and 5. The flow's
+    # ODE stayed ahead of the same churn (11 of 16 against 8), so the flow keeps its Heun ODE.
     # The straight path, as SD3 trains it (Esser et al. 2024: rectified flow, the velocity
     # MSE, logit-normal t): on rings at 3,000 steps a flow on the variance-preserving path
     # scored like diffusion (MMD^2 3.4e-4) and the same flow on the straight path reached the
