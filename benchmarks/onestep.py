@@ -18,11 +18,13 @@ same budget. Reflow spends half its budget on its standard flow, draws its 10,00
 
 Scores, per toy, against ONE reference (the toy's test split, n = --n = 4,000 points, seed 3000,
 Gaussian kernels at (0.25, 0.5, 1, 2, 4) x its median pairwise distance: the same reference and
-kernels as `benchmarks/iterative_toys.py`), all samples from noise seed 0:
+kernels as `benchmarks/iterative_toys.py`), every score the mean over noise seeds 0 ..
+--seeds - 1 (default 3; --jobs toys at a time, one process each):
 - standard: heun 50 steps (100 NFE, the family's default), euler 1 and 2 NFE;
 - meanflow / reflow: their own 1-step and 2-step samplers (1 and 2 NFE);
-- floor: the 95th percentile of MMD² between --floor-draws further data draws and the
-  reference (a model below it is indistinguishable from data at this n);
+- floor: the 95th percentile of the mean MMD² of --seeds data draws (of --floor-draws, 48,
+  further draws, `iterative_toys.floor_of_means`) against the reference: a model below it
+  is indistinguishable from data at this n;
 - ratio = MMD²(1 NFE) / MMD²(standard 100 NFE); "ok" when <= 1.5 or when the 1-NFE MMD² is
   below the floor (the ratio of two values within noise of 0 says nothing).
 Digits (the fixed 1,437 / 360 split, --digits-seconds): 1,000 samples put on the 17 grey
@@ -34,25 +36,28 @@ pairs with r < t); --meanflow-options '{"time_embed_scale": 1000, "meanflow_rati
 the earlier defaults (moons 1-NFE 0.15 at 120 s). The printed rows give each model's steps.
 
 Cost: per toy (1 + len(objectives)) x --seconds of training (standard: 0 with --reference), plus
-~15 s of sampling and scoring; 8 toys at 120 s with both objectives and --reference: ~35 min;
-without --reference ~50 min; digits at 20 s: ~1.5 min (the classifier cached). --quick: moons
-at 300 steps, digits at 100 steps, 2,000 points (< 1 min).
+~45 s of sampling and scoring at 3 seeds; 8 toys at 120 s, reflow only, no --reference,
+--jobs 2: ~27 min on an idle 2-core machine; digits at 20 s: ~2 min (the classifier cached).
+--quick: moons at 300 steps, digits at 100 steps, 2,000 points (< 1 min).
 
 Measured (one thread, a loaded 2-core machine), digits at 20 s: standard 50 NFE 33.1,
 standard euler 1 NFE 85.8; meanflow 1 NFE 52.6, 2 NFE 42.6 (ratio 1.29); reflow 1 NFE 60.4,
-2 NFE 49.4 (ratio 1.49).
+2 NFE 49.4 (ratio 1.49). 2026-12-02, idle, means of 3 seeds, reflow with its noise-end rows
+(`reflow_end_share` 0.5): standard 50 NFE 20.06; reflow 1 / 2 NFE 26.83 / 25.30 (ratio 1.26).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import statistics
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
+from iterative_toys import floor_of_means
 
 import genlab
 from genlab import metrics
@@ -74,12 +79,17 @@ def reference(toy: str, n: int) -> tuple[torch.Tensor, list[float]]:
     return ref, [s * median for s in SCALES]
 
 
-def floor_p95(toy: str, n: int, draws: int, ref: torch.Tensor, widths: list[float]) -> float:
-    values = sorted(
+def floor_p95(
+    toy: str, n: int, draws: int, ref: torch.Tensor, widths: list[float], seeds: int = 1
+) -> float:
+    """The p95 of the mean MMD² of `seeds` data draws (`iterative_toys.floor_of_means` over
+    `draws` draws): the floor of a score averaged over that many noise seeds."""
+    values = [
         metrics.mmd(load_dataset(toy, split="test", n=n, seed=FLOOR_SEED + i).x, ref, widths)
         for i in range(draws)
-    )
-    return statistics.quantiles(values, n=20, method="inclusive")[-1] if draws > 1 else values[0]
+    ]
+    means = sorted(floor_of_means(values, min(seeds, draws)))
+    return statistics.quantiles(means, n=20, method="inclusive")[-1] if len(means) > 1 else means[0]
 
 
 def fit(data, budget: dict, options: dict) -> tuple[FlowMatching, float]:
@@ -102,11 +112,18 @@ def standard_flow(toy: str, data, args, budget: dict) -> tuple[FlowMatching, flo
 def score_toy(toy: str, args, budget: dict) -> dict:
     train = load_dataset(toy, split="train", n=args.n_train)
     ref, widths = reference(toy, args.n)
-    row = {"toy": toy, "floor_p95": floor_p95(toy, args.n, args.floor_draws, ref, widths)}
+    torch.set_num_threads(args.threads)
+    floor = floor_p95(toy, args.n, args.floor_draws, ref, widths, args.seeds)
+    row = {"toy": toy, "floor_p95": floor}
 
     def mmd(model, **kw) -> tuple[float, int]:
-        s = model.sample(args.n, seed=NOISE_SEED, **kw).detach().float()
-        return metrics.mmd(s, ref, widths), model.nfe_
+        """The mean MMD² over noise seeds NOISE_SEED .. + args.seeds - 1, and the NFE."""
+        values = [
+            metrics.mmd(model.sample(args.n, seed=NOISE_SEED + k, **kw).detach().float(), ref,
+                        widths)
+            for k in range(args.seeds)
+        ]  # fmt: skip
+        return statistics.mean(values), model.nfe_
 
     flow, seconds, how = standard_flow(toy, train, args, budget)
     row["standard"] = {"how": how, "train_seconds": seconds,
@@ -123,15 +140,23 @@ def score_toy(toy: str, args, budget: dict) -> dict:
     return row
 
 
+def score_toy_job(job: tuple) -> dict:
+    return score_toy(*job)
+
+
 def score_digits(args, budget: dict) -> dict:
     train, test = load_dataset("digits", split="train"), load_dataset("digits", split="test")
     classifier = feature_classifier(train, test, seed=0, device="cpu")
     test_features, _ = classifier.features_and_labels(test.x.float())
 
     def frechet(model, **kw) -> tuple[float, int]:
-        s = metrics.quantize(model.sample(1000, seed=NOISE_SEED, **kw).float(), train.levels)
-        feats, _ = classifier.features_and_labels(s)
-        return metrics.frechet_distance(test_features, feats), model.nfe_
+        """The mean Fréchet distance over the noise seeds, and the NFE."""
+        values = []
+        for k in range(args.seeds):
+            s = model.sample(1000, seed=NOISE_SEED + k, **kw).float()
+            feats, _ = classifier.features_and_labels(metrics.quantize(s, train.levels))
+            values.append(metrics.frechet_distance(test_features, feats))
+        return statistics.mean(values), model.nfe_
 
     row = {"toy": "digits"}
     flow, seconds = fit(train, budget, json.loads(args.standard_options))
@@ -179,7 +204,9 @@ def main() -> None:
     p.add_argument("--reference", default=None, help="DIR of {toy}_flow_{seconds}s folders")
     p.add_argument("--n", type=int, default=4000)
     p.add_argument("--n-train", type=int, default=10_000)
-    p.add_argument("--floor-draws", type=int, default=12)
+    p.add_argument("--floor-draws", type=int, default=48)
+    p.add_argument("--seeds", type=int, default=3, help="noise seeds a score is averaged over")
+    p.add_argument("--jobs", type=int, default=1, help="toys scored at a time (processes)")
     p.add_argument("--digits-seconds", type=float, default=20.0)
     p.add_argument("--digits-steps", type=int, default=None)
     p.add_argument("--no-digits", action="store_true")
@@ -205,9 +232,18 @@ def main() -> None:
     print(f"# onestep {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, budget {budget}, "
           f"threads {args.threads}, objectives {args.objectives}", flush=True)  # fmt: skip
     rows = []
-    for toy in toys:
-        rows.append(score_toy(toy, args, budget))
-        print_toy(rows[-1], args.objectives)
+    jobs = [(toy, args, budget) for toy in toys]
+    if args.jobs == 1:
+        scored = map(score_toy_job, jobs)
+    else:
+        pool = multiprocessing.get_context("spawn").Pool(args.jobs)
+        scored = pool.imap(score_toy_job, jobs)
+    for row in scored:
+        rows.append(row)
+        print_toy(row, args.objectives)
+    if args.jobs != 1:
+        pool.close()
+        pool.join()
     if not args.no_digits:
         rows.append(score_digits(args, digits_budget))
         print_digits(rows[-1], args.objectives)

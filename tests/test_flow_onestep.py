@@ -239,7 +239,7 @@ def test_reflow_trains_on_the_teachers_own_pairs(monkeypatch):
         return pairs
 
     monkeypatch.setattr(FlowMatching, "_reflow_pairs", spy)
-    model, x = fitted("reflow", max_steps=8)
+    model, x = fitted("reflow", max_steps=8, reflow_end_share=0.0)
     assert len(seen) == 1 and seen[0].shape == (len(x), 2, 2)
     assert model.reflow_["teacher_steps"] == 6 and model.reflow_["student_steps"] == 2
     assert model.train_result_.steps == 8
@@ -255,6 +255,65 @@ def test_reflow_trains_on_the_teachers_own_pairs(monkeypatch):
     t = model._train_times(z1)
     x_t = (1 - t)[:, None] * z1 + t[:, None] * eps
     torch.testing.assert_close(loss, (model.net(x_t, t) - (eps - z1)).square().mean())
+
+
+def test_reflow_pairs_and_the_noise_end_share(monkeypatch):
+    """reflow_pairs sets how many pairs the teacher draws (labels resampled for them);
+    reflow_end_share puts that share of the student's rows at t = 1, where the loss is the
+    distillation regression |v(eps, 1) - (eps - x1)|^2 of the one-step Euler sampler."""
+    seen = []
+    real = FlowMatching._reflow_pairs
+
+    def spy(self, n, labels):
+        seen.append((n, None if labels is None else labels.clone()))
+        return real(self, n, labels)
+
+    monkeypatch.setattr(FlowMatching, "_reflow_pairs", spy)
+    model, x = fitted("reflow", max_steps=8, reflow_pairs=300, reflow_end_share=0.25)
+    assert seen[0][0] == 300 and model.reflow_["pairs"] == 300
+    pairs = real(model, 16, None)
+    model.train()
+    torch.manual_seed(0)
+    loss = model.loss((pairs,), 0)["loss"]
+    torch.manual_seed(0)
+    eps, z1 = pairs[:, 0], pairs[:, 1]
+    t = model._train_times(z1)
+    t[:4] = 1.0  # round(0.25 * 16) rows at the noise end
+    x_t = (1 - t)[:, None] * z1 + t[:, None] * eps
+    torch.testing.assert_close(x_t[:4], eps[:4])
+    torch.testing.assert_close(loss, (model.net(x_t, t) - (eps - z1)).square().mean())
+    data_rows = model._train_rows(x[:16])  # a data batch keeps its drawn times
+    torch.manual_seed(0)
+    plain = model.loss((x[:16],), 0)["loss"]
+    torch.manual_seed(0)
+    eps = torch.randn_like(data_rows)  # the loss's order: noise, then times
+    t = model._train_times(data_rows)
+    assert (t < 1).all()
+    torch.testing.assert_close(
+        plain,
+        (model.net((1 - t)[:, None] * data_rows + t[:, None] * eps, t) - (eps - data_rows))
+        .square()
+        .mean(),
+    )
+    # labels: the classes' own for one pair per row, else drawn from them
+    y = torch.arange(256) % 4
+    seen.clear()
+    FlowMatching(
+        objective="reflow",
+        hidden=8,
+        depth=1,
+        max_steps=4,
+        warmup_steps=1,
+        batch_size=32,
+        reflow_pairs=1000,
+    ).fit(x, y)
+    n, labels = seen[0]
+    assert n == 1000 and labels.shape == (1000,) and set(labels.tolist()) == {0, 1, 2, 3}
+    assert abs(float((labels == 0).float().mean()) - 0.25) < 0.06
+    with pytest.raises(ValueError, match="reflow's 10,000,000 pairs would need"):
+        FlowMatching(objective="reflow", reflow_pairs=10_000_000, max_steps=2).fit(
+            torch.randn(64, 4000)
+        )
 
 
 def test_reflow_resumes_each_phase(tmp_path):

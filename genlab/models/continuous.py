@@ -38,6 +38,7 @@ from genlab.data.dataset import Dataset, check_seed, image_geometry, shape_kind
 from genlab.models import limits
 from genlab.models.base import NeuralModel, TrainingData, as_labels
 from genlab.models.inputs import as_data
+from genlab.nets.mlp import MAX_INPUT_FREQUENCIES
 from genlab.options import Choice, Flag, Integer, Real, option
 from genlab.solvers import (  # noqa: F401  (re-exported: the continuous families' toolbox)
     LOG_2PI,
@@ -140,6 +141,11 @@ class ContinuousConfig(train.TrainConfig):
         "auto", "auto: an MLP for points and small images, a UNet for larger ones.", Choice(NETS)
     )
     base_channels: int = option(32, "UNet width of the first level (images).", Integer(4))
+    input_frequencies: int = option(
+        0,
+        "MLP: octaves L of sin/cos(2^k pi z) features of each input coordinate (0: none).",
+        Integer(0, MAX_INPUT_FREQUENCIES),
+    )
     label_dropout: float = option(
         0.1, "Null-label rate of conditional training (guidance).", Real(0, 1, high_open=True)
     )

@@ -270,7 +270,8 @@ class Diffusion(continuous.ContinuousModel, family="diffusion"):
             net = UNet(c, s, base_channels=cfg.base_channels, n_classes=self.n_classes_)
         else:
             net = MLP(d, d, (cfg.hidden,) * cfg.depth, time_dim=min(cfg.hidden, 128),
-                      n_classes=self.n_classes_)  # fmt: skip
+                      n_classes=self.n_classes_,
+                      input_frequencies=cfg.input_frequencies)  # fmt: skip
         return StandardNormalSkip(net, self.schedule, cfg.prediction)
 
     def loss(self, batch: tuple[Tensor, ...], step: int) -> dict[str, Tensor]:

@@ -58,6 +58,15 @@ Objectives (`objective`), for sampling in one or a few steps:
                 gets most of the budget: on moons at 2,000 steps the 1-NFE MMD² was 2.1e-3,
                 1.6e-3 and 3.5e-3 for shares 0.5, 0.8 and 0.9 (the teacher at 1,000 steps:
                 2.0e-3; `benchmarks/onestep.py`, fixed steps, one thread).
+                `reflow_pairs` sets how many pairs the teacher draws (default one per
+                training row: 10,000 pairs of 2-D points cost ~4 s, out of the budget).
+                `reflow_end_share` (default 1/2) of the student's rows are trained at t = 1,
+                where one Euler step evaluates the net: there the regression is x1 = eps -
+                v(eps, 1) itself, the distillation of Liu et al. 2023 (section 2.3), and the
+                other rows keep the straight-path regression at the drawn times. At 120 s
+                (1-NFE MMD², mean of 3 noise seeds; share 0 / 0.5 / 0.8): moons 1.39e-4 /
+                6.0e-5 / -, 8gaussians 5.6e-5 / -1.8e-5 / -1.8e-5, 2spirals 2.9e-5 / 2.9e-5 /
+                5.0e-5, circles 6.5e-5 / 6.7e-5 / 7.7e-5 (BENCHMARKS.md "Reflow's noise end").
 
 The one-step objectives default to sample_steps = 1 and sample_method = "euler" (a MeanFlow
 step is an Euler step with the average velocity), unless those options are given.
@@ -84,6 +93,7 @@ from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 
 from genlab import grids, sampling, train
+from genlab.data.dataset import check_memory
 from genlab.models import limits
 from genlab.models.base import TrainingData, TrajectoryPicture
 from genlab.models.continuous import (
@@ -141,6 +151,7 @@ data sds: 0.43 before, 0.20 with the first fix, 0.15 with the second alone, 0.11
 Measured with `/tmp` scripts at equal steps (one thread, a loaded machine); the 120 s figures
 of `benchmarks/onestep.py` are in BENCHMARKS.md."""
 MEANFLOW_C = 1e-3  # c of MeanFlow's adaptive weight 1 / (e + c)^p
+MAX_REFLOW_PAIRS = 100_000_000  # reflow_pairs' bound (memory is checked for the data's size)
 REFLOW_SOLVER = ("heun", 10)  # how reflow draws its pairs: 20 NFE of 2nd order
 EDM_SIGMA = (0.002, 80.0)  # EDM's sigma/alpha range: the ends of the logsnr / karras grids
 TIME_FEATURES = 64  # sinusoidal time features of the MLP
@@ -317,6 +328,24 @@ def flow_denoiser(
     return denoise
 
 
+def pair_labels(labels: Tensor | None, n: int, seed: int) -> Tensor | None:
+    """Labels for reflow's n pairs: the training rows' own when n equals their count, else n
+    drawn from them uniformly with replacement (seeded), so that the classes keep their
+    training frequencies."""
+    if labels is None or n == len(labels):
+        return labels
+    g = torch.Generator().manual_seed(seed)
+    return labels[torch.randint(len(labels), (n,), generator=g)]
+
+
+def at_noise_end(t: Tensor, share: float) -> Tensor:
+    """t (B,) with its first round(share * B) entries set to 1, the noise end where a 1-step
+    Euler sampler evaluates the net: reflow's student then regresses x1 = eps - v(eps, 1)
+    there directly, the distillation step of Liu et al. 2023 (section 2.3), on those rows."""
+    k = round(share * len(t))
+    return torch.cat([torch.ones_like(t[:k]), t[k:]]) if k else t
+
+
 def reflow_budgets(config: Any) -> tuple[Any, Any]:
     """(teacher, student) configs of reflow's two phases: the budget (max_steps, max_time;
     DEFAULT_MAX_STEPS when neither is set) split reflow_share : 1 - reflow_share, the teacher
@@ -397,6 +426,16 @@ class FlowConfig(ContinuousConfig):
         "Reflow: share of the budget for the standard flow before its pairs are drawn.",
         Real(0, 1, low_open=True, high_open=True),
     )
+    reflow_pairs: int = option(
+        0,
+        "Reflow: noise -> sample pairs the teacher draws (0: one per training row).",
+        Integer(0, MAX_REFLOW_PAIRS),
+    )
+    reflow_end_share: float = option(
+        0.5,
+        "Reflow: share of the student's rows trained at t = 1, the one-step sampler's time.",
+        Real(0, 1),
+    )
 
     def __post_init__(self):
         super().__post_init__()
@@ -472,7 +511,8 @@ class FlowMatching(ContinuousModel, family="flow"):
         if self.net_ == "mlp":
             return MLP(d, d, hidden=(cfg.hidden,) * cfg.depth, time_dim=TIME_FEATURES,
                        n_classes=self.n_classes_, time_inputs=times,
-                       time_scale=cfg.time_embed_scale)  # fmt: skip
+                       time_scale=cfg.time_embed_scale,
+                       input_frequencies=cfg.input_frequencies)  # fmt: skip
         channels, side = self.net_shape_[:2]
         mults, attention = unet_levels(side)
         unet = UNet(channels, side, base_channels=cfg.base_channels, channel_mults=mults,
@@ -507,6 +547,8 @@ class FlowMatching(ContinuousModel, family="flow"):
         if self.config.objective == "meanflow":
             return self._meanflow_loss(z0, eps, y)
         t = self._train_times(z0)
+        if self._is_pair_batch(batch[0]) and self.config.reflow_end_share > 0:
+            t = at_noise_end(t, self.config.reflow_end_share)
         x_t = self.schedule.marginal(z0, eps, t)
         target = self.schedule.velocity(z0, eps, t)
         if y is not None:
@@ -572,6 +614,9 @@ class FlowMatching(ContinuousModel, family="flow"):
                     resume=False, progress=None, callback=None, callback_every=None,
                     loggers=()) -> FlowMatching:  # fmt: skip
         rows, labels, val_rows = self._prepare_fit(x, y, val)
+        n_pairs = self.config.reflow_pairs or len(rows)
+        check_memory(n_pairs * 2 * math.prod(rows.shape[1:]) * 8, f"reflow's {n_pairs:,} pairs",
+                     "use a smaller reflow_pairs")  # fmt: skip
         teacher, student = reflow_budgets(self.config)
         folder = None if out is None else Path(out)
         first = None if folder is None else folder / "reflow_teacher"
@@ -585,7 +630,8 @@ class FlowMatching(ContinuousModel, family="flow"):
         if folder is not None and one.steps != resumed_at:  # a new or further-trained teacher:
             (folder / train.CHECKPOINT_FILE).unlink(missing_ok=True)  # other pairs, a new student
         clock = time.perf_counter()
-        pairs = self._reflow_pairs(len(rows), labels)
+        labels = pair_labels(labels, n_pairs, self.config.seed)
+        pairs = self._reflow_pairs(n_pairs, labels)
         pair_seconds = time.perf_counter() - clock
         if student.max_time is not None:  # the pairs' seconds come out of the budget
             left = student.max_time - max(0.0, one.seconds - teacher.max_time) - pair_seconds

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Sequence
 
 import torch
@@ -19,6 +20,18 @@ from genlab.nets.embeddings import (
     time_columns,
     time_mlp,
 )
+
+MAX_INPUT_FREQUENCIES = 16  # 2^15 pi: beyond float32's resolution of a unit-scale input
+
+
+def fourier_features(x: Tensor, octaves: int) -> Tensor:
+    """[x, sin(2^k pi x), cos(2^k pi x) for k < octaves] along the last axis: (B, D) ->
+    (B, D (1 + 2 octaves)); x itself for octaves = 0."""
+    if octaves == 0:
+        return x
+    freqs = math.pi * 2.0 ** torch.arange(octaves, device=x.device, dtype=x.dtype)  # (L,)
+    angles = (x[..., None] * freqs).flatten(-2)  # (B, D L)
+    return torch.cat([x, torch.sin(angles), torch.cos(angles)], dim=-1)
 
 
 class FiLMBlock(nn.Module):
@@ -52,6 +65,7 @@ class MLP(nn.Module):
     """Residual MLP with LayerNorm and SiLU; time and label enter every block by FiLM.
 
         h_0 = Linear(x)                                          (B, hidden[0])
+              or Linear([x, sin(2^k pi x), cos(2^k pi x)]_k)  with input_frequencies = L
         h_i = h_{i-1} + Linear(SiLU(FiLM(LN(h_{i-1}), c)))        one block per entry of hidden
         out = Linear(LN(h_L))                                    (B, out_dim), raw
 
@@ -78,6 +92,10 @@ class MLP(nn.Module):
             `time_embed_extra.{j}`).
         time_scale: the multiplier of t in the sinusoidal features (`SinusoidalEmbedding`);
             the default TIME_SCALE (1000) is every saved net's.
+        input_frequencies: L > 0 feeds the first layer x and its Fourier features
+            sin(2^k pi x), cos(2^k pi x), k = 0..L-1, per coordinate (NeRF's positional
+            encoding, Mildenhall et al. 2020; Tancik et al. 2020: an MLP on raw coordinates
+            learns high frequencies slowly). 0 (the default, every saved net's): x alone.
 
     Shapes:
         x: (B, in_dim), t: (B,) float in [0, 1] (or a scalar; (B, k) with time_inputs=k),
@@ -97,6 +115,7 @@ class MLP(nn.Module):
         dropout: float = 0.0,
         time_inputs: int = 1,
         time_scale: float = TIME_SCALE,
+        input_frequencies: int = 0,
     ):
         super().__init__()
         hidden = tuple(hidden)
@@ -107,6 +126,15 @@ class MLP(nn.Module):
         for name, v in [("in_dim", in_dim), ("out_dim", out_dim), *[("hidden", h) for h in hidden]]:
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must hold integers >= 1, got {v!r}")
+        if (
+            isinstance(input_frequencies, bool)
+            or not isinstance(input_frequencies, int)
+            or not (0 <= input_frequencies <= MAX_INPUT_FREQUENCIES)
+        ):
+            raise ValueError(
+                f"input_frequencies must be an integer in [0, {MAX_INPUT_FREQUENCIES}], "
+                f"got {input_frequencies!r}"
+            )
         if not hidden:
             raise ValueError("hidden must name at least one width, e.g. (256, 256, 256)")
         if not 0.0 <= dropout < 1.0:
@@ -123,7 +151,8 @@ class MLP(nn.Module):
         )
         self.label_embed = LabelEmbedding(n_classes, cond_dim) if n_classes is not None else None
 
-        self.input = nn.Linear(in_dim, hidden[0])
+        self.input_frequencies = input_frequencies
+        self.input = nn.Linear(in_dim * (1 + 2 * input_frequencies), hidden[0])
         widths = (hidden[0], *hidden)
         self.blocks = nn.ModuleList(
             FiLMBlock(a, b, cond_dim, dropout) for a, b in itertools.pairwise(widths)
@@ -143,7 +172,7 @@ class MLP(nn.Module):
         if x.ndim != 2 or x.shape[1] != self.in_dim:
             raise ValueError(f"x must have shape (B, {self.in_dim}), got {tuple(x.shape)}")
         c = self._condition(x, t, y)
-        h = self.input(x)
+        h = self.input(fourier_features(x, self.input_frequencies))
         for block in self.blocks:
             h = block(h, c)
         return self.output(self.norm(h))
