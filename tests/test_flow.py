@@ -16,7 +16,7 @@ import genlab
 from genlab import metrics
 from genlab.cli import run
 from genlab.data import load_dataset
-from genlab.models import FlowMatching, GaussianMixture
+from genlab.models import Diffusion, FlowMatching, GaussianMixture
 from genlab.models.base import TrainingData
 from genlab.models.continuous import (
     SMALL_IMAGE_PIXELS,
@@ -29,6 +29,7 @@ from genlab.models.continuous import (
     standard_normal_log_prob,
 )
 from genlab.models.flow import ot_pairing
+from genlab.nets import MLP
 from genlab.schedules import Schedule
 from genlab.solvers import METHODS
 
@@ -583,3 +584,24 @@ def test_a_diverged_field_raises_instead_of_sampling_inf(tiny_ode_model):
 def test_absurd_flow_options_are_refused(options, fragment):
     with pytest.raises(ValueError, match=fragment):
         FlowMatching(**options)
+
+
+@pytest.mark.parametrize("family", ["flow", "diffusion"])
+def test_input_frequencies_reach_the_net_and_survive_save_load(tmp_path, family):
+    """input_frequencies=L widens the MLP's first layer to D (1 + 2L) inputs; the folder keeps
+    L, so the loaded model samples the same points; a saved model without it (L = 0) is the
+    plain net."""
+    x = torch.randn(200, 2, generator=torch.Generator().manual_seed(0))
+    opts = {"hidden": 16, "depth": 1, "max_steps": 3, "warmup_steps": 1, "batch_size": 32}
+    cls = {"flow": FlowMatching, "diffusion": Diffusion}[family]
+    model = cls(input_frequencies=3, **opts).fit(x)
+    first = next(m for m in model.net.modules() if isinstance(m, MLP)).input
+    assert first.in_features == 2 * 7
+    model.save(tmp_path / "m")
+    assert (
+        json.loads((tmp_path / "m" / "config.json").read_text())["config"]["input_frequencies"] == 3
+    )
+    loaded = genlab.load(tmp_path / "m")
+    torch.testing.assert_close(loaded.sample(8, seed=1), model.sample(8, seed=1))
+    plain = cls(**opts).fit(x)
+    assert next(m for m in plain.net.modules() if isinstance(m, MLP)).input.in_features == 2
