@@ -269,9 +269,13 @@ def test_reflow_pairs_and_the_noise_end_share(monkeypatch):
         return real(self, n, labels)
 
     monkeypatch.setattr(FlowMatching, "_reflow_pairs", spy)
-    model, x = fitted("reflow", max_steps=8, reflow_pairs=300, reflow_end_share=0.25)
+    model, x = fitted(
+        "reflow", max_steps=8, reflow_pairs=300, reflow_end_share=0.25, reflow_steps=3
+    )
     assert seen[0][0] == 300 and model.reflow_["pairs"] == 300
-    pairs = real(model, 16, None)
+    pairs = real(model, 16, None)  # reflow_steps Heun steps of the ODE from the pairs' noise
+    sample = model.sample(16, noise=pairs[:, 0], method="heun", steps=3)
+    torch.testing.assert_close(model._to_data_space(pairs[:, 1]), sample)
     model.train()
     torch.manual_seed(0)
     loss = model.loss((pairs,), 0)["loss"]

@@ -50,7 +50,7 @@ Objectives (`objective`), for sampling in one or a few steps:
     "reflow"    rectified-flow reflow (Liu et al. 2023, "Flow Straight and Fast"): `fit` trains
                 the standard flow for `reflow_share` (default half) of the budget (max_steps
                 and/or max_time), draws its own noise -> sample pairs (eps, x1) with an
-                accurate solver (REFLOW_SOLVER: heun, 10 steps, from the EMA weights), then
+                accurate solver (heun, `reflow_steps` = 10 steps, from the EMA weights), then
                 trains the same net on the remaining budget on those fixed pairs (the path
                 x_t = alpha(t) x1 + sigma(t) eps and its velocity, with the pair's eps), which
                 straightens the paths so that one Euler step samples well. The student's
@@ -152,7 +152,7 @@ Measured with `/tmp` scripts at equal steps (one thread, a loaded machine); the 
 of `benchmarks/onestep.py` are in BENCHMARKS.md."""
 MEANFLOW_C = 1e-3  # c of MeanFlow's adaptive weight 1 / (e + c)^p
 MAX_REFLOW_PAIRS = 100_000_000  # reflow_pairs' bound (memory is checked for the data's size)
-REFLOW_SOLVER = ("heun", 10)  # how reflow draws its pairs: 20 NFE of 2nd order
+REFLOW_METHOD = "heun"  # how reflow draws its pairs (reflow_steps steps, 2 NFE each)
 EDM_SIGMA = (0.002, 80.0)  # EDM's sigma/alpha range: the ends of the logsnr / karras grids
 TIME_FEATURES = 64  # sinusoidal time features of the MLP
 MAX_DEPTH = 1000  # MLP residual blocks (more is an error of units, not a network)
@@ -431,6 +431,9 @@ class FlowConfig(ContinuousConfig):
         "Reflow: noise -> sample pairs the teacher draws (0: one per training row).",
         Integer(0, MAX_REFLOW_PAIRS),
     )
+    reflow_steps: int = option(
+        10, "Reflow: Heun steps of the teacher's ODE for its pairs.", Integer(1, limits.MAX_STEPS)
+    )
     reflow_end_share: float = option(
         0.5,
         "Reflow: share of the student's rows trained at t = 1, the one-step sampler's time.",
@@ -654,14 +657,14 @@ class FlowMatching(ContinuousModel, family="flow"):
     @torch.no_grad()
     def _reflow_pairs(self, n: int, labels: Tensor | None) -> Tensor:
         """(n, 2, *net_shape) pairs (eps, z1) in model space, z1 the teacher's ODE solution
-        (REFLOW_SOLVER) from eps ~ N(0, I) drawn on a generator seeded by config.seed; with
-        labels, each pair is drawn for its training row's label (guidance 0)."""
+        (REFLOW_METHOD, config.reflow_steps) from eps ~ N(0, I) drawn on a generator seeded
+        by config.seed; with labels, each pair is drawn for its label (guidance 0)."""
         was_training = self.training
         self.eval()
         g = sampling.resolve_generator(self.config.seed, None)
         eps = sampling.standard_normal((n, *self.net_shape_), g, self.device, self.model_dtype)
         y = None if labels is None else labels.to(self.device)
-        method, steps = REFLOW_SOLVER
+        method, steps = REFLOW_METHOD, self.config.reflow_steps
         rows = EVAL_ROWS[self.net_]
 
         def field(t: Tensor, z: Tensor) -> Tensor:
