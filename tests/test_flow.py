@@ -604,4 +604,7 @@ def test_input_frequencies_reach_the_net_and_survive_save_load(tmp_path, family)
     loaded = genlab.load(tmp_path / "m")
     torch.testing.assert_close(loaded.sample(8, seed=1), model.sample(8, seed=1))
     plain = cls(**opts).fit(x)
+    images = torch.rand(4, 1, 20, 20)  # 400 pixels: net="auto" gives a UNet
+    with pytest.raises(ValueError, match=r"input_frequencies=2 feeds an MLP.*net='mlp'"):
+        cls(input_frequencies=2, **opts).fit(images)
     assert next(m for m in plain.net.modules() if isinstance(m, MLP)).input.in_features == 2

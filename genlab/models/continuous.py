@@ -255,6 +255,12 @@ class ContinuousModel(NeuralModel):
         """The net for the data (`resolve_net`), and loc / scale of the normalised space."""
         fitted = {"net": resolve_net(self.config.net, data), "kind": data.kind,
                   "levels": data.levels, "n_classes": data.n_classes}  # fmt: skip
+        if fitted["net"] == "unet" and self.config.input_frequencies:
+            raise ValueError(
+                f"input_frequencies={self.config.input_frequencies} feeds an MLP, and this net "
+                "is a UNet (net='auto' picks one for images above 256 pixels): set "
+                "input_frequencies=0, or net='mlp'"
+            )
         self._build(data.event_shape, fitted)
         self.event_shape = data.event_shape
         x = data.lazy_rows()  # a lazy NpyArray stays lazy: the trainer streams its batches

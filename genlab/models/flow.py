@@ -48,7 +48,7 @@ Objectives (`objective`), for sampling in one or a few steps:
                 instantaneous velocity is v(z, t) = u(z, t, t), so `log_prob` and `invert`
                 integrate that ODE as for a standard flow.
     "reflow"    rectified-flow reflow (Liu et al. 2023, "Flow Straight and Fast"): `fit` trains
-                the standard flow for `reflow_share` (default half) of the budget (max_steps
+                the standard flow for `reflow_share` (default 0.8) of the budget (max_steps
                 and/or max_time), draws its own noise -> sample pairs (eps, x1) with an
                 accurate solver (heun, `reflow_steps` = 10 steps, from the EMA weights), then
                 trains the same net on the remaining budget on those fixed pairs (the path
@@ -550,7 +550,7 @@ class FlowMatching(ContinuousModel, family="flow"):
         if self.config.objective == "meanflow":
             return self._meanflow_loss(z0, eps, y)
         t = self._train_times(z0)
-        if self._is_pair_batch(batch[0]) and self.config.reflow_end_share > 0:
+        if self._is_pair_batch(batch[0]):
             t = at_noise_end(t, self.config.reflow_end_share)
         x_t = self.schedule.marginal(z0, eps, t)
         target = self.schedule.velocity(z0, eps, t)
@@ -618,7 +618,8 @@ class FlowMatching(ContinuousModel, family="flow"):
                     loggers=()) -> FlowMatching:  # fmt: skip
         rows, labels, val_rows = self._prepare_fit(x, y, val)
         n_pairs = self.config.reflow_pairs or len(rows)
-        check_memory(n_pairs * 2 * math.prod(rows.shape[1:]) * 8, f"reflow's {n_pairs:,} pairs",
+        pair_bytes = 2 * math.prod(rows.shape[1:]) * 8  # (eps, x1), float64 at most
+        check_memory(n_pairs * pair_bytes, f"reflow's {n_pairs:,} pairs",
                      "use a smaller reflow_pairs")  # fmt: skip
         teacher, student = reflow_budgets(self.config)
         folder = None if out is None else Path(out)
