@@ -608,3 +608,30 @@ def test_input_frequencies_reach_the_net_and_survive_save_load(tmp_path, family)
     with pytest.raises(ValueError, match=r"input_frequencies=2 feeds an MLP.*net='mlp'"):
         cls(input_frequencies=2, **opts).fit(images)
     assert next(m for m in plain.net.modules() if isinstance(m, MLP)).input.in_features == 2
+
+
+@pytest.mark.parametrize("family", ["flow", "diffusion"])
+def test_dropout_reaches_the_net_trains_and_is_off_when_sampling(tmp_path, family):
+    """dropout=p puts nn.Dropout(p) in every residual block (MLP and UNet); a fitted or loaded
+    model samples in eval mode, so its samples repeat under one seed and match the saved
+    folder's, while the same net in train mode drops units (its outputs change from call to
+    call)."""
+    x = torch.randn(200, 2, generator=torch.Generator().manual_seed(0))
+    opts = {"hidden": 16, "depth": 2, "max_steps": 3, "warmup_steps": 1, "batch_size": 32}
+    cls = {"flow": FlowMatching, "diffusion": Diffusion}[family]
+    model = cls(dropout=0.3, **opts).fit(x)
+    drops = [m.p for m in model.net.modules() if isinstance(m, torch.nn.Dropout)]
+    assert drops == [0.3, 0.3]
+    assert not model.training
+    torch.testing.assert_close(model.sample(8, seed=1), model.sample(8, seed=1))
+    model.save(tmp_path / "m")
+    loaded = genlab.load(tmp_path / "m")
+    assert not loaded.training and loaded.config.dropout == 0.3
+    torch.testing.assert_close(loaded.sample(8, seed=1), model.sample(8, seed=1))
+    net = next(m for m in loaded.net.modules() if isinstance(m, MLP)).train()
+    z, t = torch.randn(64, 2), torch.full((64,), 0.5)
+    assert not torch.equal(net(z, t), net(z, t))
+    unet = cls(dropout=0.2, **{**opts, "base_channels": 4}).fit(torch.rand(4, 1, 20, 20))
+    assert {m.p for m in unet.net.modules() if isinstance(m, torch.nn.Dropout)} == {0.2}
+    with pytest.raises(ValueError, match="dropout"):
+        cls(dropout=1.0)

@@ -146,6 +146,11 @@ class ContinuousConfig(train.TrainConfig):
         "MLP: octaves L of sin/cos(2^k pi z) features of each input coordinate (0: none).",
         Integer(0, MAX_INPUT_FREQUENCIES),
     )
+    dropout: float = option(
+        0.0,
+        "Dropout inside the net's residual blocks (regularises a small data set).",
+        Real(0, 1, high_open=True),
+    )
     label_dropout: float = option(
         0.1, "Null-label rate of conditional training (guidance).", Real(0, 1, high_open=True)
     )

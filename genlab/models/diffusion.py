@@ -267,10 +267,11 @@ class Diffusion(continuous.ContinuousModel, family="diffusion"):
         cfg = self.config
         if self.net_ == "unet":
             c, s = self.net_shape_[:2]
-            net = UNet(c, s, base_channels=cfg.base_channels, n_classes=self.n_classes_)
+            net = UNet(c, s, base_channels=cfg.base_channels, n_classes=self.n_classes_,
+                       dropout=cfg.dropout)  # fmt: skip
         else:
             net = MLP(d, d, (cfg.hidden,) * cfg.depth, time_dim=min(cfg.hidden, 128),
-                      n_classes=self.n_classes_,
+                      n_classes=self.n_classes_, dropout=cfg.dropout,
                       input_frequencies=cfg.input_frequencies)  # fmt: skip
         return StandardNormalSkip(net, self.schedule, cfg.prediction)
 

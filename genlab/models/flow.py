@@ -514,13 +514,13 @@ class FlowMatching(ContinuousModel, family="flow"):
         if self.net_ == "mlp":
             return MLP(d, d, hidden=(cfg.hidden,) * cfg.depth, time_dim=TIME_FEATURES,
                        n_classes=self.n_classes_, time_inputs=times,
-                       time_scale=cfg.time_embed_scale,
+                       time_scale=cfg.time_embed_scale, dropout=cfg.dropout,
                        input_frequencies=cfg.input_frequencies)  # fmt: skip
         channels, side = self.net_shape_[:2]
         mults, attention = unet_levels(side)
         unet = UNet(channels, side, base_channels=cfg.base_channels, channel_mults=mults,
                     attention_resolutions=attention, n_classes=self.n_classes_,
-                    time_inputs=times)  # fmt: skip
+                    time_inputs=times, dropout=cfg.dropout)  # fmt: skip
         return set_time_scale(unet, cfg.time_embed_scale)
 
     def _apply_recipe(self, data: TrainingData) -> None:

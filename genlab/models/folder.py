@@ -71,7 +71,7 @@ def load(path: str | os.PathLike, device: str | torch.device | None = None) -> G
         model.load_state_dict(tensors, strict=True)
     except RuntimeError as e:
         raise ValueError(f"{weights_path} does not match its config.json: {e}") from None
-    return model.to(model.device_)
+    return model.to(model.device_).eval()  # inference mode: dropout off until a fit
 
 
 def _is_int(v: Any) -> bool:
