@@ -23,8 +23,9 @@ per-data-kind recipe of `genlab.models.recipes`, plus `--<family>-options`; the 
 BIC, the sweep extended as far as the budget affords, `genlab.models.gmm_selection.by_bic`).
 --n-train is 10,000 by default, the toy's default draw; a toy is a generator, so more rows
 are only more draws (the field trains toy flows on a fresh batch each step, as torchcfm's
-notebooks do): at 10,000 rows the target asks for samples closer to the distribution than
+2-D examples do): at 10,000 rows the target asks for samples closer to the distribution than
 the 9,500 training rows themselves are (BENCHMARKS.md, "The toys test generalisation").
+Folder names of --save do not carry --n-train: give each row count its own DIR.
 
 Measures, per toy, all against ONE reference: a fresh draw of n = --n (4,000) points (the
 toy's test split, seed 3000), with Gaussian kernels at (0.25, 0.5, 1, 2, 4) x the median
