@@ -440,3 +440,33 @@ def test_fourier_features_resolve_a_high_frequency_target_a_raw_mlp_cannot():
             opt.step()
         losses[octaves] = loss.item()
     assert losses[5] < 0.05 * losses[0], losses
+
+
+def test_a_shared_time_embeds_one_row_and_matches_the_per_row_forward():
+    """A sampler's expanded scalar t (stride 0) embeds one row under no_grad: the output equals
+    the per-row forward (a fresh tensor of the same times), labels and two times included."""
+    torch.manual_seed(0)
+    rows = []
+    labelled = MLP(2, 2, hidden=(16, 16), time_dim=8, n_classes=3)
+    two_times = MLP(2, 2, hidden=(16,), time_dim=8, time_inputs=2)
+    for net, t in (
+        (labelled, torch.tensor(0.3).expand(50)),
+        (two_times, torch.tensor([0.7, 0.2]).expand(50, 2)),
+    ):
+        net = unzero(net)
+        seen: list[int] = []
+        net.time_embed.register_forward_hook(
+            lambda m, args, out, seen=seen: seen.append(len(args[0]))
+        )
+        x = torch.randn(50, 2)
+        y = torch.randint(0, 3, (50,)) if net.n_classes else None
+        with torch.no_grad():
+            shared = net(x, t, y)
+            per_row = net(x, t.clone(), y)  # contiguous: one embedding per row
+        with torch.enable_grad():
+            grad_path = net(x, t, y)  # training keeps the per-row path
+        assert seen == [1, 50, 50]
+        torch.testing.assert_close(shared, per_row, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(shared, grad_path.detach(), rtol=1e-5, atol=1e-6)
+        rows.append(shared)
+    assert not torch.allclose(rows[0][:1].expand(50, 2), rows[0])  # rows still differ by x

@@ -187,7 +187,10 @@ class MLP(nn.Module):
         if self.time_embed is not None:
             if t is None:
                 raise ValueError(f"this MLP was built with time_dim={self.time_dim}: pass t")
-            first, *others = time_columns(t, x, self.time_inputs)
+            columns = time_columns(t, x, self.time_inputs)
+            if all(shared_time(column) for column in columns):
+                columns = [column[:1] for column in columns]  # one row, broadcast below
+            first, *others = columns
             c = self.time_embed(first)
             for embed, column in zip(self.time_embed_extra, others, strict=True):
                 c = c + embed(column)
@@ -196,4 +199,19 @@ class MLP(nn.Module):
                 y = null_labels(batch, self.n_classes, x.device)
             e = self.label_embed(y)
             c = e if c is None else c + e
-        return None if c is None else nn.functional.silu(c)
+        return None if c is None else nn.functional.silu(c)  # (B or 1, hidden[0])
+
+
+def shared_time(t: Tensor) -> bool:
+    """Whether every row of the time column t (B,) is one stored value (an expanded scalar,
+    stride 0, as every sampler passes it) in a no-grad forward outside torch.func: the time
+    embedding and FiLM then run on one row and broadcast (a sampler's net evaluation on 2-D
+    points costs about a third: the per-row conditioning was two thirds of its multiply-adds).
+    Training (grad on, one t per row) and jvp / vmap keep the per-row path."""
+    return (
+        not torch.is_grad_enabled()
+        and t.ndim == 1
+        and len(t) > 1
+        and t.stride(0) == 0
+        and not torch._C._functorch.is_functorch_wrapped_tensor(t)
+    )
