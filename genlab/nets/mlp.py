@@ -204,10 +204,12 @@ class MLP(nn.Module):
 
 def shared_time(t: Tensor) -> bool:
     """Whether every row of the time column t (B,) is one stored value (an expanded scalar,
-    stride 0, as every sampler passes it) in a no-grad forward outside torch.func: the time
-    embedding and FiLM then run on one row and broadcast (a sampler's net evaluation on 2-D
-    points costs about a third: the per-row conditioning was two thirds of its multiply-adds).
-    Training (grad on, one t per row) and jvp / vmap keep the per-row path."""
+    stride 0, as `time_batch` and the diffusion samplers pass it) in a no-grad forward
+    outside torch.func: the time embedding and FiLM then run on one row and broadcast. At
+    hidden 128 they are ~70% of a row's multiply-adds (time MLP 2 x 128^2, FiLM 3 x 128 x 256
+    against 3 x 128^2); one evaluation on 4,000 points measured 35 against 85 ms (2026-12-03,
+    a throwaway). Training (grad on, one t per row) and jvp / vmap keep the per-row path
+    (`is_functorch_wrapped_tensor`, torch's private test for torch.func's wrappers)."""
     return (
         not torch.is_grad_enabled()
         and t.ndim == 1
