@@ -123,20 +123,26 @@ def test_user_priors_follow_scikit_learn():
 
 @pytest.mark.parametrize(
     ("ct", "wt"),
-    [("full", PRIORS[0]), ("diag", PRIORS[1]), ("spherical", PRIORS[0]), ("tied", PRIORS[1])],
+    [("full", PRIORS[0]), ("diag", PRIORS[0]), ("spherical", PRIORS[0]), ("tied", PRIORS[1])],
 )
 def test_adapter_follows_scikit_learn_from_its_kmeans_start(ct, wt):
     """The estimator draws scikit-learn's k-means start from random_state (its own KMeans),
-    so the whole fit, n_init=2 included, is scikit-learn's to round-off."""
+    so the whole fit, n_init=2 included, is scikit-learn's to round-off.
+
+    The cases are ones where the second start wins by far more than round-off: where both
+    starts reach the same optimum (diag with the Dirichlet distribution at every seed 0-39)
+    the winner is decided by the last bits of the bound, and either choice is right."""
     kw = {
         "n_components": 6,
         "covariance_type": ct,
         "weight_concentration_prior_type": wt,
         "random_state": 3,
-        "n_init": 2,
         "max_iter": 200,
     }
+    first = SklearnBGMM(**kw, n_init=1).fit(X).lower_bound_
+    kw["n_init"] = 2
     sk, ours = SklearnBGMM(**kw).fit(X), SkBGMM(**kw).fit(X)
+    assert sk.lower_bound_ - first > 1e-9 * abs(first), "a round-off tie between the starts"
     np.testing.assert_allclose(ours.lower_bounds_, np.ravel(sk.lower_bounds_), rtol=1e-9)
     assert (ours.n_iter_, ours.converged_) == (sk.n_iter_, sk.converged_)
     np.testing.assert_allclose(ours.weights_, sk.weights_, atol=1e-9)
