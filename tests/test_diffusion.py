@@ -399,6 +399,19 @@ def test_fit_sample_save_load(tmp_path):
                                model.log_prob(x, method="rk4", steps=4))  # fmt: skip
 
 
+def test_dpm_solver_pp_defaults_to_2m_on_the_uniform_grid():
+    """dpm++ without order or grid is 2M on the uniform grid (3M quadratic before 2026-12-03,
+    still there when asked for), and at 15 NFE it draws the Gaussian of the exact denoiser."""
+    model = gaussian_diffusion("v", "rectified")
+    default = model.sample(N, seed=1, method="dpm++", steps=15)
+    assert model.nfe_ == 15
+    explicit = model.sample(N, seed=1, method="dpm++", steps=15, order=2, grid="uniform")
+    torch.testing.assert_close(default, explicit, rtol=0, atol=0)
+    old = model.sample(N, seed=1, method="dpm++", steps=15, order=3, grid="quadratic")
+    assert float((old - default).abs().max()) > 1e-4
+    assert_gaussian_moments(default)
+
+
 def test_the_points_default_sampler_is_the_churned_heun_of_the_config(tmp_path):
     """The points recipe sets config.sample_method "heun", 25 steps and churn 40 in
     CHURN_WINDOW: sample() without a method is exactly that call (49 NFE), saved and loaded;

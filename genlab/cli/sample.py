@@ -165,7 +165,8 @@ def sample(
         float | None, typer.Option(min=0.0, help="DDIM noise (0: deterministic, 1: DDPM).")
     ] = None,
     order: Annotated[
-        int | None, typer.Option(min=1, max=3, help="dpm++ sampler: multistep order (1-3).")
+        int | None,
+        typer.Option(min=1, max=3, help="dpm++ / unipc: multistep order (1-3; default 2 / 3)."),
     ] = None,
     grid: Annotated[
         str | None,

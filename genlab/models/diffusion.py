@@ -33,20 +33,30 @@ Samplers (`sample(method=...)`) on a grid of `steps + 1` times from 1 down (`sam
 `genlab.grids`: "uniform", "quadratic", "logsnr", "karras"; or the caller's `times=`):
 "ddpm" (ancestral, Ho et al. eq. 6-7, on the respaced alpha_bar), "ddim" (Song et al. 2021a
 eq. 12, eta=0 deterministic, eta=1 the DDPM posterior), "dpm++" (DPM-Solver++, Lu et al. 2022,
-multistep, one evaluation per step: by default the ODE solver 3M, eta=0; eta=1 the SDE
-variant 2M), "heun" (EDM's Heun sampler with optional churn, Karras et al. 2022 Alg. 2),
+multistep, one evaluation per step: by default the ODE solver 2M on the uniform grid, eta=0;
+eta=1 the SDE variant 2M), "heun" (EDM's Heun sampler with optional churn, Karras et al. 2022
+Alg. 2),
 "unipc" (UniPC, Zhao et al. 2023, order 1-3; both in `genlab.models.diffusion_samplers`) and
 "ode" (the probability-flow ODE dx/dt = alpha' x0_hat + sigma' eps_hat through
 `genlab.solvers.solve`). Every sampler can start from edited data (`init=`, `strength=`,
 SDEdit) and calls the inpainting hook `_project_step` after each step. `log_prob` integrates
 the same ODE with the instantaneous change of variables; `vlb` is DDPM's discrete bound.
 
-Why dpm++ defaults to its deterministic 3M on the quadratic grid (eta=0): on the 8 toys at
-120 s the ODE form was as good as or better than the SDE 2M on 7 of 8 (BENCHMARKS.md, "The 8
-toys at 120 s"), and it keeps old folders' samples as they were. On rings trained for only
-4,000 steps the SDE form had scored better (2.8e-4 against the ODE's 8.0e-4 at 15 NFE,
-benchmarks/diffusion_quality_vs_steps.py): the stochastic sampler corrects a poor denoiser's
-errors as DDPM does. Pass eta=1 for it.
+Why dpm++ defaults to its deterministic 2M on the uniform grid (eta=0; 3M on the quadratic
+grid until 2026-12-03, so a saved folder's dpm++ samples changed then: pass order=3,
+grid="quadratic" for the old ones). On the 8 toys' 100,000-row diffusion models (23,000
+steps), 2M and 3M on the uniform grid were within 10% of DDPM at 1,000 steps or below the data
+floor at 15 NFE on all 8 toys, 3M quadratic not on circles (1.40 x the floor); on quadratic
+grids 2M had 20-72% less solver error than 3M on every toy (BENCHMARKS.md, "DPM-Solver++ at 15
+NFE"). On digits (`benchmarks/diffusion_digits_samplers.py`: two 1,500-step models, two noise
+seeds) 2M uniform had the lowest Fréchet distance of the four at 10, 15 and 20 NFE on both
+models (15 NFE: 22.2 against 3M uniform 22.5, 2M quadratic 23.7, 3M quadratic 23.7, DDPM
+1,000 23.1). 2M is also the default order of diffusers' DPMSolverMultistepScheduler; Lu et al.
+recommend it for guided sampling and 3 for unconditional, which these runs did not bear out.
+The ODE form was as good as or better than the SDE 2M on 7 of 8 toys at 120 s (BENCHMARKS.md,
+"The 8 toys at 120 s"); on rings trained for only 4,000 steps the SDE form had scored better
+(2.8e-4 against the ODE's 8.0e-4 at 15 NFE, benchmarks/diffusion_quality_vs_steps.py): the
+stochastic sampler corrects a poor denoiser's errors as DDPM does. Pass eta=1 for it.
 
 The default sampler (`sample()` without method) is config.sample_method: dpm++ above, except
 on points, whose recipe (`genlab.models.recipes`) makes it EDM's Heun with churn 40 in
@@ -136,10 +146,9 @@ LOSS_WEIGHTS = ("simple", "min_snr", "truncated_snr", "edm", "flow")
 SAMPLERS = ("ddpm", "ddim", "dpm++", "heun", "unipc", "ode")
 GRIDS = ("uniform", "quadratic", "logsnr", "karras")  # = genlab.grids.GRIDS
 DEFAULT_STEPS = {"ddim": 50, "dpm++": 20, "heun": 10, "unipc": 20}  # ddpm: T; ode: dopri5
-DEFAULT_GRID = {"ddpm": "uniform", "ddim": "quadratic", "dpm++": "quadratic", "heun": "uniform",
+DEFAULT_GRID = {"ddpm": "uniform", "ddim": "quadratic", "dpm++": "uniform", "heun": "uniform",
                 "unipc": "quadratic", "ode": "uniform"}  # fmt: skip
-SDE_GRID = "uniform"  # dpm++ with eta > 0 (SDE-DPM-Solver++ 2M): its best grid at 15 NFE
-DEFAULT_ETA = {"ddim": 0.0, "dpm++": 0.0}  # dpm++: the deterministic 3M (old folders sample alike)
+DEFAULT_ETA = {"ddim": 0.0, "dpm++": 0.0}  # dpm++: the deterministic 2M
 CHURN_WINDOW = (0.1, 3.0)
 """(s_tmin, s_tmax) of the default sampler's churn (config.sample_churn > 0): noise is added
 only where sigma / alpha lies in [0.1, 3] (t in [0.09, 0.75] on the rectified path). On the
@@ -393,24 +402,23 @@ class Diffusion(continuous.ContinuousModel, family="diffusion"):
             eta: the sampler's noise, ddim and dpm++ only (0, the default: deterministic).
                 ddim: DDIM's eta (1: the DDPM posterior). dpm++: eta > 0 is SDE-DPM-Solver++
                 (`dpm_solver_pp_sde_step`; 1: the reverse SDE, orders 1 and 2, default 2, on
-                the uniform grid), eta=0 the deterministic DPM-Solver++ (3M by default, on the
-                quadratic grid). On 2-D toys trained for 4,000 steps the SDE form scored better
-                at 15 NFE on rings and worse on moons; on well-trained models the ODE form is
-                at the data floor (BENCHMARKS.md), and it keeps old folders' samples.
+                the uniform grid), eta=0 the deterministic DPM-Solver++ (2M on the uniform
+                grid by default, the module docstring says why). On 2-D toys trained for 4,000
+                steps the SDE form scored better at 15 NFE on rings and worse on moons; on
+                well-trained models the ODE form is at the data floor (BENCHMARKS.md).
             y: an int or (n,) labels for a conditional model; None samples unconditionally
                 (the null label).
             guidance: classifier-free guidance weight w (needs y), see `denoiser`.
             return_trajectory: return a `continuous.SampleTrajectory` instead of the samples.
             grid: the times of the discrete samplers (`sampling_times`, `DEFAULT_GRID`):
                 "uniform" (the respaced chain, ending at t = 0; the default of ddpm, heun and
-                dpm++ with eta > 0), "quadratic" (the default of ddim, unipc and dpm++; DDIM's
-                choice for CIFAR-10,
+                dpm++), "quadratic" (the default of ddim and unipc; DDIM's choice for CIFAR-10,
                 Song et al. 2021a), "logsnr" or "karras" (EDM's sigma grid, rho = 7; on 2-D
                 toys heun at 15 NFE scored 25x worse on it than on "uniform").
                 Not for ode, whose fixed solvers step uniformly in t.
             order: the multistep order of dpm++ (1, 2 = 2M, 3 = 3M) and unipc (1, 2, 3); default
-                3, and 2 with guidance (higher orders are unstable with large guidance
-                weights, Lu et al. 2022). The last steps step down in order.
+                2 for dpm++ and 3 for unipc, and 2 with guidance (higher orders are unstable
+                with large guidance weights, Lu et al. 2022). The last steps step down in order.
             solver: the ODE solver of method="ode" (default dopri5 without steps, else heun).
             rtol, atol: dopri5's tolerances.
             churn, s_tmin, s_tmax, s_noise: EDM's stochastic Heun (method="heun" only;
@@ -553,7 +561,7 @@ class Diffusion(continuous.ContinuousModel, family="diffusion"):
         else:  # ddpm: None, every chain step below the start time (`_sampler_times`)
             steps = steps or DEFAULT_STEPS.get(method)
         if grid is None:
-            grid = SDE_GRID if method == "dpm++" and eta else DEFAULT_GRID[method]
+            grid = DEFAULT_GRID[method]
         return method, None if steps is None else int(steps), grid, solver
 
     def _sampler_times(
@@ -692,9 +700,9 @@ class Diffusion(continuous.ContinuousModel, family="diffusion"):
 
     @staticmethod
     def _check_order(order: Any, method: str, guided_or_sde: float) -> int:
-        """The multistep order: default 3, and 2 with guidance or dpm++'s eta > 0."""
+        """The multistep order: default 2 for dpm++ (2M) and 3 for unipc, 2 with guidance."""
         if order is None:
-            return 2 if guided_or_sde else 3
+            return 2 if guided_or_sde or method == "dpm++" else 3
         if method not in ("dpm++", "unipc"):
             raise ValueError(f"order applies to method='dpm++' or 'unipc' only, not {method!r}")
         if isinstance(order, bool) or order not in (1, 2, 3):
