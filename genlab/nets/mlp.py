@@ -207,9 +207,10 @@ def shared_time(t: Tensor) -> bool:
     stride 0, as `time_batch` and the diffusion samplers pass it) in a no-grad forward
     outside torch.func: the time embedding and FiLM then run on one row and broadcast. At
     hidden 128 they are ~70% of a row's multiply-adds (time MLP 2 x 128^2, FiLM 3 x 128 x 256
-    against 3 x 128^2); one evaluation on 4,000 points measured 35 against 85 ms (2026-12-03,
-    a throwaway). Training (grad on, one t per row) and jvp / vmap keep the per-row path
-    (`is_functorch_wrapped_tensor`, torch's private test for torch.func's wrappers)."""
+    against 3 x 128^2); DPM-Solver++ 15 on 4,000 points took 0.12 s against 0.42 s per row
+    (`benchmarks/shared_time.py`, BENCHMARKS.md). Training (grad on, one t per row) and jvp /
+    vmap keep the per-row path (`is_functorch_wrapped_tensor`, torch's private test for
+    torch.func's wrappers)."""
     return (
         not torch.is_grad_enabled()
         and t.ndim == 1
