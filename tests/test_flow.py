@@ -611,6 +611,32 @@ def test_input_frequencies_reach_the_net_and_survive_save_load(tmp_path, family)
 
 
 @pytest.mark.parametrize("family", ["flow", "diffusion"])
+def test_cond_width_sizes_the_conditioning_and_survives_save_load(tmp_path, family):
+    """cond_width=C makes the time embedding C wide and each FiLM map C -> 2 x hidden; the
+    folder keeps C (the loaded model samples the same points); without it the conditioning is
+    the hidden width, as in every folder saved before the option; a UNet refuses it."""
+    x = torch.randn(200, 2, generator=torch.Generator().manual_seed(0))
+    opts = {"hidden": 16, "depth": 2, "max_steps": 3, "warmup_steps": 1, "batch_size": 32}
+    cls = {"flow": FlowMatching, "diffusion": Diffusion}[family]
+    model = cls(cond_width=5, **opts).fit(x)
+    net = next(m for m in model.net.modules() if isinstance(m, MLP))
+    assert [b.film.in_features for b in net.blocks] == [5, 5]
+    assert [b.film.out_features for b in net.blocks] == [32, 32]
+    assert net.time_embed[-1].out_features == 5
+    model.save(tmp_path / "m")
+    assert json.loads((tmp_path / "m" / "config.json").read_text())["config"]["cond_width"] == 5
+    loaded = genlab.load(tmp_path / "m")
+    torch.testing.assert_close(loaded.sample(8, seed=1), model.sample(8, seed=1))
+    plain = next(m for m in cls(**opts).fit(x).net.modules() if isinstance(m, MLP))
+    assert [b.film.in_features for b in plain.blocks] == [16, 16]
+    with pytest.raises(ValueError, match=r"cond_width=4 sizes an MLP.*net='mlp'"):
+        cls(cond_width=4, **opts).fit(torch.rand(4, 1, 20, 20))
+    for bad in (0, 2.5, True):
+        with pytest.raises(ValueError, match="cond_width"):
+            cls(cond_width=bad)
+
+
+@pytest.mark.parametrize("family", ["flow", "diffusion"])
 def test_dropout_reaches_the_net_trains_and_is_off_when_sampling(tmp_path, family):
     """dropout=p puts nn.Dropout(p) in every residual block (MLP and UNet); a fitted or loaded
     model samples in eval mode, so its samples repeat under one seed and match the saved

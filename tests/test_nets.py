@@ -423,6 +423,28 @@ def test_fourier_features_match_the_formula_and_keep_plain_nets_unchanged():
             MLP(2, 2, input_frequencies=bad)
 
 
+def test_cond_dim_sizes_the_conditioning_and_keeps_the_default_net():
+    """cond_dim=C: the time MLP ends at C and FiLM maps C -> 2 x width; None is hidden[0], the
+    state_dict of every net saved before the option (same keys, same shapes)."""
+    torch.manual_seed(0)
+    plain = MLP(2, 2, hidden=(8, 8), time_dim=8, n_classes=3)
+    default = MLP(2, 2, hidden=(8, 8), time_dim=8, n_classes=3, cond_dim=None)
+    assert {k: v.shape for k, v in plain.state_dict().items()} == {
+        k: v.shape for k, v in default.state_dict().items()
+    }
+    narrow = MLP(2, 2, hidden=(8, 8), time_dim=8, n_classes=3, cond_dim=3)
+    assert set(narrow.state_dict()) == set(plain.state_dict())
+    assert narrow.blocks[0].film.weight.shape == (16, 3)
+    assert narrow.label_embed(torch.tensor([0, 3])).shape == (2, 3)
+    out = narrow(torch.randn(4, 2), torch.rand(4), torch.tensor([0, 1, 2, 3]))
+    assert out.shape == (4, 2) and torch.isfinite(out).all()
+    for bad in (0, -2, 1.5, True):
+        with pytest.raises(ValueError, match="cond_dim must be"):
+            MLP(2, 2, time_dim=8, cond_dim=bad)
+    with pytest.raises(ValueError, match="has neither"):
+        MLP(2, 2, cond_dim=4)
+
+
 def test_fourier_features_resolve_a_high_frequency_target_a_raw_mlp_cannot():
     """Fit y = sin(16 pi x) on [-1, 1] with the same small net and steps: the features' net
     gets the error far below the raw net's (Tancik et al. 2020's spectral-bias claim)."""

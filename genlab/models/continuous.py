@@ -146,6 +146,11 @@ class ContinuousConfig(train.TrainConfig):
         "MLP: octaves L of sin/cos(2^k pi z) features of each input coordinate (0: none).",
         Integer(0, MAX_INPUT_FREQUENCIES),
     )
+    cond_width: int | None = option(
+        None,
+        "MLP: width of the time (and label) embedding that drives FiLM (None: the hidden width).",
+        Integer(1, optional=True),
+    )
     dropout: float = option(
         0.0,
         "Dropout inside the net's residual blocks (regularises a small data set).",
@@ -265,6 +270,12 @@ class ContinuousModel(NeuralModel):
                 f"input_frequencies={self.config.input_frequencies} feeds an MLP, and this net "
                 "is a UNet (net='auto' picks one for images above 256 pixels): set "
                 "input_frequencies=0, or net='mlp'"
+            )
+        if fitted["net"] == "unet" and self.config.cond_width is not None:
+            raise ValueError(
+                f"cond_width={self.config.cond_width} sizes an MLP's conditioning, and this net "
+                "is a UNet (net='auto' picks one for images above 256 pixels): drop cond_width, "
+                "or set net='mlp'"
             )
         self._build(data.event_shape, fitted)
         self.event_shape = data.event_shape

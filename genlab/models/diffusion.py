@@ -281,7 +281,8 @@ class Diffusion(continuous.ContinuousModel, family="diffusion"):
         else:
             net = MLP(d, d, (cfg.hidden,) * cfg.depth, time_dim=min(cfg.hidden, 128),
                       n_classes=self.n_classes_, dropout=cfg.dropout,
-                      input_frequencies=cfg.input_frequencies)  # fmt: skip
+                      input_frequencies=cfg.input_frequencies,
+                      cond_dim=cfg.cond_width)  # fmt: skip
         return StandardNormalSkip(net, self.schedule, cfg.prediction)
 
     def loss(self, batch: tuple[Tensor, ...], step: int) -> dict[str, Tensor]:

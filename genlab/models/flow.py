@@ -515,7 +515,8 @@ class FlowMatching(ContinuousModel, family="flow"):
             return MLP(d, d, hidden=(cfg.hidden,) * cfg.depth, time_dim=TIME_FEATURES,
                        n_classes=self.n_classes_, time_inputs=times,
                        time_scale=cfg.time_embed_scale, dropout=cfg.dropout,
-                       input_frequencies=cfg.input_frequencies)  # fmt: skip
+                       input_frequencies=cfg.input_frequencies,
+                       cond_dim=cfg.cond_width)  # fmt: skip
         channels, side = self.net_shape_[:2]
         mults, attention = unet_levels(side)
         unet = UNet(channels, side, base_channels=cfg.base_channels, channel_mults=mults,

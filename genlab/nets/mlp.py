@@ -69,7 +69,7 @@ class MLP(nn.Module):
         h_i = h_{i-1} + Linear(SiLU(FiLM(LN(h_{i-1}), c)))        one block per entry of hidden
         out = Linear(LN(h_L))                                    (B, out_dim), raw
 
-    with c = MLP_t(SinusoidalEmbedding(t)) + LabelEmbedding(y) of size hidden[0] (with
+    with c = MLP_t(SinusoidalEmbedding(t)) + LabelEmbedding(y) of size cond_dim (with
     time_inputs = k > 1 times per row, sum_j MLP_t,j(SinusoidalEmbedding(t_j)), each time
     with its own MLP: e.g. MeanFlow's (t, t - r)). Why this
     shape: the pre-norm residual form keeps gradients well scaled at any depth and lets one
@@ -96,6 +96,11 @@ class MLP(nn.Module):
             sin(2^k pi x), cos(2^k pi x), k = 0..L-1, per coordinate (NeRF's positional
             encoding, Mildenhall et al. 2020; Tancik et al. 2020: an MLP on raw coordinates
             learns high frequencies slowly). 0 (the default, every saved net's): x alone.
+        cond_dim: width of the conditioning vector c (time and label embeddings) that each
+            block's FiLM maps to its scale and shift; None (every saved net's): hidden[0].
+            Training embeds every row's own t, so the time MLP (2 cond_dim^2) and FiLM
+            (2 cond_dim x width per block) cost more than the blocks' linears when cond_dim
+            equals the width.
 
     Shapes:
         x: (B, in_dim), t: (B,) float in [0, 1] (or a scalar; (B, k) with time_inputs=k),
@@ -116,6 +121,7 @@ class MLP(nn.Module):
         time_inputs: int = 1,
         time_scale: float = TIME_SCALE,
         input_frequencies: int = 0,
+        cond_dim: int | None = None,
     ):
         super().__init__()
         hidden = tuple(hidden)
@@ -142,7 +148,17 @@ class MLP(nn.Module):
         self.in_dim, self.out_dim, self.hidden = in_dim, out_dim, hidden
         self.time_dim, self.n_classes, self.time_inputs = time_dim, n_classes, time_inputs
 
-        cond_dim = hidden[0] if (time_dim is not None or n_classes is not None) else None
+        if cond_dim is not None and (isinstance(cond_dim, bool) or not isinstance(cond_dim, int)
+                                     or cond_dim < 1):  # fmt: skip
+            raise ValueError(f"cond_dim must be an integer >= 1 or None, got {cond_dim!r}")
+        if time_dim is None and n_classes is None:
+            if cond_dim is not None:
+                raise ValueError(
+                    "cond_dim sizes the time and label conditioning, and this MLP "
+                    "has neither (time_dim=None, n_classes=None): drop cond_dim"
+                )
+        elif cond_dim is None:
+            cond_dim = hidden[0]
         self.time_embed = None
         if time_dim is not None:
             self.time_embed = time_mlp(time_dim, cond_dim, time_scale)
