@@ -148,17 +148,8 @@ class MLP(nn.Module):
         self.in_dim, self.out_dim, self.hidden = in_dim, out_dim, hidden
         self.time_dim, self.n_classes, self.time_inputs = time_dim, n_classes, time_inputs
 
-        if cond_dim is not None and (isinstance(cond_dim, bool) or not isinstance(cond_dim, int)
-                                     or cond_dim < 1):  # fmt: skip
-            raise ValueError(f"cond_dim must be an integer >= 1 or None, got {cond_dim!r}")
-        if time_dim is None and n_classes is None:
-            if cond_dim is not None:
-                raise ValueError(
-                    "cond_dim sizes the time and label conditioning, and this MLP "
-                    "has neither (time_dim=None, n_classes=None): drop cond_dim"
-                )
-        elif cond_dim is None:
-            cond_dim = hidden[0]
+        cond_dim = conditioning_width(cond_dim, time_dim is not None or n_classes is not None,
+                                      hidden[0])  # fmt: skip
         self.time_embed = None
         if time_dim is not None:
             self.time_embed = time_mlp(time_dim, cond_dim, time_scale)
@@ -216,6 +207,22 @@ class MLP(nn.Module):
             e = self.label_embed(y)
             c = e if c is None else c + e
         return None if c is None else nn.functional.silu(c)  # (B or 1, hidden[0])
+
+
+def conditioning_width(cond_dim: int | None, conditioned: bool, width: int) -> int | None:
+    """The width of c: cond_dim, or the first hidden width; None for a net without t or y."""
+    if cond_dim is not None and (
+        isinstance(cond_dim, bool) or not isinstance(cond_dim, int) or cond_dim < 1
+    ):
+        raise ValueError(f"cond_dim must be an integer >= 1 or None, got {cond_dim!r}")
+    if not conditioned:
+        if cond_dim is not None:
+            raise ValueError(
+                "cond_dim sizes the time and label conditioning, and this MLP has neither "
+                "(time_dim=None, n_classes=None): drop cond_dim"
+            )
+        return None
+    return width if cond_dim is None else cond_dim
 
 
 def shared_time(t: Tensor) -> bool:
