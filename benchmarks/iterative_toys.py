@@ -177,6 +177,12 @@ def verdict(value: float, p95: float) -> str:
     return "yes" if value < p95 else "NO"
 
 
+def ratio_to_floor(value: float, p95: float) -> str:
+    """value / p95, the "/ p95" column; "-" where p95 <= 0 (a handful of floor draws can put
+    the p95 below zero, and a ratio of two negatives reads as a miss: -4e-5 / -2e-5 = 2)."""
+    return f"{value / p95:.2f}" if p95 > 0 else "-"
+
+
 def print_table(rows: list[dict], floors: dict[str, list[float]], seconds: float, k: int) -> None:
     n = rows[0]["n"] if rows else "?"
     print(f"\n## Toys at {seconds:g} s: MMD² at n = {n} against a held-out draw, the mean over "
@@ -196,7 +202,7 @@ def print_table(rows: list[dict], floors: dict[str, list[float]], seconds: float
                               if key != "default")  # fmt: skip
             print(
                 f"| {toy} | {p95_one:.2e} | {p95:.2e} | {r['family']} | {size} | "
-                f"{d['mmd2']:.2e} | {d['mean']:.2e} | {d['mean'] / p95:.2f} | "
+                f"{d['mmd2']:.2e} | {d['mean']:.2e} | {ratio_to_floor(d['mean'], p95)} | "
                 f"{verdict(d['mean'], p95)} | {extra} |"
             )
 
