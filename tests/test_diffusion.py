@@ -101,6 +101,7 @@ def assert_gaussian_moments(x: torch.Tensor, n_sigma: float = 5.0):
         ("dpm++", {"steps": 25, "order": 2, "grid": "logsnr"}),
         ("dpm++", {"steps": 40, "order": 1, "eta": 0.0}),
         ("dpm++", {"steps": 50, "grid": "uniform"}),
+        ("dpm++", {"steps": 25, "grid": "power"}),
         ("heun", {"steps": 30}),  # 2nd order: at 15 steps the covariance is 10% off
         ("heun", {"steps": 30, "churn": 3.0, "s_tmax": 50.0}),
         ("heun", {"steps": 30, "grid": "logsnr"}),
@@ -442,6 +443,36 @@ def test_the_points_default_sampler_is_the_churned_heun_of_the_config(tmp_path):
     assert plain.nfe_ == 20
 
 
+def test_dpm_grid_is_power_on_points_uniform_elsewhere_and_old_folders_keep_uniform():
+    """config.dpm_grid is the ODE dpm++'s grid when sample() gets none: the points recipe's "power",
+    the config default "uniform" for images and for folders saved before the option."""
+    model = Diffusion(hidden=16, max_steps=2, warmup_steps=1, batch_size=32)
+    model.fit(load_dataset("moons", n=100))
+    assert model.config.dpm_grid == "power"
+    s = model.sample(64, seed=0, method="dpm++", steps=15)
+    torch.testing.assert_close(s, model.sample(64, seed=0, method="dpm++", steps=15, grid="power"),
+                               rtol=0, atol=0)  # fmt: skip
+    uniform = model.sample(64, seed=0, method="dpm++", steps=15, grid="uniform")
+    assert float((uniform - s).abs().max()) > 1e-4
+    sde = model.sample(64, seed=0, method="dpm++", steps=15, eta=1.0)  # the SDE: not measured
+    sde_uniform = model.sample(64, seed=0, method="dpm++", steps=15, eta=1.0, grid="uniform")
+    torch.testing.assert_close(sde, sde_uniform, rtol=0, atol=0)  # on it, so the uniform grid
+    given = Diffusion(hidden=16, max_steps=2, warmup_steps=1, batch_size=32, dpm_grid="karras")
+    given.fit(load_dataset("moons", n=100))
+    assert given.config.dpm_grid == "karras"
+    images = Diffusion(timesteps=50, hidden=16, max_steps=2, warmup_steps=1, batch_size=16)
+    images.fit(load_dataset("digits", n=32))
+    assert images.config.dpm_grid == "uniform"
+    old = genlab.load(FIXTURES / "diffusion-moons")
+    assert old.config.dpm_grid == "uniform"
+    plain = old.sample(8, seed=0, method="dpm++", steps=6)
+    torch.testing.assert_close(
+        plain, old.sample(8, seed=0, method="dpm++", steps=6, grid="uniform")
+    )
+    with pytest.raises(ValueError, match="dpm_grid"):
+        Diffusion(dpm_grid="cosine")
+
+
 def test_conditional_images_with_guidance():
     digits = load_dataset("digits", n=64)
     model = Diffusion(timesteps=50, net="unet", base_channels=8, max_steps=2, warmup_steps=0,
@@ -606,10 +637,26 @@ def test_new_samplers_converge_to_the_exact_ode_map(method, options, low, bound)
     assert fine < bound / 4 and coarse < bound
 
 
+def test_dpm_solver_pp_on_the_power_grid_converges_to_the_exact_map_at_zero():
+    """2M on the power grid (t^(2/3) uniform, ending at t = 0) approaches the closed-form ODE
+    map at t = 0 at second order, and at 16 steps is closer to it than on the uniform grid."""
+    model = gaussian_diffusion()
+    z1 = torch.randn(200, 2, generator=torch.Generator().manual_seed(0))
+
+    def error(steps: int, grid: str) -> float:
+        x = model.sample(200, noise=z1, method="dpm++", steps=steps, order=2, grid=grid)
+        assert model.nfe_ == steps
+        return float((x.double() - exact_ode_map(model, z1, 0.0)).norm(dim=1).max())
+
+    coarse, fine = error(32, "power"), error(64, "power")
+    assert math.log2(coarse / fine) > 1.7 and fine < 0.01, (coarse, fine)
+    assert error(16, "power") < 0.5 * error(16, "uniform")
+
+
 def test_times_is_the_named_grid_and_may_end_at_zero():
     model = gaussian_diffusion()
     for method, grid in [("dpm++", "karras"), ("heun", "logsnr"), ("unipc", "quadratic"),
-                         ("ddim", "uniform"), ("ddpm", "uniform")]:  # fmt: skip
+                         ("ddim", "uniform"), ("ddpm", "uniform"), ("dpm++", "power")]:  # fmt: skip
         times = sampling_times(model.schedule, 1000, 8, grid)
         a = model.sample(50, seed=0, method=method, times=times)
         b = model.sample(50, seed=0, method=method, steps=8, grid=grid)

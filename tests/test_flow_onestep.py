@@ -376,6 +376,8 @@ def test_flow_grids():
     linear = PATHS["linear"](0.0)
     assert flow_grid(linear, "uniform", 4) == pytest.approx([1.0, 0.75, 0.5, 0.25, 0.0])
     assert flow_grid(linear, "uniform", 2, t_start=0.5) == pytest.approx([0.5, 0.25, 0.0])
+    power = [0.5 * (1 - i / 4) ** 1.5 for i in range(5)]  # t^(2/3) linear, to 0
+    assert flow_grid(linear, "power", 4, t_start=0.5) == pytest.approx(power, rel=1e-12)
     for name in ("logsnr", "karras"):
         g = flow_grid(linear, name, 6)
         assert len(g) == 7 and g[0] == 1.0 and g[-1] == 0.0

@@ -73,6 +73,33 @@ def test_karras_rho_one_is_uniform_in_ratio_and_rho_large_tends_to_logsnr():
     )
 
 
+@pytest.mark.parametrize("rho", [None, 1.25, 3.0])
+def test_power_grid_matches_its_formula_in_numpy(rho):
+    """t_i = (t_max^(1/p) + i / N (t_min^(1/p) - t_max^(1/p)))^p, p = rho (1.5 by default)."""
+    steps, t_max, t_min = 9, 0.9, 0.0
+    grid = time_grid(SCHEDS["cosine"], "power", steps, t_max=t_max, t_min=t_min, rho=rho)
+    p, i = 1.5 if rho is None else rho, np.arange(steps + 1)
+    want = (t_max ** (1 / p) + i / steps * (t_min ** (1 / p) - t_max ** (1 / p))) ** p
+    np.testing.assert_allclose(grid.numpy(), want, rtol=1e-12, atol=1e-300)
+    assert grid[0].item() == t_max and grid[-1].item() == 0.0
+
+
+def test_power_grid_with_rho_one_is_uniform_and_two_is_quadratic():
+    s = SCHEDS["linear"]
+    for rho, name in ((1.0, "uniform"), (2.0, "quadratic")):
+        power = time_grid(s, "power", 7, t_max=0.8, t_min=1e-3, rho=rho)
+        torch.testing.assert_close(power, time_grid(s, name, 7, t_max=0.8, t_min=1e-3),
+                                   rtol=1e-12, atol=0)  # fmt: skip
+
+
+@pytest.mark.parametrize("sched", SCHEDS, ids=str)
+def test_chains_power_grid_runs_to_zero_off_the_chain(sched):
+    """The chain's "power" grid is `time_grid` to t = 0, not to 1 / T as "quadratic" is."""
+    got = sampling_times(SCHEDS[sched], 1000, 15, "power", t_max=0.6)
+    want = 0.6 * (1 - np.arange(16) / 15) ** 1.5
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-12, atol=1e-300)
+
+
 @pytest.mark.parametrize("grid", ["quadratic", "logsnr"])
 @pytest.mark.parametrize("sched", SCHEDS, ids=str)
 def test_same_numbers_as_the_chains_sampling_times(grid, sched):

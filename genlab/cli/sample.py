@@ -170,7 +170,9 @@ def sample(
     ] = None,
     grid: Annotated[
         str | None,
-        typer.Option(help="Flow and diffusion: time grid (uniform, quadratic, logsnr, karras)."),
+        typer.Option(
+            help="Flow and diffusion: time grid (uniform, quadratic, power, logsnr, karras)."
+        ),
     ] = None,
     times: Annotated[
         str | None,

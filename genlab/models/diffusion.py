@@ -30,12 +30,12 @@ EDM's lambda(sigma). The maths (conversions, grids, the sampler steps, the bound
 Gaussian terms) are pure functions in `genlab.models.diffusion_maths`, re-exported here.
 
 Samplers (`sample(method=...)`) on a grid of `steps + 1` times from 1 down (`sampling_times`,
-`genlab.grids`: "uniform", "quadratic", "logsnr", "karras"; or the caller's `times=`):
+`genlab.grids`: "uniform", "quadratic", "power", "logsnr", "karras"; or the caller's `times=`):
 "ddpm" (ancestral, Ho et al. eq. 6-7, on the respaced alpha_bar), "ddim" (Song et al. 2021a
 eq. 12, eta=0 deterministic, eta=1 the DDPM posterior), "dpm++" (DPM-Solver++, Lu et al. 2022,
-multistep, one evaluation per step: by default the ODE solver 2M on the uniform grid, eta=0;
-eta=1 the SDE variant 2M), "heun" (EDM's Heun sampler with optional churn, Karras et al. 2022
-Alg. 2),
+multistep, one evaluation per step: by default the ODE solver 2M on config.dpm_grid, the
+uniform grid except on points, eta=0; eta=1 the SDE variant 2M), "heun" (EDM's Heun
+sampler with optional churn, Karras et al. 2022 Alg. 2),
 "unipc" (UniPC, Zhao et al. 2023, order 1-3; both in `genlab.models.diffusion_samplers`) and
 "ode" (the probability-flow ODE dx/dt = alpha' x0_hat + sigma' eps_hat through
 `genlab.solvers.solve`). Every sampler can start from edited data (`init=`, `strength=`,
@@ -53,6 +53,11 @@ seeds) 2M uniform had the lowest Fréchet distance of the four at 10, 15 and 20 
 models (15 NFE: 22.2 against 3M uniform 22.5, 2M quadratic 23.7, 3M quadratic 23.7, DDPM
 1,000 23.1). 2M is also the default order of diffusers' DPMSolverMultistepScheduler; Lu et al.
 recommend it for guided sampling and 3 for unconditional, which these runs did not bear out.
+On points the recipe sets config.dpm_grid = "power" (t^(2/3) uniform, to t = 0): at 15 NFE,
+paired to 50 steps from the same noise, 2M's own cost on it was below the uniform grid's on
+all 8 toys' 120 s models (circles 4.1e-6 against 2.45e-5), while on digits it scored a worse
+Fréchet distance than uniform at 10, 15 and 20 NFE on both models (BENCHMARKS.md, "A power
+grid for DPM-Solver++").
 The ODE form was as good as or better than the SDE 2M on 7 of 8 toys at 120 s (BENCHMARKS.md,
 "The 8 toys at 120 s"); on rings trained for only 4,000 steps the SDE form had scored better
 (2.8e-4 against the ODE's 8.0e-4 at 15 NFE, benchmarks/diffusion_quality_vs_steps.py): the
@@ -140,14 +145,16 @@ ScheduleName = Literal["linear", "cosine", "rectified"]
 PredictionName = Literal["eps", "x0", "v"]
 LossWeightName = Literal["simple", "min_snr", "truncated_snr", "edm", "flow"]
 SamplerName = Literal["ddpm", "ddim", "dpm++", "heun", "unipc", "ode"]
-GridName = Literal["uniform", "quadratic", "logsnr", "karras"]
+GridName = Literal["uniform", "quadratic", "power", "logsnr", "karras"]
 PREDICTIONS = ("eps", "x0", "v")
 LOSS_WEIGHTS = ("simple", "min_snr", "truncated_snr", "edm", "flow")
 SAMPLERS = ("ddpm", "ddim", "dpm++", "heun", "unipc", "ode")
-GRIDS = ("uniform", "quadratic", "logsnr", "karras")  # = genlab.grids.GRIDS
+GRIDS = ("uniform", "quadratic", "power", "logsnr", "karras")  # = genlab.grids.GRIDS
 DEFAULT_STEPS = {"ddim": 50, "dpm++": 20, "heun": 10, "unipc": 20}  # ddpm: T; ode: dopri5
 DEFAULT_GRID = {"ddpm": "uniform", "ddim": "quadratic", "dpm++": "uniform", "heun": "uniform",
                 "unipc": "quadratic", "ode": "uniform"}  # fmt: skip
+"""Each method's grid when sample() is given none; the deterministic dpm++ (eta=0) takes
+config.dpm_grid instead (its default is this "uniform"; the points recipe makes it "power")."""
 DEFAULT_ETA = {"ddim": 0.0, "dpm++": 0.0}  # dpm++: the deterministic 2M
 CHURN_WINDOW = (0.1, 3.0)
 """(s_tmin, s_tmax) of the default sampler's churn (config.sample_churn > 0): noise is added
@@ -199,6 +206,11 @@ class DiffusionConfig(continuous.ContinuousConfig):
         0.0,
         "EDM's S_churn of a default heun sampler, in sigma/alpha of [0.1, 3] (0: the ODE).",
         Real(0, 1000),
+    )
+    dpm_grid: GridName = option(
+        DEFAULT_GRID["dpm++"],
+        "Time grid of dpm++ (eta=0) when sample() is given none (the points recipe: power).",
+        Choice(GRIDS),
     )
 
 
@@ -403,10 +415,11 @@ class Diffusion(continuous.ContinuousModel, family="diffusion"):
             eta: the sampler's noise, ddim and dpm++ only (0, the default: deterministic).
                 ddim: DDIM's eta (1: the DDPM posterior). dpm++: eta > 0 is SDE-DPM-Solver++
                 (`dpm_solver_pp_sde_step`; 1: the reverse SDE, orders 1 and 2, default 2, on
-                the uniform grid), eta=0 the deterministic DPM-Solver++ (2M on the uniform
-                grid by default, the module docstring says why). On 2-D toys trained for 4,000
-                steps the SDE form scored better at 15 NFE on rings and worse on moons; on
-                well-trained models the ODE form is at the data floor (BENCHMARKS.md).
+                the uniform grid), eta=0 the deterministic DPM-Solver++ (2M on
+                config.dpm_grid by default, the module docstring says why). On 2-D toys
+                trained for 4,000 steps the SDE form scored better at 15 NFE on rings and
+                worse on moons; on well-trained models the ODE form is at the data floor
+                (BENCHMARKS.md).
             y: an int or (n,) labels for a conditional model; None samples unconditionally
                 (the null label).
             guidance: classifier-free guidance weight w (needs y), see `denoiser`.
@@ -414,7 +427,8 @@ class Diffusion(continuous.ContinuousModel, family="diffusion"):
             grid: the times of the discrete samplers (`sampling_times`, `DEFAULT_GRID`):
                 "uniform" (the respaced chain, ending at t = 0; the default of ddpm, heun and
                 dpm++), "quadratic" (the default of ddim and unipc; DDIM's choice for CIFAR-10,
-                Song et al. 2021a), "logsnr" or "karras" (EDM's sigma grid, rho = 7; on 2-D
+                Song et al. 2021a), "power" (t^(2/3) uniform, to t = 0: dpm++'s default on
+                points, config.dpm_grid), "logsnr" or "karras" (EDM's sigma grid, rho = 7; on 2-D
                 toys heun at 15 NFE scored 25x worse on it than on "uniform").
                 Not for ode, whose fixed solvers step uniformly in t.
             order: the multistep order of dpm++ (1, 2 = 2M, 3 = 3M) and unipc (1, 2, 3); default
@@ -445,7 +459,7 @@ class Diffusion(continuous.ContinuousModel, family="diffusion"):
         dpm++ and unipc; 2 steps - 1 for heun on a grid ending at 0, else 2 steps; the
         solver's NFE for ode. The ODE and the "logsnr", "quadratic" and "karras" grids stop at
         t = 1 / T (the smallest time the net was trained at) and return x there, the data
-        blurred by sigma(1 / T) (0.01 for the linear schedule); the "uniform" grid ends with
+        blurred by sigma(1 / T) (0.01 for the linear schedule); "uniform" and "power" end with
         x0_hat. Images are clipped to [0, 1]. Every sampler applies `_project_step` (the
         inpainting hook) to its state at the start and after every step.
         """
@@ -562,7 +576,8 @@ class Diffusion(continuous.ContinuousModel, family="diffusion"):
         else:  # ddpm: None, every chain step below the start time (`_sampler_times`)
             steps = steps or DEFAULT_STEPS.get(method)
         if grid is None:
-            grid = DEFAULT_GRID[method]
+            ode_dpm = method == "dpm++" and eta == 0  # the grid measured for the ODE solver
+            grid = self.config.dpm_grid if ode_dpm else DEFAULT_GRID[method]
         return method, None if steps is None else int(steps), grid, solver
 
     def _sampler_times(
@@ -594,7 +609,7 @@ class Diffusion(continuous.ContinuousModel, family="diffusion"):
             steps = chain
         elif grid == "uniform" and method != "ode" and not given_steps:
             steps = min(steps, chain)  # a default step count, capped for a late start
-        if grid == "uniform" and method != "ode":
+        if grid in ("uniform", "power") and method != "ode":  # grids that end at t = 0
             return sampling_times(self.schedule, T, steps, grid, t_max=t_start)
         if t_start <= 1.0 / T:
             return here

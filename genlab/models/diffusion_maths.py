@@ -152,8 +152,12 @@ def sampling_times(
     uniform, less so than logsnr), "logsnr" (uniform in log-SNR, DPM-Solver's grid for small
     data, Lu et al. 2022) and "karras" (EDM's sigma / alpha spaced with rho = 7, Karras et
     al. 2022) are `genlab.grids.time_grid` from t_max to t_min = 1 / T, the smallest trained
-    time, where they end.
+    time, where they end. "power" (t^(1/1.5) uniform, `genlab.grids.POWER_RHO`) runs from
+    t_max to 0 as "uniform" does, off the chain: its last evaluation is at t_max (1 /
+    steps)^1.5, below 1 / T beyond about T^(2/3) steps (100 for T = 1000).
     """
+    if grid == "power":
+        return time_grid(schedule, grid, steps, t_max=t_max, t_min=0.0)
     if grid != "uniform":
         return time_grid(schedule, grid, steps, t_max=t_max, t_min=1.0 / timesteps)
     top = max(1, round(t_max * timesteps))

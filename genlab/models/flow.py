@@ -116,7 +116,7 @@ PathName = Literal["linear", "vp"]
 CouplingName = Literal["independent", "ot"]
 SolverName = Literal["euler", "midpoint", "heun", "rk4", "dopri5"]
 ObjectiveName = Literal["standard", "meanflow", "reflow"]
-GridName = Literal["uniform", "quadratic", "logsnr", "karras"]
+GridName = Literal["uniform", "quadratic", "power", "logsnr", "karras"]
 COUPLINGS = ("independent", "ot")
 OBJECTIVES = ("standard", "meanflow", "reflow")
 ONE_STEP = ("meanflow", "reflow")
@@ -278,7 +278,7 @@ def mean_flow_steps(
 def flow_grid(schedule: Schedule, name: str, steps: int, t_start: float = 1.0) -> list[float]:
     """The sampler's steps + 1 times from t_start to 0 on the grid `name` (`genlab.grids`).
 
-    "uniform" and "quadratic" run from t_start to 0. A flow path has alpha(1) = 0, so its
+    "uniform", "quadratic" and "power" run from t_start to 0. A flow path has alpha(1) = 0, so its
     log-SNR is -inf at t = 1 and +inf at t = 0: "logsnr" and "karras" space the times between
     EDM's noise-to-signal ratios sigma/alpha = 80 and 0.002 (t_hi, t_lo; Karras et al. 2022),
     start with a step from t_start down to t_hi when t_start > t_hi, and end with a last step
@@ -292,7 +292,7 @@ def flow_grid(schedule: Schedule, name: str, steps: int, t_start: float = 1.0) -
     """
     if name not in grids.GRIDS:
         raise ValueError(f"grid must be one of {grids.GRIDS}, got {name!r}")
-    if name in ("uniform", "quadratic"):
+    if name in ("uniform", "quadratic", "power"):
         return grids.time_grid(schedule, name, steps, t_max=t_start).tolist()
     lo, hi = (float(schedule.t_of_log_snr(torch.tensor(-2 * math.log(s), dtype=torch.float64)))
               for s in EDM_SIGMA)  # fmt: skip
@@ -798,9 +798,9 @@ class FlowMatching(ContinuousModel, family="flow"):
             times: a decreasing grid of times for the fixed-step methods instead of steps and
                 grid (`genlab.grids.check_times`; it must start at t_start: 1, or strength).
             grid: the spacing of the `steps` times (`flow_grid`): "uniform" (default, linear
-                in t, today's numbers), "quadratic", "logsnr" or "karras" (EDM's range
-                sigma/alpha in [0.002, 80], then a last step to t = 0: a flow path's log-SNR
-                is infinite at both ends).
+                in t, today's numbers), "quadratic", "power" (t^(1/1.5) linear), "logsnr" or
+                "karras" (EDM's range sigma/alpha in [0.002, 80], then a last step to t = 0: a
+                flow path's log-SNR is infinite at both ends).
             churn, s_tmin, s_tmax, s_noise: EDM's stochastic Heun (method="heun" only; Karras
                 et al. 2022, Alg. 2, through `diffusion_samplers.edm_heun` in t): before each
                 step whose noise-to-signal ratio sigma_t / alpha_t (t / (1 - t) on the linear
