@@ -12,9 +12,10 @@ Otherwise a `Diffusion` with the library's defaults trains for --steps optimisat
 Samplers (rows), each at NFE budgets 1, 2, 5, 10, 15, 20, 50, 100, 200 and 1000 (columns;
 `NFES`): ddpm (respaced chain), ddim (eta 0), dpm++ 3M and 2M, heun (EDM, churn 0) and
 heun with churn (S_churn = 10), unipc 2 and 3, and the probability-flow ode (solver heun),
-each on its default grid (`genlab.models.diffusion.DEFAULT_GRID`); plus, at 15 NFE, every
-sampler but ddpm, the ode and heun with churn on every grid (uniform, quadratic, logsnr,
-karras). A sampler takes
+each on its default grid (`genlab.models.diffusion.DEFAULT_GRID`; dpm++ on the model's
+config.dpm_grid, "power" for a points model trained after 2026-12-04); plus, at 15 NFE, every
+sampler but ddpm, the ode and heun with churn on every other grid (uniform, quadratic, power,
+logsnr, karras; dpm++ on all of them, by name). A sampler takes
 `steps = NFE` (ddpm, ddim, dpm++, unipc) or NFE / 2 (heun, ode: 2 evaluations a step on a
 grid ending at t_min; an odd budget: (NFE + 1) / 2 heun steps whose last one goes to t = 0,
 2 S - 1 evaluations), and the measured `nfe_` is what the table prints. Budgets above 100
@@ -75,7 +76,7 @@ CHURN = 10.0
 SAMPLERS: dict[str, tuple[str, dict, int]] = {
     "ddpm": ("ddpm", {}, 1),
     "ddim": ("ddim", {}, 1),
-    "dpm++": ("dpm++", {}, 1),  # the default: SDE-DPM-Solver++ 2M (eta 1)
+    "dpm++": ("dpm++", {}, 1),  # the default: the ODE 2M on the model's config.dpm_grid
     "dpm++ 3M ode": ("dpm++", {"order": 3, "eta": 0.0}, 1),
     "dpm++ 2M ode": ("dpm++", {"order": 2, "eta": 0.0}, 1),
     "heun": ("heun", {}, 2),
@@ -105,7 +106,7 @@ def cells(max_nfe_others: int, nfes: tuple[int, ...]) -> list[tuple[str, int, st
             if label in ("ddpm", "ode heun") or "churn" in label:
                 continue
             for grid in GRIDS:
-                if grid != DEFAULT_GRID[method]:
+                if grid != DEFAULT_GRID[method] or method == "dpm++":  # dpm++: config.dpm_grid
                     steps = TARGET_NFE // per_step
                     extra = {"to_zero": True, "steps": steps + 1} if TARGET_NFE % per_step else {}
                     out.append((f"{label} {grid}", TARGET_NFE, method,
@@ -119,7 +120,7 @@ def as_times(model: Diffusion, method: str, options: dict) -> dict:
     if not options.pop("to_zero", False):
         return options
     steps, grid = options.pop("steps"), options.pop("grid", DEFAULT_GRID[method])
-    if grid == "uniform":  # the respaced chain ends at t = 0 already
+    if grid in ("uniform", "power"):  # these grids end at t = 0 already
         return {**options, "steps": steps, "grid": grid}
     T = model.config.timesteps
     head = (torch.ones(1, dtype=torch.float64) if steps == 1
