@@ -82,7 +82,7 @@ import torch
 from torch import Tensor, nn
 
 from genlab import sampling, solvers
-from genlab.grids import check_times
+from genlab.grids import GRIDS, check_times
 from genlab.models import continuous, limits
 from genlab.models.base import TrajectoryPicture
 from genlab.models.diffusion_maths import (
@@ -149,7 +149,6 @@ GridName = Literal["uniform", "quadratic", "power", "logsnr", "karras"]
 PREDICTIONS = ("eps", "x0", "v")
 LOSS_WEIGHTS = ("simple", "min_snr", "truncated_snr", "edm", "flow")
 SAMPLERS = ("ddpm", "ddim", "dpm++", "heun", "unipc", "ode")
-GRIDS = ("uniform", "quadratic", "power", "logsnr", "karras")  # = genlab.grids.GRIDS
 DEFAULT_STEPS = {"ddim": 50, "dpm++": 20, "heun": 10, "unipc": 20}  # ddpm: T; ode: dopri5
 DEFAULT_GRID = {"ddpm": "uniform", "ddim": "quadratic", "dpm++": "uniform", "heun": "uniform",
                 "unipc": "quadratic", "ode": "uniform"}  # fmt: skip
