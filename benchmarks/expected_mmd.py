@@ -23,7 +23,8 @@ reference's fixed widths):
 - excess: E MMD²(P) − E MMD²(T) = ‖μ_P‖² − ‖μ_T‖² − 2⟨μ_P − μ_T, μ̂_R⟩, the expectation of the
   seeds check's "excess over the floor mean";
 - to the truth: ‖μ_P − μ_T‖², the MMD² against the distribution itself (an infinite
-  reference), free of R's own draw;
+  reference): the excess's expectation over the reference's draw (E_R ⟨μ_P − μ_T, μ̂_R⟩ =
+  ⟨μ_P − μ_T, μ_T⟩), free of R's own noise, so the figure to judge a sampler by;
 and for each sampler after the first, its ratio to the first on both (the target:
 DPM-Solver++ 15's within 1.1 × DDPM 1,000's).
 
@@ -40,10 +41,11 @@ are --points / --chunk draws of --chunk points (noise seeds 0, 1, ..., so seeds 
 seeds check's draws), dealt round-robin into --groups groups, and a ratio or difference leaves
 the same group out of both sides (paired for two deterministic solvers from the same seeds).
 
-Cost (one thread, 2026-12-05's machine, the points recipe's 128-wide MLP): ~2 ms a point for
-ddpm 1,000 (200,000 points: ~7 min), ~0.03 ms for dpm++ 15 (~6 s) and ~0.1 ms for dpm++ 50;
-the truth's draw and the kernel sums of ~40 groups ~2 min. --quick: 4,000 points in chunks
-of 1,000, ddpm at 100 steps, 200,000 truth points, 512 nodes (a smoke run).
+Cost (one thread, two runs side by side on 2026-12-06's machine, the points recipe's 128-wide
+MLP): ~3.3 ms a point for ddpm 1,000 (1,000,000 points: ~55 min), ~0.07 ms for dpm++ 15 and
+unipc 15, ~0.2 ms for dpm++ 50; the kernel sums of 101 groups ~6 min (~35 MB of memory a
+group). --quick: 4,000 points in chunks of 1,000, ddpm at 100 steps, 200,000 truth points,
+512 nodes (a smoke run).
 """
 
 from __future__ import annotations
@@ -85,18 +87,21 @@ def binned_kernel_sums(
         g = torch.exp(-(offsets**2) / (2.0 * h * h))
         kernel += torch.outer(g, g)  # exp(−(dx² + dy²)/2h²) is separable
     kernel_f = torch.fft.rfft2(kernel / len(bandwidths))
-    counts, convolved = [], []
-    for x in groups:
+
+    def counts(x: torch.Tensor) -> torch.Tensor:
         ij = torch.round((x.double() - lo) / spacing).long()
         c = torch.bincount(ij[:, 0] * nodes + ij[:, 1], minlength=nodes * nodes)
-        c = c.reshape(nodes, nodes).double()
+        return c.reshape(nodes, nodes).double()
+
+    convolved = []  # the counts are binned again below: one dense grid a group, not two
+    for x in groups:
         conv = torch.fft.irfft2(
-            torch.fft.rfft2(c, s=(period, period)) * kernel_f, s=(period, period)
+            torch.fft.rfft2(counts(x), s=(period, period)) * kernel_f, s=(period, period)
         )
-        counts.append(c)
         convolved.append(conv[:nodes, :nodes].contiguous())
     s = torch.empty(len(groups), len(groups), dtype=torch.float64)
-    for b, c in enumerate(counts):
+    for b, x in enumerate(groups):
+        c = counts(x)
         for j, conv in enumerate(convolved):
             s[b, j] = (c * conv).sum()
     return (s + s.T) / 2  # symmetric up to FFT rounding
