@@ -136,7 +136,7 @@ def estimates(s: torch.Tensor, blocks: dict[str, slice], sizes: torch.Tensor, mo
             "to the truth": u_p + u_t - 2 * x(model, "truth")}  # fmt: skip
 
 
-def jackknife(values: list[float], full: float) -> float:
+def jackknife(values: list[float]) -> float:
     """Delete-one-group jackknife standard error, from the G leave-one-out values."""
     g = len(values)
     mean = sum(values) / g
@@ -245,7 +245,7 @@ def main() -> None:
     for label in labels:
         full = estimates(s, blocks, sizes, label)
         outs = [estimates(*loo([label, "truth"], g), label) for g in range(args.groups)]
-        se = {k: jackknife([o[k] for o in outs], full[k]) for k in keys}
+        se = {k: jackknife([o[k] for o in outs]) for k in keys}
         row = {"estimate": full, "se": se, "seconds": seconds[label]}
         ratio_cells = ["", ""]
         if label != base:
@@ -256,8 +256,8 @@ def main() -> None:
             base_full = results[base]["estimate"]
             for i, k in enumerate(("excess", "to the truth")):
                 r = full[k] / base_full[k]
-                r_se = jackknife([a[k] / b[k] for a, b in pairs], r)
-                d_se = jackknife([a[k] - b[k] for a, b in pairs], full[k] - base_full[k])
+                r_se = jackknife([a[k] / b[k] for a, b in pairs])
+                d_se = jackknife([a[k] - b[k] for a, b in pairs])
                 row[f"{k} ratio"], row[f"{k} ratio se"] = r, r_se
                 row[f"{k} difference"] = full[k] - base_full[k]
                 row[f"{k} difference se"] = d_se
